@@ -1,0 +1,71 @@
+"""The ``spdp`` weight format: column-tiled bitmaps, for weight x activation sparsity in decode.
+
+A weight ``W`` of shape ``[N, K]`` (out, in) is cut into row tiles of ``R`` output rows
+(``R`` in {32, 64, 128}; ``NT = ceil(N / R)`` tiles, the last one padded with zeros). For every
+(row tile ``r``, input column ``j``) we store
+
+- ``bitmap[r, j, w]`` (int32, shape ``[NT, K, R // 32]``): bit ``b`` of word ``w`` is set when
+  ``W[r*R + 32*w + b, j] != 0``;
+- the non-zero values of that tile column, in increasing row order, packed into ``values``
+  (1-D, W's dtype), starting at ``offsets[r*K + j]`` (int32 prefix sums, shape ``[NT*K + 1]``,
+  tile-major so one row tile's data is contiguous).
+
+A decode kernel gives each row tile to one program (it owns its ``R`` accumulators: no atomics)
+and walks only the active input columns of that tile, so bytes read scale as
+``(1 - s1) * (1 - s2)`` plus ``R / 8`` bitmap bytes per (tile, active column).
+
+``encode`` returns a dict of tensors (saved in safetensors as ``<linear>.<key>``), ``decode``
+inverts it exactly.
+"""
+from __future__ import annotations
+
+import torch
+
+KEYS = ("values", "bitmap", "offsets", "shape")
+
+
+def encode(weight: torch.Tensor, tile_rows: int = 32) -> dict[str, torch.Tensor]:
+    if weight.dim() != 2:
+        raise ValueError(f"spdp encodes 2-D weights, got shape {tuple(weight.shape)}")
+    if tile_rows not in (32, 64, 128):
+        raise ValueError(f"tile_rows must be 32, 64 or 128, got {tile_rows}")
+    n, k = weight.shape
+    nt = -(-n // tile_rows)
+    w = weight.detach().cpu()
+    padded = torch.zeros((nt * tile_rows, k), dtype=w.dtype)
+    padded[:n] = w
+    # [NT, R, K] -> [NT, K, R]: tile-major, then column, then row within the tile
+    tiles = padded.reshape(nt, tile_rows, k).permute(0, 2, 1).contiguous()
+    nz = tiles != 0
+    words = nz.reshape(nt, k, tile_rows // 32, 32).to(torch.int64)
+    weights_of_bits = torch.ones(32, dtype=torch.int64) << torch.arange(32, dtype=torch.int64)
+    bitmap64 = (words * weights_of_bits).sum(-1)  # [NT, K, R/32] in [0, 2^32)
+    bitmap = torch.where(bitmap64 >= 2**31, bitmap64 - 2**32, bitmap64).to(torch.int32)
+    counts = nz.sum(-1).reshape(-1).to(torch.int64)  # per (r, j), tile-major
+    offsets = torch.zeros(nt * k + 1, dtype=torch.int64)
+    offsets[1:] = torch.cumsum(counts, 0)
+    if int(offsets[-1]) >= 2**31:
+        raise ValueError("weight has too many non-zeros for int32 offsets")
+    values = tiles[nz].contiguous()  # row-major order of [NT, K, R] = the documented packing order
+    return {
+        "values": values,
+        "bitmap": bitmap,
+        "offsets": offsets.to(torch.int32),
+        "shape": torch.tensor([n, k, tile_rows], dtype=torch.int64),
+    }
+
+
+def decode(packed: dict[str, torch.Tensor]) -> torch.Tensor:
+    n, k, tile_rows = (int(v) for v in packed["shape"].tolist())
+    nt = -(-n // tile_rows)
+    device = packed["values"].device
+    bitmap = packed["bitmap"].to(torch.int64) & 0xFFFFFFFF  # [NT, K, R/32]
+    bits = (bitmap.unsqueeze(-1) >> torch.arange(32, device=device)) & 1
+    nz = bits.reshape(nt, k, tile_rows).bool()
+    tiles = torch.zeros((nt, k, tile_rows), dtype=packed["values"].dtype, device=device)
+    tiles[nz] = packed["values"]
+    return tiles.permute(0, 2, 1).reshape(nt * tile_rows, k)[:n].contiguous()
+
+
+def nbytes(packed: dict[str, torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in packed.values())

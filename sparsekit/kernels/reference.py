@@ -1,0 +1,90 @@
+"""Plain-PyTorch definitions of every sparsekit op. Every backend is tested against these.
+
+Conventions (shared by all backends; the schemas in csrc/ops.cpp mirror them):
+
+- ``x`` is the input of a linear layer, shape ``[..., K]`` (any number of tokens ``T`` = prod of
+  leading dims), dtype float16, bfloat16 or float32. Accumulation is float32; outputs are x's dtype.
+- Activation masking keeps ``x`` where ``|x| > threshold`` (strictly greater) and zeroes the rest.
+  ``threshold`` is a Python float (a constant per input site, so it can be baked into CUDA graphs).
+  ``threshold <= 0`` still drops exact zeros, which changes nothing numerically.
+- ``teal`` layout: the weight stored transposed, ``w_t = W.T`` with shape ``[K, N]`` row-major, so
+  every input channel's column of ``W`` is contiguous (skipping channel j skips one row of w_t).
+- ``spdp`` format: see ``sparsekit.formats.spdp`` (bitmaps per (row tile, input column)).
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "mask_activations",
+    "select",
+    "teal_matvec",
+    "teal_matvec_sel",
+    "spdp_matvec",
+    "spdp_matvec_sel",
+]
+
+
+def mask_activations(x: torch.Tensor, threshold: float) -> torch.Tensor:
+    """x where |x| > threshold, else 0 (same dtype and shape)."""
+    return torch.where(x.abs() > threshold, x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def select(x: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Active-channel selection, computed once per input site and shared by the matrices reading it.
+
+    Returns ``(xs, idx, nnz)``:
+    - ``xs``: ``mask_activations(x, threshold)``, shape and dtype of x;
+    - ``idx``: int32 ``[K]``; ``idx[:nnz]`` are the channels active in ANY token (the union over all
+      leading dims), ascending; entries past ``nnz`` are unspecified;
+    - ``nnz``: int32 ``[1]`` on x's device, the number of active channels (no host sync needed).
+    """
+    xs = mask_activations(x, threshold)
+    k = x.shape[-1]
+    active = (xs.reshape(-1, k) != 0).any(dim=0)
+    ids = torch.nonzero(active, as_tuple=False).flatten().to(torch.int32)
+    idx = torch.full((k,), k, dtype=torch.int32, device=x.device)
+    idx[: ids.numel()] = ids
+    nnz = torch.tensor([ids.numel()], dtype=torch.int32, device=x.device)
+    return xs, idx, nnz
+
+
+def teal_matvec(x: torch.Tensor, w_t: torch.Tensor, threshold: float) -> torch.Tensor:
+    """``y = mask_activations(x, threshold) @ w_t``; x ``[..., K]``, w_t ``[K, N]`` -> y ``[..., N]``."""
+    _check_teal(x, w_t)
+    xs = mask_activations(x, threshold)
+    return (xs.float() @ w_t.float()).to(x.dtype)
+
+
+def teal_matvec_sel(xs: torch.Tensor, idx: torch.Tensor, nnz: torch.Tensor, w_t: torch.Tensor) -> torch.Tensor:
+    """The same product from a precomputed ``select``: ``y = sum_{j in idx[:nnz]} xs[..., j] * w_t[j]``."""
+    _check_teal(xs, w_t)
+    n = int(nnz.reshape(-1)[0])
+    cols = idx[:n].long()
+    return (xs[..., cols].float() @ w_t[cols].float()).to(xs.dtype)
+
+
+def spdp_matvec(x: torch.Tensor, packed: dict[str, torch.Tensor], threshold: float) -> torch.Tensor:
+    """``y = mask_activations(x, threshold) @ W.T`` with W stored in the spdp format."""
+    from sparsekit.formats import spdp
+
+    w = spdp.decode(packed)
+    if x.shape[-1] != w.shape[1]:
+        raise ValueError(f"x has {x.shape[-1]} channels but the weight has {w.shape[1]} inputs")
+    xs = mask_activations(x, threshold)
+    return (xs.float() @ w.float().T).to(x.dtype)
+
+
+def spdp_matvec_sel(xs: torch.Tensor, idx: torch.Tensor, nnz: torch.Tensor, packed: dict[str, torch.Tensor]) -> torch.Tensor:
+    """spdp product from a precomputed ``select`` (only the columns in ``idx[:nnz]`` are read)."""
+    from sparsekit.formats import spdp
+
+    w = spdp.decode(packed)
+    n = int(nnz.reshape(-1)[0])
+    cols = idx[:n].long()
+    return (xs[..., cols].float() @ w[:, cols].float().T).to(xs.dtype)
+
+
+def _check_teal(x: torch.Tensor, w_t: torch.Tensor) -> None:
+    if w_t.dim() != 2 or x.shape[-1] != w_t.shape[0]:
+        raise ValueError(f"x has {x.shape[-1]} channels but w_t has shape {tuple(w_t.shape)} (expected [K, N])")
