@@ -6,24 +6,28 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> None:
-    import click
     import typer
 
     from sparsekit.cli import app as app_module
     from sparsekit.errors import SparsekitError
+
+    exits, aborts, usage_errors = _click_exceptions()
 
     command = typer.main.get_command(app_module.app)
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("SPARSEKIT_DEBUG") == "1"
     try:
         result = command.main(args=args, prog_name="sparsekit", standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except exits as exc:
+        sys.exit(getattr(exc, "exit_code", 0))
+    except aborts:
         _say("aborted.")
         sys.exit(130)
-    except click.ClickException as exc:  # bad option, missing argument, wrong type
-        _say(exc.format_message().rstrip(".") + ". Try 'sparsekit --help'.")
+    except usage_errors as exc:  # bad option, missing argument, wrong type
+        message = " ".join(exc.format_message().split()).rstrip(".").replace("Value error, ", "")
+        ctx = getattr(exc, "ctx", None)
+        where = "sparsekit" if ctx is None or ctx.info_name == "sparsekit" else f"sparsekit {ctx.info_name}"
+        _say(f"{message}. Try '{where} --help'.")
         sys.exit(2)
     except SparsekitError as exc:
         if debug:
@@ -41,6 +45,27 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
     if isinstance(result, int) and result:
         sys.exit(result)
+
+
+def _click_exceptions():
+    """(Exit, Abort, ClickException) classes of click and of typer's own copy of click, if any."""
+    import importlib
+
+    exits, aborts, usage = [], [], []
+    for name in ("click.exceptions", "typer._click.exceptions"):
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        usage.append(mod.ClickException)
+        for attr, bucket in (("Exit", exits), ("Abort", aborts)):
+            if hasattr(mod, attr):
+                bucket.append(getattr(mod, attr))
+    import typer
+
+    exits += [typer.Exit]
+    aborts += [typer.Abort]
+    return tuple(set(exits)), tuple(set(aborts)), tuple(set(usage))
 
 
 def _say(message: str) -> None:
