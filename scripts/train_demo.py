@@ -23,7 +23,10 @@ Examples::
 
 ``--sweep`` trains a small built-in grid of (lr, weight decay, steps) configs
 from the same initialisation and ships the one with the lowest held-out
-(calibration-play) loss.
+(calibration-play) loss.  The shipped model came from ``--sweep`` on an H200
+(~160 s of training); the winner was lr 2e-3, wd 0.5, 1200-step cosine, best
+checkpoint at step 450 (~10 epochs; the model overfits after that), which the
+defaults reproduce without ``--sweep`` (same seed, same initialisation).
 """
 
 from __future__ import annotations
@@ -322,9 +325,9 @@ def main(argv=None) -> int:
     ap.add_argument("--kv-heads", type=int, default=2)
     ap.add_argument("--ctx", type=int, default=512, help="max_position_embeddings = train/eval window")
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=800)
+    ap.add_argument("--steps", type=int, default=1200)
     ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--wd", type=float, default=0.1)
+    ap.add_argument("--wd", type=float, default=0.5)
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--min-lr-ratio", type=float, default=0.1)
     ap.add_argument("--clip", type=float, default=1.0)
