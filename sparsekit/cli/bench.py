@@ -32,6 +32,64 @@ def command(
     json: o.Json = False,
 ) -> None:
     """Time TTFT and TPOT of decoding, sparse against dense in one run."""
-    from sparsekit.errors import NotBuilt
+    from sparsekit import bench as b
 
-    raise NotBuilt("sparsekit bench is not built yet.")
+    settings = b.Settings(
+        model=model, baselines=b.parse_baselines(baseline), input_tokens=input_tokens,
+        max_new_tokens=max_new_tokens, batch_size=batch_size, warmup=warmup, repeat=repeat, attn=attn,
+        mode=mode, weight_sparsity=weight_sparsity, activation_sparsity=activation_sparsity, format=format,
+        save_per_iter=save_per_iter, device=device, dtype=dtype.value, seed=seed,
+    )
+    b.check_outdir(outdir)
+    with _progress_bar() as bar:
+        tasks: dict[str, int] = {}
+
+        def on_progress(label: str, done: int, total: int) -> None:
+            if label not in tasks:
+                tasks[label] = bar.add_task(label, total=total)
+            bar.update(tasks[label], completed=done, total=total)
+
+        result = b.run(settings, progress=on_progress)
+    path = b.write(result, outdir) if outdir is not None else None
+    _render(result, json, path)
+
+
+def _progress_bar():
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("[bold]bench[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+
+
+def _render(result: dict, as_json: bool, path) -> None:
+    import json as json_module
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from sparsekit.bench import table as summary_table
+
+    st = result["settings"]
+    err = Console(stderr=True)
+    for w in result["warnings"]:
+        err.print(f"[yellow]warning:[/] {w}")
+    console = Console(stderr=as_json)
+    where = "CPU timings" if result["timing_device"] == "cpu" else (result["environment"].get("gpu") or "GPU")
+    table = Table(title=f"{result['model']} - {where}, {st['dtype']}, batch {st['batch_size']}, "
+                        f"{st['input_tokens']} in / {st['max_new_tokens']} out, mode {st['mode']}, "
+                        f"{st['repeat']} repeats (ms)")
+    header, rows = summary_table(result)
+    for i, col in enumerate(header):
+        table.add_column(col, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    console.print(f"device bandwidth {result['device_bandwidth_gbs']:.1f} GB/s (large copy, read + write); "
+                  f"floor TPOT {result['floor_tpot_ms']:.3f} ms for {result['bytes_per_step'] / 1e9:.3f} GB per step"
+                  + (f"; written to {path}" if path else ""))
+    for key, r in result["runs"].items():
+        for note in r.get("notes", []):
+            err.print(f"[dim]{r['name']}: {note}[/]")
+    if as_json:
+        print(json_module.dumps(result, indent=2, default=str))

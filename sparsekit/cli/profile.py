@@ -27,6 +27,65 @@ def command(
     json: o.Json = False,
 ) -> None:
     """Break decode time per token into attention, selection, matmuls and the rest."""
-    from sparsekit.errors import NotBuilt
+    from sparsekit import profiling
+    from sparsekit.bench import parse_baselines
 
-    raise NotBuilt("sparsekit profile is not built yet.")
+    settings = profiling.ProfileSettings(
+        model=model, baselines=parse_baselines(baseline), max_new_tokens=max_new_tokens, input_tokens=input_tokens,
+        nsys=nsys, weight_sparsity=weight_sparsity, activation_sparsity=activation_sparsity, format=format,
+        outdir=str(outdir), device=device, dtype=dtype.value, seed=seed,
+    )
+    with _progress_bar() as bar:
+        task = bar.add_task("loading", total=None)
+
+        def on_progress(label: str, done: int, total: int) -> None:
+            bar.update(task, description=label, completed=done, total=total)
+
+        summary = profiling.run(settings, progress=on_progress)
+    _render(summary, json)
+
+
+def _progress_bar():
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("[bold]profile[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+
+
+def _render(summary: dict, as_json: bool) -> None:
+    import json as json_module
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from sparsekit.nvtx import CATEGORY_LABELS
+
+    err = Console(stderr=True)
+    for w in summary.get("warnings", []):
+        err.print(f"[yellow]warning:[/] {w}")
+    console = Console(stderr=as_json)
+    variants = summary["variants"]
+    where = "CPU" if summary["device"] == "cpu" else summary["environment"].get("gpu") or summary["device"]
+    table = Table(title=f"{summary['model']}: mean time per decode token (ms), {where}, "
+                        f"{summary['source']}, mode {summary['mode']}")
+    table.add_column("category")
+    for label in variants:
+        table.add_column(label, justify="right")
+    for c in summary["categories"]:
+        cells = []
+        for v in variants.values():
+            ms, tot = v["mean_ms"][c], v["mean_total_ms"]
+            cells.append(f"{ms:.3f} ({100 * ms / tot:.0f}%)" if tot else f"{ms:.3f}")
+        table.add_row(CATEGORY_LABELS[c], *cells)
+    table.add_row("sum", *[f"{v['mean_total_ms']:.3f}" for v in variants.values()], style="bold")
+    table.add_row("measured TPOT", *["-" if v["mean_tpot_ms"] is None else f"{v['mean_tpot_ms']:.3f}"
+                                     for v in variants.values()])
+    table.add_row("adds up (max dev.)", *[("yes" if v["adds_up"] else "NO")
+                                          + ("" if v["max_deviation"] is None else f" ({100 * v['max_deviation']:.1f}%)")
+                                          for v in variants.values()])
+    console.print(table)
+    console.print(f"files in {summary['settings']['outdir']}: " + ", ".join(
+        str(x) if isinstance(x, str) else ", ".join(x.values()) for x in summary["files"].values()))
+    if as_json:
+        print(json_module.dumps(summary, indent=2, default=str))

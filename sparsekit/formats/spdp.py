@@ -15,13 +15,27 @@ and walks only the active input columns of that tile, so bytes read scale as
 ``(1 - s1) * (1 - s2)`` plus ``R / 8`` bitmap bytes per (tile, active column).
 
 ``encode`` returns a dict of tensors (saved in safetensors as ``<linear>.<key>``), ``decode``
-inverts it exactly.
+inverts it bit for bit ("non-zero" means a non-zero bit pattern, so ``-0.0`` and NaN are kept).
 """
 from __future__ import annotations
 
 import torch
 
 KEYS = ("values", "bitmap", "offsets", "shape")
+_INT_VIEW = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _nonzero_bits(t: torch.Tensor) -> torch.Tensor:
+    if t.is_floating_point():
+        return t.view(_INT_VIEW[t.element_size()]) != 0
+    return t != 0
+
+
+def dims(packed: dict) -> tuple[int, int, int]:
+    """(n, k, tile_rows); ``shape`` may be a tensor (kept on the CPU: no sync) or a sequence."""
+    shape = packed["shape"]
+    n, k, r = (int(v) for v in (shape.tolist() if isinstance(shape, torch.Tensor) else shape))
+    return n, k, r
 
 
 def encode(weight: torch.Tensor, tile_rows: int = 32) -> dict[str, torch.Tensor]:
@@ -31,18 +45,18 @@ def encode(weight: torch.Tensor, tile_rows: int = 32) -> dict[str, torch.Tensor]
         raise ValueError(f"tile_rows must be 32, 64 or 128, got {tile_rows}")
     n, k = weight.shape
     nt = -(-n // tile_rows)
-    w = weight.detach().cpu()
-    padded = torch.zeros((nt * tile_rows, k), dtype=w.dtype)
+    w = weight.detach()  # encoded where it lives (a GPU encodes big weights in milliseconds)
+    padded = torch.zeros((nt * tile_rows, k), dtype=w.dtype, device=w.device)
     padded[:n] = w
     # [NT, R, K] -> [NT, K, R]: tile-major, then column, then row within the tile
     tiles = padded.reshape(nt, tile_rows, k).permute(0, 2, 1).contiguous()
-    nz = tiles != 0
+    nz = _nonzero_bits(tiles)
     words = nz.reshape(nt, k, tile_rows // 32, 32).to(torch.int64)
-    weights_of_bits = torch.ones(32, dtype=torch.int64) << torch.arange(32, dtype=torch.int64)
+    weights_of_bits = torch.ones(32, dtype=torch.int64, device=w.device) << torch.arange(32, dtype=torch.int64, device=w.device)
     bitmap64 = (words * weights_of_bits).sum(-1)  # [NT, K, R/32] in [0, 2^32)
     bitmap = torch.where(bitmap64 >= 2**31, bitmap64 - 2**32, bitmap64).to(torch.int32)
     counts = nz.sum(-1).reshape(-1).to(torch.int64)  # per (r, j), tile-major
-    offsets = torch.zeros(nt * k + 1, dtype=torch.int64)
+    offsets = torch.zeros(nt * k + 1, dtype=torch.int64, device=w.device)
     offsets[1:] = torch.cumsum(counts, 0)
     if int(offsets[-1]) >= 2**31:
         raise ValueError("weight has too many non-zeros for int32 offsets")
@@ -51,12 +65,12 @@ def encode(weight: torch.Tensor, tile_rows: int = 32) -> dict[str, torch.Tensor]
         "values": values,
         "bitmap": bitmap,
         "offsets": offsets.to(torch.int32),
-        "shape": torch.tensor([n, k, tile_rows], dtype=torch.int64),
+        "shape": torch.tensor([n, k, tile_rows], dtype=torch.int64),  # always on the CPU
     }
 
 
 def decode(packed: dict[str, torch.Tensor]) -> torch.Tensor:
-    n, k, tile_rows = (int(v) for v in packed["shape"].tolist())
+    n, k, tile_rows = dims(packed)
     nt = -(-n // tile_rows)
     device = packed["values"].device
     bitmap = packed["bitmap"].to(torch.int64) & 0xFFFFFFFF  # [NT, K, R/32]

@@ -10,6 +10,7 @@ Conventions (shared by all backends; the schemas in csrc/ops.cpp mirror them):
 - ``teal`` layout: the weight stored transposed, ``w_t = W.T`` with shape ``[K, N]`` row-major, so
   every input channel's column of ``W`` is contiguous (skipping channel j skips one row of w_t).
 - ``spdp`` format: see ``sparsekit.formats.spdp`` (bitmaps per (row tile, input column)).
+- ``spinfer`` format: see ``sparsekit.formats.spinfer`` (SpInfer's TCA-BME; no activation masking).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ __all__ = [
     "teal_matvec_sel",
     "spdp_matvec",
     "spdp_matvec_sel",
+    "spinfer_matmul",
 ]
 
 
@@ -83,6 +85,16 @@ def spdp_matvec_sel(xs: torch.Tensor, idx: torch.Tensor, nnz: torch.Tensor, pack
     n = int(nnz.reshape(-1)[0])
     cols = idx[:n].long()
     return (xs[..., cols].float() @ w[:, cols].float().T).to(xs.dtype)
+
+
+def spinfer_matmul(x: torch.Tensor, packed: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``y = x @ W.T`` with W stored in the spinfer format (every channel of x is used)."""
+    from sparsekit.formats import spinfer
+
+    w = spinfer.decode(packed)
+    if x.shape[-1] != w.shape[1]:
+        raise ValueError(f"x has {x.shape[-1]} channels but the weight has {w.shape[1]} inputs")
+    return (x.float() @ w.float().T).to(x.dtype)
 
 
 def _check_teal(x: torch.Tensor, w_t: torch.Tensor) -> None:

@@ -1,0 +1,194 @@
+// Shared device helpers for the sparsekit CUDA kernels. No torch headers here, so every kernel
+// header can be compiled with plain `nvcc -arch=sm_90 -Xptxas -v -c` to read registers/spills.
+#pragma once
+#include <cstdint>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+#define SK_HAS_CLUSTER 1
+#include <cooperative_groups.h>
+#else
+#define SK_HAS_CLUSTER 0
+#endif
+
+namespace sk {
+
+constexpr unsigned FULL = 0xffffffffu;
+
+// ---- scalar conversions --------------------------------------------------------------------
+template <typename T> __device__ __forceinline__ float to_f(T v);
+template <> __device__ __forceinline__ float to_f<float>(float v) { return v; }
+template <> __device__ __forceinline__ float to_f<__half>(__half v) { return __half2float(v); }
+template <> __device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T> __device__ __forceinline__ T from_f(float v);
+template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
+template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+// 16-bit payload (as stored in a 32-bit register, low half) -> float.
+template <typename T> __device__ __forceinline__ float bits16_to_f(uint32_t b);
+template <> __device__ __forceinline__ float bits16_to_f<__half>(uint32_t b) {
+  return __half2float(__ushort_as_half(static_cast<unsigned short>(b)));
+}
+template <> __device__ __forceinline__ float bits16_to_f<__nv_bfloat16>(uint32_t b) { return __uint_as_float(b << 16); }
+
+// Elements of T in one 16-byte vector.
+template <typename T> struct Vec { static constexpr int N = 16 / sizeof(T); };
+
+// Unpack a 16-byte vector into floats.
+template <typename T> __device__ __forceinline__ void unpack16(const uint4& u, float (&f)[Vec<T>::N]);
+template <> __device__ __forceinline__ void unpack16<float>(const uint4& u, float (&f)[4]) {
+  f[0] = __uint_as_float(u.x); f[1] = __uint_as_float(u.y); f[2] = __uint_as_float(u.z); f[3] = __uint_as_float(u.w);
+}
+template <> __device__ __forceinline__ void unpack16<__half>(const uint4& u, float (&f)[8]) {
+  const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    __half2 h = *reinterpret_cast<const __half2*>(&w[i]);
+    float2 v = __half22float2(h);
+    f[2 * i] = v.x;
+    f[2 * i + 1] = v.y;
+  }
+}
+template <> __device__ __forceinline__ void unpack16<__nv_bfloat16>(const uint4& u, float (&f)[8]) {
+  const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    f[2 * i] = __uint_as_float(w[i] << 16);
+    f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+  }
+}
+
+// ---- loads -----------------------------------------------------------------------------------
+// Streaming 16-byte load of data read once (weights): read-only path, no L1 allocation, and ask
+// L2 to fetch the whole 256-byte block (our row segments are >= 256 contiguous bytes).
+__device__ __forceinline__ uint4 ld_stream16(const void* p) {
+  uint4 r;
+  asm("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];"
+      : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+      : "l"(p));
+  return r;
+}
+// Streaming 16-bit load (spdp values), no L1 allocation.
+__device__ __forceinline__ uint32_t ld_stream_u16(const void* p) {
+  unsigned short r;
+  asm("ld.global.nc.L1::no_allocate.u16 %0, [%1];" : "=h"(r) : "l"(p));
+  return r;
+}
+__device__ __forceinline__ uint32_t ld_stream_u32(const void* p) {
+  uint32_t r;
+  asm("ld.global.nc.L1::no_allocate.u32 %0, [%1];" : "=r"(r) : "l"(p));
+  return r;
+}
+
+// ---- cp.async (sm_80+) -----------------------------------------------------------------------
+// 16-byte global -> shared copy, zero-filled when !valid.
+__device__ __forceinline__ void cp_async16(void* smem_dst, const void* gsrc, bool valid) {
+  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
+  const int n = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(gsrc), "r"(n) : "memory");
+}
+// Streaming variant for weights read once: L2 fetches the whole 256-byte block.
+__device__ __forceinline__ void cp_async16_stream(void* smem_dst, const void* gsrc) {
+  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
+  asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16;\n" ::"r"(d), "l"(gsrc) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+// ---- programmatic dependent launch (Hopper) ---------------------------------------------------
+// A kernel launched with cudaLaunchAttributeProgrammaticStreamSerialization may start while the
+// previous kernel in the stream is still running; it must wait here before reading that kernel's
+// outputs. It then lets the next such kernel start early. Both are no-ops otherwise.
+__device__ __forceinline__ void grid_dependency_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
+// Launch attributes: a (1, S, 1) thread-block cluster when S > 1; programmatic stream
+// serialization when `pdl`. Returns how many were written.
+inline unsigned launch_attrs(cudaLaunchAttribute (&attr)[2], int S, bool pdl) {
+  unsigned n = 0;
+  if (S > 1) {
+    attr[n].id = cudaLaunchAttributeClusterDimension;
+    attr[n].val.clusterDim.x = 1;
+    attr[n].val.clusterDim.y = static_cast<unsigned>(S);
+    attr[n].val.clusterDim.z = 1;
+    ++n;
+  }
+  if (pdl) {
+    attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[n].val.programmaticStreamSerializationAllowed = 1;
+    ++n;
+  }
+  return n;
+}
+
+// ---- block-wide exclusive scan (NW warps), returns exclusive prefix, sets total --------------
+// `s_warp` needs NW + 1 ints of shared memory; callers must __syncthreads() before reusing it.
+template <int NW>
+__device__ __forceinline__ int block_exclusive_scan(int v, int* s_warp, int& total) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  int incl = v;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const int n = __shfl_up_sync(FULL, incl, o);
+    if (lane >= o) incl += n;
+  }
+  if (lane == 31) s_warp[warp] = incl;
+  __syncthreads();
+  if (warp == 0) {
+    const int w = lane < NW ? s_warp[lane] : 0;
+    int wi = w;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const int n = __shfl_up_sync(FULL, wi, o);
+      if (lane >= o) wi += n;
+    }
+    if (lane < NW) s_warp[lane] = wi - w;
+    if (lane == NW - 1) s_warp[NW] = wi;
+  }
+  __syncthreads();
+  total = s_warp[NW];
+  return s_warp[warp] + incl - v;
+}
+
+// ---- split-K reduction across the blocks of one thread-block cluster ------------------------
+// Every block of the cluster (cluster dims (1, S, 1), blockIdx.y == rank) holds `part`
+// ([TC][tile_out] floats, shared memory). Block `rank` sums outputs o in its slice over ranks
+// 0..S-1 in a fixed order (deterministic) and calls store(t, o, value). With S == 1 (or on GPUs
+// without clusters) the block stores its own partials.
+template <int TC, int NTHREADS, class Store>
+__device__ __forceinline__ void cluster_reduce_store(float* part, int tile_out, int S, Store store) {
+#if SK_HAS_CLUSTER
+  if (S > 1) {
+    namespace cg = cooperative_groups;
+    cg::cluster_group cl = cg::this_cluster();
+    cl.sync();  // every block's partials are complete
+    const int rank = static_cast<int>(cl.block_rank());
+    const int o0 = (tile_out * rank) / S, o1 = (tile_out * (rank + 1)) / S;
+    const int w = o1 - o0;
+    for (int i = threadIdx.x; i < TC * w; i += NTHREADS) {
+      const int t = i / w, o = o0 + i % w;
+      float s = 0.f;
+      for (int q = 0; q < S; ++q) {
+        const float* rp = cl.map_shared_rank(part, q);
+        s += rp[t * tile_out + o];
+      }
+      store(t, o, s);
+    }
+    cl.sync();  // keep our shared memory alive until every block has read it
+    return;
+  }
+#endif
+  for (int i = threadIdx.x; i < TC * tile_out; i += NTHREADS) store(i / tile_out, i % tile_out, part[i]);
+}
+
+}  // namespace sk

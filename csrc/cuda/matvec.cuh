@@ -1,0 +1,425 @@
+// teal_matvec(_sel) and spdp_matvec(_sel): activation-sparse matrix-vector products for decode.
+//
+// One kernel skeleton serves both formats. A block owns one output tile (TEAL: `lpr * VEC`
+// consecutive outputs n of w_t's rows; SPDP: one R-row tile of the spdp format) and one of S
+// slices of the input channels, for TC tokens (blockIdx.z picks the token chunk):
+//   1. it builds the list of its active channels in shared memory: from x and the threshold
+//      (fused ops: the slice is a channel range) or from select's idx/nnz (the *_sel ops: the
+//      slice is a range of idx[:nnz]); SPDP also stages each active column's bitmap and offset;
+//   2. its warps stream only the weights of active channels (TEAL: one 16-byte vector per lane
+//      per channel row; SPDP: each lane owns rows lane + 32*w of the tile and loads its non-zero
+//      values found by popcount), accumulating in fp32 registers: no atomics;
+//   3. warps reduce through shared memory in a fixed order, and the S blocks of one output tile,
+//      launched as one thread-block cluster (Hopper), reduce through distributed shared memory in
+//      a fixed order: results are deterministic and bf16 is as easy as fp16.
+// No torch headers: compile with `nvcc -arch=sm_90 -Xptxas -v -c` to read the resource report.
+#pragma once
+#include "common.cuh"
+
+namespace sk {
+
+struct MatvecParams {
+  const void* x;       // [T, K]: x (fused ops) or xs (the *_sel ops), contiguous
+  const int* idx;      // *_sel: active channels (ascending), idx[:nnz]
+  const int* nnz;      // *_sel: [1] on the device
+  int idx_len;         // *_sel: entries of idx (nnz is clamped to it)
+  float thr;           // fused: keep |x| > thr
+  int fused;           // 1: threshold x here; 0: use idx/nnz
+  int T, K, N;
+  int S;               // channel slices = cluster size along y (1 without clusters)
+  void* y;             // [T, N], x's dtype
+  const void* w;       // TEAL: w_t [K, N]; SPDP: values
+  int lpr;             // TEAL: lanes sharing one row segment (8, 16 or 32)
+  int vec;             // TEAL: 1 when w_t rows can be read as aligned 16-byte vectors
+  const int* bitmap;   // SPDP: [NT, K, R/32]
+  const int* offsets;  // SPDP: [NT*K + 1]
+  int pipe;            // TEAL: 0 = batches of U register loads; 1 = a cp.async ring of D rows per lane
+};
+
+// Compile-time configuration of one kernel instantiation. R == 0: TEAL, else SPDP with R-row tiles.
+template <typename T, int TC, int R>
+struct MvCfg {
+  static constexpr bool SPDP = R > 0;
+  static constexpr int NTHREADS = SPDP ? 512 : 256;
+  static constexpr int NW = NTHREADS / 32;
+  static constexpr int MINB = (SPDP && TC > 1) ? 1 : 2;             // resident blocks asked of ptxas
+  static constexpr int VEC = Vec<T>::N;
+  static constexpr int W = SPDP ? R / 32 : 1;                       // bitmap words per column
+  static constexpr int ACC = SPDP ? W : VEC;                        // accumulators per lane per token
+  static constexpr int TILE_MAX = SPDP ? R : 32 * VEC;              // outputs per tile (max)
+  static constexpr int CH = TC == 1 ? 2048 : 1024;                  // list capacity per pass
+  static constexpr int PER = CH / NTHREADS;                         // channels per thread (fused build)
+  // loads in flight per lane in the batch loops (SPDP: columns, each R/32 values)
+  static constexpr int U = SPDP ? (TC == 1 ? 8 : (TC == 4 ? 4 : 2)) : (TC == 1 ? 8 : 4);
+  static constexpr int D = 8;                                        // TEAL cp.async ring depth (rows per lane)
+  // shared memory carve-up (bytes, each piece 16-byte aligned)
+  static constexpr size_t BM_BYTES = SPDP ? size_t(CH) * W * 4 : 0;
+  static constexpr size_t OFF_BYTES = SPDP ? size_t(CH) * W * 4 : 0;  // value index of each word's first bit
+  static constexpr size_t J_BYTES = size_t(CH) * 4;
+  static constexpr size_t X_BYTES = size_t(TC) * CH * 4;
+  static constexpr size_t RED_BYTES = size_t(NW) * TILE_MAX * 4;
+  static constexpr size_t PART_BYTES = size_t(TC) * TILE_MAX * 4;
+  static constexpr size_t RING_BYTES = SPDP ? 0 : size_t(NW) * D * 32 * 16;
+  static constexpr size_t SMEM = BM_BYTES + OFF_BYTES + J_BYTES + X_BYTES + RED_BYTES + PART_BYTES + RING_BYTES;
+};
+
+template <typename T> __device__ __forceinline__ uint32_t ld_val_bits(const T* base, int i);
+template <> __device__ __forceinline__ uint32_t ld_val_bits<float>(const float* base, int i) { return ld_stream_u32(base + i); }
+template <> __device__ __forceinline__ uint32_t ld_val_bits<__half>(const __half* base, int i) { return ld_stream_u16(base + i); }
+template <> __device__ __forceinline__ uint32_t ld_val_bits<__nv_bfloat16>(const __nv_bfloat16* base, int i) {
+  return ld_stream_u16(base + i);
+}
+template <typename T> __device__ __forceinline__ float val_bits_to_f(uint32_t b) { return bits16_to_f<T>(b); }
+template <> __device__ __forceinline__ float val_bits_to_f<float>(uint32_t b) { return __uint_as_float(b); }
+
+template <typename T, int TC, int R>
+__global__ void __launch_bounds__(MvCfg<T, TC, R>::NTHREADS, MvCfg<T, TC, R>::MINB) matvec_kernel(const MatvecParams p) {
+  using C = MvCfg<T, TC, R>;
+  constexpr int NT = C::NTHREADS, NW = C::NW, CH = C::CH, VEC = C::VEC, W = C::W, ACC = C::ACC, U = C::U;
+  extern __shared__ __align__(16) unsigned char smem[];
+  __shared__ int s_warp[NW + 1];
+  uint32_t* s_bm = reinterpret_cast<uint32_t*>(smem);
+  int* s_off = reinterpret_cast<int*>(smem + C::BM_BYTES);
+  int* s_j = reinterpret_cast<int*>(smem + C::BM_BYTES + C::OFF_BYTES);
+  float* s_x = reinterpret_cast<float*>(smem + C::BM_BYTES + C::OFF_BYTES + C::J_BYTES);
+  float* s_red = reinterpret_cast<float*>(smem + C::BM_BYTES + C::OFF_BYTES + C::J_BYTES + C::X_BYTES);
+  float* s_part = s_red + NW * C::TILE_MAX;
+  uint4* s_ring = reinterpret_cast<uint4*>(s_part + TC * C::TILE_MAX);  // TEAL: [NW][D][32] 16-byte slots
+
+  grid_dependency_wait();  // launched with programmatic stream serialization: inputs are ready after this
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int tile = blockIdx.x, split = blockIdx.y, t0 = blockIdx.z * TC;
+  const int tn = min(TC, p.T - t0);
+  const int K = p.K, N = p.N;
+  const int tile_out = C::SPDP ? R : p.lpr * VEC;
+  const T* x = static_cast<const T*>(p.x);
+
+  float acc[TC][ACC];
+#pragma unroll
+  for (int t = 0; t < TC; ++t)
+#pragma unroll
+    for (int a = 0; a < ACC; ++a) acc[t][a] = 0.f;
+
+  int beg, end;
+  if (p.fused) {
+    const int kper = (K + p.S - 1) / p.S;
+    beg = min(K, split * kper);
+    end = min(K, beg + kper);
+  } else {
+    const int cnt = min(max(__ldg(p.nnz), 0), min(K, p.idx_len));
+    beg = static_cast<int>(static_cast<long long>(cnt) * split / p.S);
+    end = static_cast<int>(static_cast<long long>(cnt) * (split + 1) / p.S);
+  }
+
+  for (int c0 = beg; c0 < end; c0 += CH) {
+    const int c1 = min(end, c0 + CH);
+    __syncthreads();  // the previous pass is consumed
+    // ---- 1. the list of active channels -------------------------------------------------------
+    int cnt;
+    if (p.fused) {
+      const int kb = c0 + tid * C::PER;
+      float xv[C::PER][TC];
+      unsigned bits = 0;
+#pragma unroll
+      for (int i = 0; i < C::PER; ++i) {
+        const int k = kb + i;
+        bool any = false;
+#pragma unroll
+        for (int t = 0; t < TC; ++t) {
+          float v = 0.f;
+          if (k < c1 && t < tn) {
+            v = to_f<T>(x[static_cast<size_t>(t0 + t) * K + k]);
+            v = fabsf(v) > p.thr ? v : 0.f;
+          }
+          xv[i][t] = v;
+          any |= (v != 0.f);
+        }
+        bits |= (any ? 1u : 0u) << i;
+      }
+      int total;
+      int pos = block_exclusive_scan<NW>(__popc(bits), s_warp, total);
+#pragma unroll
+      for (int i = 0; i < C::PER; ++i) {
+        if (bits & (1u << i)) {
+          s_j[pos] = kb + i;
+#pragma unroll
+          for (int t = 0; t < TC; ++t) s_x[t * CH + pos] = xv[i][t];
+          ++pos;
+        }
+      }
+      cnt = total;
+    } else {
+      // entries e = tid + i * NT: every load of this thread in flight at once
+      cnt = c1 - c0;
+      int jv[C::PER];
+#pragma unroll
+      for (int i = 0; i < C::PER; ++i) {
+        const int e = tid + i * NT;
+        jv[i] = e < cnt ? __ldg(p.idx + c0 + e) : -1;
+      }
+      float xv[C::PER][TC];
+#pragma unroll
+      for (int i = 0; i < C::PER; ++i) {
+        const bool ok = jv[i] >= 0 && jv[i] < K;
+#pragma unroll
+        for (int t = 0; t < TC; ++t)
+          xv[i][t] = (ok && t < tn) ? to_f<T>(x[static_cast<size_t>(t0 + t) * K + jv[i]]) : 0.f;
+      }
+#pragma unroll
+      for (int i = 0; i < C::PER; ++i) {
+        const int e = tid + i * NT;
+        if (e < cnt) {
+          s_j[e] = (jv[i] >= 0 && jv[i] < K) ? jv[i] : 0;
+#pragma unroll
+          for (int t = 0; t < TC; ++t) s_x[t * CH + e] = xv[i][t];
+        }
+      }
+    }
+    __syncthreads();
+    if constexpr (C::SPDP) {
+      // stage each active column's bitmap words and the value index of each word's first bit
+      constexpr int SG = 2;  // entries per thread per round (all their loads in flight)
+#pragma unroll
+      for (int i0 = 0; i0 < C::PER; i0 += SG) {
+        uint32_t m[SG][W];
+        int off[SG];
+#pragma unroll
+        for (int i = 0; i < SG; ++i) {
+          const int e = tid + (i0 + i) * NT;
+          if (e < cnt) {
+            const size_t pos = static_cast<size_t>(tile) * K + s_j[e];
+            const uint32_t* bp = reinterpret_cast<const uint32_t*>(p.bitmap) + pos * W;
+            if constexpr (W == 4) {
+              const uint4 q = __ldg(reinterpret_cast<const uint4*>(bp));
+              m[i][0] = q.x; m[i][1] = q.y; m[i][2] = q.z; m[i][3] = q.w;
+            } else if constexpr (W == 2) {
+              const uint2 q = __ldg(reinterpret_cast<const uint2*>(bp));
+              m[i][0] = q.x; m[i][1] = q.y;
+            } else {
+              m[i][0] = __ldg(bp);
+            }
+            off[i] = __ldg(p.offsets + pos);
+          }
+        }
+#pragma unroll
+        for (int i = 0; i < SG; ++i) {
+          const int e = tid + (i0 + i) * NT;
+          if (e < cnt) {
+            int base = off[i];
+#pragma unroll
+            for (int w = 0; w < W; ++w) {
+              s_bm[e * W + w] = m[i][w];
+              s_off[e * W + w] = base;
+              base += __popc(m[i][w]);
+            }
+          }
+        }
+      }
+      __syncthreads();
+    }
+
+    // ---- 2. stream the active weights --------------------------------------------------------
+    if constexpr (!C::SPDP) {
+      const int lpr = p.lpr, rpw = 32 / lpr, g = lane / lpr, li = lane - g * lpr;
+      const int slot = warp * rpw + g, nslots = NW * rpw;
+      const int col = tile * tile_out + li * VEC;
+      const T* wt = static_cast<const T*>(p.w);
+      if (p.vec && p.pipe) {
+        // D rows in flight per lane at all times through a shared-memory ring filled by cp.async:
+        // wait for row i, consume it, refill its slot with row i + D. Completion is tracked by
+        // async-copy groups (one per row, per thread), not by register scoreboards.
+        constexpr int D = C::D;
+        const bool colok = col < N;  // N % VEC == 0 on this path
+        const T* wcol = wt + col;
+        const int ni = slot < cnt ? (cnt - 1 - slot) / nslots + 1 : 0;
+        uint4* ring = s_ring + warp * D * 32 + lane;
+#pragma unroll
+        for (int d = 0; d < D; ++d) {
+          if (colok && d < ni) cp_async16_stream(ring + d * 32, wcol + static_cast<size_t>(s_j[slot + d * nslots]) * N);
+          cp_async_commit();
+        }
+        for (int i = 0; i < ni; ++i) {
+          cp_async_wait<D - 1>();
+          const int d = i & (D - 1);
+          if (colok) {
+            const uint4 wv = ring[d * 32];
+            const int e = slot + i * nslots;
+            float f[VEC];
+            unpack16<T>(wv, f);
+#pragma unroll
+            for (int t = 0; t < TC; ++t) {
+              const float xe = s_x[t * CH + e];
+#pragma unroll
+              for (int v = 0; v < VEC; ++v) acc[t][v] = fmaf(xe, f[v], acc[t][v]);
+            }
+          }
+          const int in = i + D;
+          if (colok && in < ni) cp_async16_stream(ring + d * 32, wcol + static_cast<size_t>(s_j[slot + in * nslots]) * N);
+          cp_async_commit();
+        }
+        cp_async_wait<0>();
+      } else if (p.vec) {  // batches: U loads, then U consumers
+        const bool colok = col < N;
+        for (int e0 = slot; e0 < cnt; e0 += nslots * U) {
+          uint4 wv[U];
+#pragma unroll
+          for (int u = 0; u < U; ++u) {
+            const int e = e0 + u * nslots;
+            if (colok && e < cnt) wv[u] = ld_stream16(wt + static_cast<size_t>(s_j[e]) * N + col);
+            else wv[u] = make_uint4(0u, 0u, 0u, 0u);
+          }
+#pragma unroll
+          for (int u = 0; u < U; ++u) {
+            const int e = e0 + u * nslots;
+            if (e < cnt) {
+              float f[VEC];
+              unpack16<T>(wv[u], f);
+#pragma unroll
+              for (int t = 0; t < TC; ++t) {
+                const float xe = s_x[t * CH + e];
+#pragma unroll
+                for (int v = 0; v < VEC; ++v) acc[t][v] = fmaf(xe, f[v], acc[t][v]);
+              }
+            }
+          }
+        }
+      } else {  // odd N or unaligned w_t: scalar loads, one row at a time
+        for (int e = slot; e < cnt; e += nslots) {
+          const T* row = wt + static_cast<size_t>(s_j[e]) * N;
+          float f[VEC];
+#pragma unroll
+          for (int v = 0; v < VEC; ++v) f[v] = (col + v < N) ? to_f<T>(row[col + v]) : 0.f;
+#pragma unroll
+          for (int t = 0; t < TC; ++t) {
+            const float xe = s_x[t * CH + e];
+#pragma unroll
+            for (int v = 0; v < VEC; ++v) acc[t][v] = fmaf(xe, f[v], acc[t][v]);
+          }
+        }
+      }
+    } else {
+      const uint32_t lanebit = 1u << lane, lt = lanebit - 1u;
+      const T* vals = static_cast<const T*>(p.w);
+      // the non-zero of column entry e owned by this lane, per bitmap word (0 when there is none)
+      auto fetch = [&](int e, uint32_t (&v)[W]) {
+        uint32_t m[W];
+        int b[W];
+        if constexpr (W == 4) {
+          const uint4 q = *reinterpret_cast<const uint4*>(s_bm + e * W);
+          const int4 o = *reinterpret_cast<const int4*>(s_off + e * W);
+          m[0] = q.x; m[1] = q.y; m[2] = q.z; m[3] = q.w;
+          b[0] = o.x; b[1] = o.y; b[2] = o.z; b[3] = o.w;
+        } else if constexpr (W == 2) {
+          const uint2 q = *reinterpret_cast<const uint2*>(s_bm + e * W);
+          const int2 o = *reinterpret_cast<const int2*>(s_off + e * W);
+          m[0] = q.x; m[1] = q.y;
+          b[0] = o.x; b[1] = o.y;
+        } else {
+          m[0] = s_bm[e];
+          b[0] = s_off[e];
+        }
+#pragma unroll
+        for (int w = 0; w < W; ++w) v[w] = (m[w] & lanebit) ? ld_val_bits<T>(vals, b[w] + __popc(m[w] & lt)) : 0u;
+      };
+      auto consume = [&](int e, const uint32_t (&v)[W]) {
+#pragma unroll
+        for (int t = 0; t < TC; ++t) {
+          const float xe = s_x[t * CH + e];
+#pragma unroll
+          for (int w = 0; w < W; ++w) acc[t][w] = fmaf(xe, val_bits_to_f<T>(v[w]), acc[t][w]);
+        }
+      };
+      const int ni = warp < cnt ? (cnt - 1 - warp) / NW + 1 : 0;
+      uint32_t vb[U][W];
+      for (int i0 = 0; i0 < ni; i0 += U) {
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+          if (i0 + u < ni) fetch(warp + (i0 + u) * NW, vb[u]);
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+          if (i0 + u < ni) consume(warp + (i0 + u) * NW, vb[u]);
+      }
+    }
+  }
+
+  // ---- 3. reduce: lane groups (TEAL), warps (shared memory), blocks (cluster) ------------------
+  int g = 0, li = lane;
+  if constexpr (!C::SPDP) {
+    g = lane / p.lpr;
+    li = lane - g * p.lpr;
+    for (int o = p.lpr; o < 32; o <<= 1) {
+#pragma unroll
+      for (int t = 0; t < TC; ++t)
+#pragma unroll
+        for (int a = 0; a < ACC; ++a) acc[t][a] += __shfl_xor_sync(FULL, acc[t][a], o);
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < TC; ++t) {
+    __syncthreads();
+    if constexpr (C::SPDP) {
+#pragma unroll
+      for (int w = 0; w < W; ++w) s_red[warp * R + lane + 32 * w] = acc[t][w];
+    } else if (g == 0) {
+#pragma unroll
+      for (int v = 0; v < VEC; ++v) s_red[warp * tile_out + li * VEC + v] = acc[t][v];
+    }
+    __syncthreads();
+    for (int o = tid; o < tile_out; o += NT) {
+      float s = 0.f;
+#pragma unroll 4
+      for (int q = 0; q < NW; ++q) s += s_red[q * tile_out + o];
+      s_part[t * tile_out + o] = s;
+    }
+  }
+  __syncthreads();
+  T* y = static_cast<T*>(p.y);
+  const int n0 = tile * tile_out;
+  cluster_reduce_store<TC, NT>(s_part, tile_out, p.S, [&](int t, int o, float s) {
+    const int n = n0 + o;
+    if (t < tn && n < N) y[static_cast<size_t>(t0 + t) * N + n] = from_f<T>(s);
+  });
+}
+
+// ---- host side (no torch) -----------------------------------------------------------------------
+template <typename T, int TC, int R>
+inline cudaError_t matvec_prepare(int device) {
+  static bool done[64] = {false};
+  if (device < 0 || device >= 64) return cudaErrorInvalidDevice;
+  if (done[device]) return cudaSuccess;
+  const cudaError_t e = cudaFuncSetAttribute(matvec_kernel<T, TC, R>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             static_cast<int>(MvCfg<T, TC, R>::SMEM));
+  if (e == cudaSuccess) done[device] = true;
+  return e;
+}
+
+// Resident blocks per multiprocessor of this instantiation (cached per device).
+template <typename T, int TC, int R>
+inline int matvec_blocks_per_sm(int device) {
+  static int cache[64] = {0};
+  if (device < 0 || device >= 64) return 1;
+  if (cache[device] == 0) {
+    int n = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, matvec_kernel<T, TC, R>, MvCfg<T, TC, R>::NTHREADS,
+                                                      MvCfg<T, TC, R>::SMEM) != cudaSuccess || n < 1)
+      n = 1;
+    cache[device] = n;
+  }
+  return cache[device];
+}
+
+template <typename T, int TC, int R>
+inline cudaError_t matvec_launch(const MatvecParams& p, int tiles, int tchunks, cudaStream_t stream, bool pdl) {
+  using C = MvCfg<T, TC, R>;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(p.S), static_cast<unsigned>(tchunks));
+  cfg.blockDim = dim3(C::NTHREADS, 1, 1);
+  cfg.dynamicSmemBytes = C::SMEM;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[2];
+  cfg.numAttrs = launch_attrs(attr, p.S, pdl);
+  cfg.attrs = attr;
+  return cudaLaunchKernelEx(&cfg, matvec_kernel<T, TC, R>, p);
+}
+
+}  // namespace sk

@@ -1,0 +1,62 @@
+// Torch-side launcher shared by teal_cuda.cu and spdp_cuda.cu: shapes, checks, token chunks,
+// channel slices, dtype dispatch.
+#pragma once
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "matvec.cuh"
+#include "ops_cuda.h"
+
+namespace sparsekit::cuda {
+
+inline void check_x(const at::Tensor& x, const char* op) {
+  TORCH_CHECK(x.is_cuda(), op, ": x must be a CUDA tensor");
+  TORCH_CHECK(x.dim() >= 1, op, ": x must have at least one dimension");
+  const auto dt = x.scalar_type();
+  TORCH_CHECK(dt == at::kHalf || dt == at::kBFloat16 || dt == at::kFloat, op,
+              ": x must be float16, bfloat16 or float32");
+}
+
+inline void check_sel(const at::Tensor& xs, const at::Tensor& idx, const at::Tensor& nnz, const char* op) {
+  TORCH_CHECK(idx.is_cuda() && nnz.is_cuda() && idx.device() == xs.device() && nnz.device() == xs.device(), op,
+              ": idx and nnz must be on x's device");
+  TORCH_CHECK(idx.scalar_type() == at::kInt && nnz.scalar_type() == at::kInt, op, ": idx and nnz must be int32");
+  TORCH_CHECK(nnz.numel() >= 1, op, ": nnz must hold one value");
+}
+
+inline std::vector<int64_t> out_shape(const at::Tensor& x, int64_t n) {
+  std::vector<int64_t> s(x.sizes().begin(), x.sizes().end());
+  s.back() = n;
+  return s;
+}
+
+// Tokens per block: 1, 4 or 8 (T > 8 runs in chunks of 8 along grid z).
+inline int token_chunk(int64_t T) { return T == 1 ? 1 : (T <= 4 ? 4 : 8); }
+
+template <typename T, int TC, int R>
+void matvec_dispatch_tc(sk::MatvecParams& p, int tiles, int device, cudaStream_t stream, int min_per_slice) {
+  const int tchunks = (p.T + TC - 1) / TC;
+  const cudaError_t prep = sk::matvec_prepare<T, TC, R>(device);
+  C10_CUDA_CHECK(prep);
+  const int bps = sk::matvec_blocks_per_sm<T, TC, R>(device);
+  p.S = choose_split(device, tiles * tchunks, bps, std::max(1, p.K / min_per_slice));
+  p.pipe = tuning().pipe;
+  const bool pdl = tuning().pdl != 0 && cc_major(device) >= 9;
+  const cudaError_t err = sk::matvec_launch<T, TC, R>(p, tiles, tchunks, stream, pdl);
+  C10_CUDA_CHECK(err);
+}
+
+template <typename T, int R>
+void matvec_dispatch(sk::MatvecParams& p, int tiles, int device, cudaStream_t stream, int min_per_slice) {
+  switch (token_chunk(p.T)) {
+    case 1: matvec_dispatch_tc<T, 1, R>(p, tiles, device, stream, min_per_slice); break;
+    case 4: matvec_dispatch_tc<T, 4, R>(p, tiles, device, stream, min_per_slice); break;
+    default: matvec_dispatch_tc<T, 8, R>(p, tiles, device, stream, min_per_slice); break;
+  }
+}
+
+}  // namespace sparsekit::cuda

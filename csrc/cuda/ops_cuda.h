@@ -1,0 +1,39 @@
+// Torch-side declarations shared by the CUDA translation units (ops_cuda.cu registers them).
+#pragma once
+#include <ATen/ATen.h>
+
+#include <tuple>
+
+namespace sparsekit::cuda {
+
+// Knobs for benchmarks and tests (op sparsekit_cuda::tune); 0 = automatic.
+struct Tuning {
+  int split = 0;     // force the number of channel slices (cluster size, <= 8; 1 on pre-Hopper GPUs)
+  int teal_lpr = 0;  // TEAL lanes per row segment: 8, 16 or 32
+  int pipe = 0;      // teal weight streaming: 0 = batches of register loads, 1 = cp.async ring
+  int pdl = 0;       // 1: launch with programmatic stream serialization (overlap with the previous kernel)
+  int spinfer_warps = 4;  // 4 or 8 warps per spinfer block (4 measured faster on the H200)
+  int last_split = 0;  // read-only: the slices chosen by the last launch
+};
+Tuning& tuning();
+
+int sm_count(int device);
+int cc_major(int device);
+// Channel slices for `base` blocks (tiles x token chunks): fill the resident slots once, at most
+// 8 (the portable cluster size), at most `max_slices`, 1 where clusters do not exist.
+int choose_split(int device, int base, int blocks_per_sm, int max_slices);
+// The threshold as torch compares it: `x.abs() > t` casts the Python float to x's dtype.
+float cast_threshold(double t, at::ScalarType dtype);
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> select(const at::Tensor& x, double threshold);
+at::Tensor teal_matvec(const at::Tensor& x, const at::Tensor& w_t, double threshold);
+at::Tensor teal_matvec_sel(const at::Tensor& xs, const at::Tensor& idx, const at::Tensor& nnz, const at::Tensor& w_t);
+at::Tensor spdp_matvec(const at::Tensor& x, const at::Tensor& values, const at::Tensor& bitmap,
+                       const at::Tensor& offsets, int64_t n, int64_t tile_rows, double threshold);
+at::Tensor spdp_matvec_sel(const at::Tensor& xs, const at::Tensor& idx, const at::Tensor& nnz,
+                           const at::Tensor& values, const at::Tensor& bitmap, const at::Tensor& offsets, int64_t n,
+                           int64_t tile_rows);
+at::Tensor spinfer_matmul(const at::Tensor& x, const at::Tensor& values, const at::Tensor& bitmaps,
+                          const at::Tensor& tile_offsets, const at::Tensor& group_offsets, int64_t n, int64_t k);
+
+}  // namespace sparsekit::cuda

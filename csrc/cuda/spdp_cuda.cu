@@ -1,0 +1,95 @@
+// spdp_matvec / spdp_matvec_sel on CUDA (kernel: matvec.cuh with R = tile_rows).
+#include "matvec_run.h"
+
+namespace sparsekit::cuda {
+
+namespace {
+
+template <typename T>
+void spdp_dispatch_r(sk::MatvecParams& p, int tiles, int R, int device, cudaStream_t stream) {
+  constexpr int kMinColsPerSlice = 64;
+  switch (R) {
+    case 32: matvec_dispatch<T, 32>(p, tiles, device, stream, kMinColsPerSlice); break;
+    case 64: matvec_dispatch<T, 64>(p, tiles, device, stream, kMinColsPerSlice); break;
+    default: matvec_dispatch<T, 128>(p, tiles, device, stream, kMinColsPerSlice); break;
+  }
+}
+
+// A tensor whose data starts `align`-byte aligned (a copy only when the input is not).
+at::Tensor aligned(const at::Tensor& t, int align) {
+  at::Tensor c = t.contiguous();
+  if (reinterpret_cast<uintptr_t>(c.data_ptr()) % align != 0) c = c.clone(at::MemoryFormat::Contiguous);
+  return c;
+}
+
+at::Tensor spdp_run(const at::Tensor& x, const at::Tensor* idx, const at::Tensor* nnz, const at::Tensor& values,
+                    const at::Tensor& bitmap, const at::Tensor& offsets, int64_t n, int64_t R, double threshold,
+                    const char* op) {
+  check_x(x, op);
+  TORCH_CHECK(R == 32 || R == 64 || R == 128, op, ": tile_rows must be 32, 64 or 128, got ", R);
+  TORCH_CHECK(n >= 0, op, ": n must be >= 0");
+  for (const at::Tensor* t : {&values, &bitmap, &offsets})
+    TORCH_CHECK(t->is_cuda() && t->device() == x.device(), op, ": the packed tensors must be on x's device");
+  TORCH_CHECK(values.scalar_type() == x.scalar_type(), op, ": values must have x's dtype");
+  TORCH_CHECK(bitmap.scalar_type() == at::kInt && offsets.scalar_type() == at::kInt, op,
+              ": bitmap and offsets must be int32");
+  c10::cuda::CUDAGuard guard(x.device());
+  const int64_t K = x.size(-1), N = n;
+  const int64_t NT = (N + R - 1) / R;
+  TORCH_CHECK(bitmap.numel() == NT * K * (R / 32), op, ": bitmap has ", bitmap.numel(), " words, expected ",
+              NT * K * (R / 32), " for n=", N, ", k=", K, ", tile_rows=", R);
+  TORCH_CHECK(offsets.numel() == NT * K + 1, op, ": offsets has ", offsets.numel(), " entries, expected ", NT * K + 1);
+  const int64_t T = K > 0 ? x.numel() / K : 0;
+  auto y = at::empty(out_shape(x, N), x.options());
+  if (T == 0 || N == 0) return y;
+  if (K == 0) return y.zero_();
+  TORCH_CHECK(NT * K + 1 < (int64_t(1) << 31) && T < (int64_t(1) << 31), op, ": sizes too large");
+  const at::Tensor xc = x.contiguous();
+  const at::Tensor vc = values.contiguous();
+  const at::Tensor bc = aligned(bitmap, static_cast<int>(R / 8));
+  const at::Tensor oc = offsets.contiguous();
+  const int device = x.get_device();
+
+  sk::MatvecParams p{};
+  p.x = xc.data_ptr();
+  p.fused = idx == nullptr ? 1 : 0;
+  if (idx != nullptr) {
+    p.idx = idx->data_ptr<int>();
+    p.nnz = nnz->data_ptr<int>();
+    p.idx_len = static_cast<int>(std::min<int64_t>(idx->numel(), K));
+  }
+  p.thr = cast_threshold(threshold, x.scalar_type());
+  p.T = static_cast<int>(T);
+  p.K = static_cast<int>(K);
+  p.N = static_cast<int>(N);
+  p.y = y.data_ptr();
+  p.w = vc.data_ptr();
+  p.bitmap = bc.data_ptr<int>();
+  p.offsets = oc.data_ptr<int>();
+  const int tiles = static_cast<int>(NT);
+  auto stream = at::cuda::getCurrentCUDAStream();
+  switch (x.scalar_type()) {
+    case at::kHalf: spdp_dispatch_r<__half>(p, tiles, static_cast<int>(R), device, stream); break;
+    case at::kBFloat16: spdp_dispatch_r<__nv_bfloat16>(p, tiles, static_cast<int>(R), device, stream); break;
+    default: spdp_dispatch_r<float>(p, tiles, static_cast<int>(R), device, stream); break;
+  }
+  return y;
+}
+
+}  // namespace
+
+at::Tensor spdp_matvec(const at::Tensor& x, const at::Tensor& values, const at::Tensor& bitmap,
+                       const at::Tensor& offsets, int64_t n, int64_t tile_rows, double threshold) {
+  return spdp_run(x, nullptr, nullptr, values, bitmap, offsets, n, tile_rows, threshold, "spdp_matvec");
+}
+
+at::Tensor spdp_matvec_sel(const at::Tensor& xs, const at::Tensor& idx, const at::Tensor& nnz,
+                           const at::Tensor& values, const at::Tensor& bitmap, const at::Tensor& offsets, int64_t n,
+                           int64_t tile_rows) {
+  check_x(xs, "spdp_matvec_sel");
+  check_sel(xs, idx, nnz, "spdp_matvec_sel");
+  const at::Tensor ic = idx.contiguous(), nc = nnz.contiguous();
+  return spdp_run(xs, &ic, &nc, values, bitmap, offsets, n, tile_rows, 0.0, "spdp_matvec_sel");
+}
+
+}  // namespace sparsekit::cuda

@@ -1,0 +1,226 @@
+"""The only door to the kernels. Every op takes an optional ``backend=``:
+
+- ``"reference"``: plain PyTorch (``sparsekit.kernels.reference``, the definition of every op);
+- ``"cpu"``: the compiled C++ kernels (``sparsekit._C``) on CPU tensors;
+- ``"cuda"``: the compiled CUDA kernels on CUDA tensors (when ``_C`` was built with CUDA);
+- ``"triton"``: ``sparsekit.kernels.triton`` (CUDA tensors; CPU tensors under ``TRITON_INTERPRET=1``).
+
+Without ``backend=``, the one set by ``set_backend(name)`` or env ``SPARSEKIT_BACKEND`` is used;
+otherwise the best available for the input's device: CUDA tensors -> cuda, else triton, else
+reference; CPU tensors -> cpu, else reference. ``available_backends(device)`` lists them.
+
+Ops (shapes and semantics: ``sparsekit.kernels.reference``):
+``select(x, t)``, ``teal_matvec(x, w_t, t)``, ``teal_matvec_sel(xs, idx, nnz, w_t)``,
+``spdp_matvec(x, packed, t)``, ``spdp_matvec_sel(xs, idx, nnz, packed)``,
+``spinfer_matmul(x, packed)``, where ``packed`` is the dict of ``sparsekit.formats.spdp`` /
+``sparsekit.formats.spinfer`` (keep its ``shape`` on the CPU, or a tuple, so reading it never
+waits for the GPU). The compiled ops are ``torch.ops.sparsekit.*``; each has a fake (meta)
+implementation registered here so ``torch.compile`` and CUDA-graph capture can trace them.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from sparsekit import _ext
+from sparsekit.kernels import reference
+
+BACKENDS = ("reference", "cpu", "triton", "cuda")
+_forced: str | None = None
+_C = _ext.load()  # warns once if the compiled library is missing
+
+
+# ---------------------------------------------------------------------------------- backends
+def _triton_usable(device_type: str) -> bool:
+    if device_type == "cuda":
+        from sparsekit.kernels import triton as tk
+
+        return tk.available()
+    if device_type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
+        from sparsekit.kernels import triton as tk
+
+        return tk.available()
+    return False
+
+
+def available_backends(device: str | torch.device = "cpu") -> list[str]:
+    """Backends that can run on ``device`` here, best first."""
+    dev = torch.device(device)
+    out = []
+    if dev.type == "cuda":
+        if _C is not None and _ext.has_cuda():
+            out.append("cuda")
+        if _triton_usable("cuda"):
+            out.append("triton")
+    elif dev.type == "cpu":
+        if _C is not None:
+            out.append("cpu")
+        if _triton_usable("cpu"):
+            out.append("triton")
+    out.append("reference")
+    return out
+
+
+def set_backend(name: str | None) -> None:
+    """Use ``name`` for every op call without ``backend=`` (None: back to env / automatic)."""
+    global _forced
+    if name is not None and name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    _forced = name
+
+
+def get_backend(device: str | torch.device = "cpu") -> str:
+    """The backend an op on ``device`` would use now."""
+    return _choose(torch.device(device).type, None)
+
+
+def _choose(device_type: str, backend: str | None) -> str:
+    name = backend or _forced or os.environ.get("SPARSEKIT_BACKEND") or None
+    if name is None or name == "auto":
+        if device_type == "cuda":
+            if _C is not None and _ext.has_cuda():
+                return "cuda"
+            return "triton" if _triton_usable("cuda") else "reference"
+        return "cpu" if device_type == "cpu" and _C is not None else "reference"
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    if name == "reference":
+        return name
+    if name in ("cpu", "cuda"):
+        if _C is None:
+            raise RuntimeError(f"backend {name!r} needs the compiled library, which is not loaded ({_ext.reason})")
+        if name != device_type:
+            raise ValueError(f"backend {name!r} cannot run on {device_type} tensors")
+        if name == "cuda" and not _ext.has_cuda():
+            raise RuntimeError("backend 'cuda' asked for, but sparsekit._C was built without CUDA kernels")
+        return name
+    if not _triton_usable(device_type):
+        raise RuntimeError(f"backend 'triton' cannot run on {device_type} tensors here (CPU needs TRITON_INTERPRET=1)")
+    return name
+
+
+def _triton():
+    from sparsekit.kernels import triton as tk
+
+    return tk
+
+
+def _dev(t: torch.Tensor) -> str:
+    return t.device.type
+
+
+# ------------------------------------------------------------------------------------------ ops
+def select(x: torch.Tensor, threshold: float, *, backend: str | None = None):
+    """``(xs, idx, nnz)``: masked input, active channels (union over tokens, ascending), their count."""
+    b = _choose(_dev(x), backend)
+    if b == "reference":
+        return reference.select(x, threshold)
+    if b == "triton":
+        return _triton().select(x, float(threshold))
+    return torch.ops.sparsekit.select(x, float(threshold))
+
+
+def teal_matvec(x: torch.Tensor, w_t: torch.Tensor, threshold: float, *, backend: str | None = None) -> torch.Tensor:
+    """``mask(x, threshold) @ w_t`` with ``w_t = W.T`` of shape [K, N]."""
+    b = _choose(_dev(x), backend)
+    if b == "reference":
+        return reference.teal_matvec(x, w_t, threshold)
+    if b == "triton":
+        return _triton().teal_matvec(x, w_t, float(threshold))
+    return torch.ops.sparsekit.teal_matvec(x, w_t, float(threshold))
+
+
+def teal_matvec_sel(xs, idx, nnz, w_t, *, backend: str | None = None) -> torch.Tensor:
+    """The teal product from a ``select`` result (shared by the matrices reading one input)."""
+    b = _choose(_dev(xs), backend)
+    if b == "reference":
+        return reference.teal_matvec_sel(xs, idx, nnz, w_t)
+    if b == "triton":
+        return _triton().teal_matvec_sel(xs, idx, nnz, w_t)
+    return torch.ops.sparsekit.teal_matvec_sel(xs, idx, nnz, w_t)
+
+
+def _spdp_args(x: torch.Tensor, packed: dict):
+    from sparsekit.formats import spdp
+
+    n, k, tile_rows = spdp.dims(packed)
+    if x.shape[-1] != k:
+        raise ValueError(f"x has {x.shape[-1]} channels but the weight has {k} inputs")
+    return packed["values"], packed["bitmap"], packed["offsets"], n, tile_rows
+
+
+def spdp_matvec(x: torch.Tensor, packed: dict, threshold: float, *, backend: str | None = None) -> torch.Tensor:
+    """``mask(x, threshold) @ W.T`` with W in the spdp format."""
+    b = _choose(_dev(x), backend)
+    if b == "reference":
+        return reference.spdp_matvec(x, packed, threshold)
+    values, bitmap, offsets, n, tile_rows = _spdp_args(x, packed)
+    if b == "triton":
+        return _triton().spdp_matvec(x, values, bitmap, offsets, n, tile_rows, float(threshold))
+    return torch.ops.sparsekit.spdp_matvec(x, values, bitmap, offsets, n, tile_rows, float(threshold))
+
+
+def spdp_matvec_sel(xs, idx, nnz, packed: dict, *, backend: str | None = None) -> torch.Tensor:
+    """The spdp product from a ``select`` result."""
+    b = _choose(_dev(xs), backend)
+    if b == "reference":
+        return reference.spdp_matvec_sel(xs, idx, nnz, packed)
+    values, bitmap, offsets, n, tile_rows = _spdp_args(xs, packed)
+    if b == "triton":
+        return _triton().spdp_matvec_sel(xs, idx, nnz, values, bitmap, offsets, n, tile_rows)
+    return torch.ops.sparsekit.spdp_matvec_sel(xs, idx, nnz, values, bitmap, offsets, n, tile_rows)
+
+
+def spinfer_matmul(x: torch.Tensor, packed: dict, *, backend: str | None = None) -> torch.Tensor:
+    """``x @ W.T`` with W in the spinfer (TCA-BME) format."""
+    from sparsekit.formats import spinfer
+
+    b = _choose(_dev(x), backend)
+    if b == "reference":
+        return reference.spinfer_matmul(x, packed)
+    n, k = spinfer.dims(packed)
+    if x.shape[-1] != k:
+        raise ValueError(f"x has {x.shape[-1]} channels but the weight has {k} inputs")
+    args = (packed["values"], packed["bitmaps"], packed["tile_offsets"], packed["group_offsets"], n, k)
+    if b == "triton":
+        return _triton().spinfer_matmul(x, *args)
+    return torch.ops.sparsekit.spinfer_matmul(x, *args)
+
+
+# ---------------------------------------------------------------------------------------- fakes
+def _out(x: torch.Tensor, n: int) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], n))
+
+
+def _register_fakes() -> None:
+    reg = torch.library.register_fake
+
+    @reg("sparsekit::select")
+    def _select(x, threshold):
+        k = x.shape[-1]
+        return torch.empty_like(x), x.new_empty((k,), dtype=torch.int32), x.new_empty((1,), dtype=torch.int32)
+
+    @reg("sparsekit::teal_matvec")
+    def _teal(x, w_t, threshold):
+        return _out(x, w_t.shape[1])
+
+    @reg("sparsekit::teal_matvec_sel")
+    def _teal_sel(xs, idx, nnz, w_t):
+        return _out(xs, w_t.shape[1])
+
+    @reg("sparsekit::spdp_matvec")
+    def _spdp(x, values, bitmap, offsets, n, tile_rows, threshold):
+        return _out(x, n)
+
+    @reg("sparsekit::spdp_matvec_sel")
+    def _spdp_sel(xs, idx, nnz, values, bitmap, offsets, n, tile_rows):
+        return _out(xs, n)
+
+    @reg("sparsekit::spinfer_matmul")
+    def _spinfer(x, values, bitmaps, tile_offsets, group_offsets, n, k):
+        return _out(x, n)
+
+
+if _C is not None:
+    _register_fakes()

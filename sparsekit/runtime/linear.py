@@ -1,0 +1,286 @@
+"""``SparseLinear``: one linear layer = a weight format x an activation selector (DESIGN.md section 3).
+
+The stored tensors are buffers named exactly like the saved tensors (``<linear>.<key>``, keys from
+the format module, plus ``<linear>.threshold`` when the layer has an activation threshold and
+``<linear>.bias`` when the original linear had one), so ``from_pretrained`` fills them directly.
+
+Forward, by format (``xs`` = x masked to ``|x| > threshold`` by ``ops.select``):
+
+=========  ====================================  ==========================================
+format     sparsified step (decode, or prefill    dense step (prefill by default, or no
+           with ``set_prefill_sparsity(True)``)   threshold)
+=========  ====================================  ==========================================
+dense      ``F.linear(xs, W)``                    ``F.linear(x, W)``
+teal       ``ops.teal_matvec[_sel]``              ``x @ w_t``
+spdp       ``ops.spdp_matvec[_sel]``              ``ops.spdp_matvec(x, packed, 0.0)``
+spinfer    ``ops.spinfer_matmul(xs, packed)``     ``ops.spinfer_matmul(x, packed)``
+bitmask    ``F.linear(xs, decoded W)``            ``F.linear(x, decoded W)``
+2:4        ``F.linear(xs, W24)``                  ``F.linear(x, W24)``
+=========  ====================================  ==========================================
+
+``bitmask`` is an archival format without a kernel: it computes with a dense copy decoded once on
+first use (kept out of the state dict). ``2:4`` does the same on the CPU; on CUDA in fp16/bf16 it
+uses torch's semi-structured sparse tensor (cuSPARSELt/CUTLASS) built once from the decoded weight.
+A decode step (one token per sequence) is always sparsified when a threshold is set.
+"""
+from __future__ import annotations
+
+import importlib
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+FORMATS = ("dense", "teal", "spdp", "spinfer", "bitmask", "2:4")
+_MODULES = {"dense": "dense", "teal": "teal", "spdp": "spdp", "spinfer": "spinfer", "bitmask": "bitmask", "2:4": "semi24"}
+THRESHOLD_KEY = "threshold"
+
+_PREFILL_SPARSITY = False
+
+
+def set_prefill_sparsity(on: bool) -> None:
+    """Sparsify activations in prefill too (off by default: DESIGN section 7)."""
+    global _PREFILL_SPARSITY
+    _PREFILL_SPARSITY = bool(on)
+
+
+def prefill_sparsity() -> bool:
+    return _PREFILL_SPARSITY
+
+
+def format_module(fmt: str):
+    """The ``sparsekit.formats`` module of a format name (``encode``/``decode``/``KEYS``)."""
+    if fmt not in _MODULES:
+        raise ValueError(f"unknown weight format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    return importlib.import_module(f"sparsekit.formats.{_MODULES[fmt]}")
+
+
+def float_keys(fmt: str) -> tuple[str, ...]:
+    """The keys of a format that hold weight values (the rest is integer metadata)."""
+    return {"dense": ("weight",), "teal": ("w_t",), "spdp": ("values",), "spinfer": ("values",),
+            "bitmask": ("compressed",), "2:4": ("values",)}[fmt]
+
+
+def _ops():
+    import sparsekit.ops as ops
+
+    return ops
+
+
+class SharedSelection:
+    """One ``ops.select`` per input site, shared by the linears that read the same input (q/k/v,
+    gate/up). The first member to see a new ``x`` computes it; the cache is dropped once every
+    member has used it, so no activation outlives its forward."""
+
+    def __init__(self, threshold: float, members: int):
+        self.threshold = float(threshold)
+        self.members = int(members)
+        self._x = None
+        self._sel = None
+        self._uses = 0
+
+    def __call__(self, x: torch.Tensor):
+        if self._x is not x:
+            self._sel = _ops().select(x, self.threshold)
+            self._x = x
+            self._uses = 0
+        sel = self._sel
+        self._uses += 1
+        if self._uses >= self.members:
+            self._x = self._sel = None
+        return sel
+
+
+class SparseLinear(nn.Module):
+    """A decoder linear stored in one weight format, with an optional activation threshold."""
+
+    def __init__(self, fmt: str, in_features: int, out_features: int, *, bias: bool = False,
+                 specs: dict[str, tuple[tuple[int, ...], torch.dtype]] | None = None,
+                 threshold: bool = False, device=None, dtype=None):
+        super().__init__()
+        format_module(fmt)  # validates the name
+        self.fmt = fmt
+        self.in_features = int(in_features)
+        self.out_features = int(out_features)
+        self.keys = tuple(specs or ())
+        for key, (shape, kdtype) in (specs or {}).items():
+            self.register_buffer(key, torch.empty(shape, dtype=kdtype, device=device))
+        if threshold:
+            self.register_buffer(THRESHOLD_KEY, torch.zeros((), dtype=torch.float32, device=device))
+        else:
+            self.threshold = None
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, device=device), requires_grad=False)
+        else:
+            self.register_parameter("bias", None)
+        self._t: float | None = None  # the threshold as a Python float (ops take floats; no device sync)
+        self._dims: torch.Tensor | None = None  # the packed "shape" on the CPU (no device sync)
+        self._ready = False
+        self._dense_cache = None
+        self.shared: SharedSelection | None = None
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, fmt: str, threshold: float | None = None, **encode_kwargs) -> "SparseLinear":
+        """Pack ``linear.weight`` into ``fmt`` (kept on the linear's device and dtype)."""
+        mod = format_module(fmt)
+        w = linear.weight.detach()
+        packed = mod.encode(w, **encode_kwargs)
+        specs = {k: (tuple(v.shape), v.dtype) for k, v in packed.items()}
+        new = cls(fmt, linear.in_features, linear.out_features, bias=linear.bias is not None, specs=specs,
+                  threshold=threshold is not None, device=w.device, dtype=w.dtype)
+        with torch.no_grad():
+            for k, v in packed.items():
+                getattr(new, k).copy_(v)
+            if threshold is not None:
+                new.threshold.fill_(float(threshold))
+            if linear.bias is not None:
+                new.bias.copy_(linear.bias.detach())
+        new.finalize()
+        return new
+
+    def finalize(self) -> None:
+        """Cache what forward needs as Python values (called after the buffers are filled)."""
+        self._t = None if self.threshold is None else float(self.threshold)
+        if "shape" in self.keys:
+            self._dims = self.shape.detach().to("cpu", copy=True)
+        self._dense_cache = None
+        self._ready = True
+
+    # -- views ---------------------------------------------------------------------------------
+    @property
+    def threshold_value(self) -> float | None:
+        if not self._ready:
+            self.finalize()
+        return self._t
+
+    def packed(self) -> dict[str, torch.Tensor]:
+        """The format's tensors (``shape`` as a CPU tensor so kernels read it without a sync)."""
+        if not self._ready:
+            self.finalize()
+        d = {k: getattr(self, k) for k in self.keys}
+        if self._dims is not None:
+            d["shape"] = self._dims
+        return d
+
+    def dense_weight(self) -> torch.Tensor:
+        """The weight decoded to ``[out, in]`` (exactly the packed weight)."""
+        return format_module(self.fmt).decode(self.packed())
+
+    def weight_bytes(self) -> int:
+        """Bytes of the stored weight: the format's tensors, metadata included (not bias/threshold)."""
+        return sum(getattr(self, k).numel() * getattr(self, k).element_size() for k in self.keys)
+
+    def dense_bytes(self) -> int:
+        return self.in_features * self.out_features * getattr(self, self.value_key).element_size()
+
+    @property
+    def value_key(self) -> str:
+        return float_keys(self.fmt)[0]
+
+    def weight_sparsity(self) -> float:
+        """Fraction of zero weights (from the packed metadata where the format has it)."""
+        return 1.0 - self.nonzeros() / max(1, self.in_features * self.out_features)
+
+    def nonzeros(self) -> int:
+        return int((getattr(self, self.value_key) != 0).sum())
+
+    def bytes_read(self, activation_sparsity: float = 0.0) -> int:
+        """Weight bytes one decode token reads: formats that skip inactive input channels (teal,
+        spdp) read ``(1 - s2)`` of theirs when the layer has a threshold; the others read all."""
+        s2 = activation_sparsity if self.threshold_value is not None else 0.0
+        bias = 0 if self.bias is None else self.bias.numel() * self.bias.element_size()
+        if self.fmt in ("teal", "spdp"):
+            return int(round((1.0 - s2) * self.weight_bytes())) + bias
+        if self.fmt == "bitmask":
+            return self.dense_bytes() + bias  # computed from a decoded dense copy
+        if self.fmt == "2:4" and not self._semi_structured_ok(self.values):
+            return self.dense_bytes() + bias
+        return self.weight_bytes() + bias
+
+    def extra_repr(self) -> str:
+        t = self.threshold_value
+        return (f"format={self.fmt}, in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, threshold={'none' if t is None else f'{t:.4g}'}")
+
+    # -- forward -------------------------------------------------------------------------------
+    def _sparsify(self, x: torch.Tensor) -> bool:
+        if self._t is None:
+            return False
+        tokens_per_sequence = x.shape[-2] if x.dim() >= 2 else 1
+        return tokens_per_sequence == 1 or _PREFILL_SPARSITY
+
+    def _select(self, x: torch.Tensor):
+        if self.shared is not None:
+            return self.shared(x)
+        return _ops().select(x, self._t)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._ready:
+            self.finalize()
+        sparse = self._sparsify(x)
+        fmt = self.fmt
+        if fmt == "teal":
+            if not sparse:
+                y = torch.matmul(x, self.w_t)
+            elif self.shared is not None:
+                y = _ops().teal_matvec_sel(*self.shared(x), self.w_t)
+            else:
+                y = _ops().teal_matvec(x, self.w_t, self._t)
+        elif fmt == "spdp":
+            if not sparse:
+                y = _ops().spdp_matvec(x, self.packed(), 0.0)
+            elif self.shared is not None:
+                y = _ops().spdp_matvec_sel(*self.shared(x), self.packed())
+            else:
+                y = _ops().spdp_matvec(x, self.packed(), self._t)
+        else:
+            xs = self._select(x)[0] if sparse else x
+            if fmt == "spinfer":
+                y = _ops().spinfer_matmul(xs, self.packed())
+            elif fmt == "dense":
+                return F.linear(xs, self.weight, self.bias)
+            else:
+                return self._linear_cached(xs)
+        if self.bias is not None:
+            y = y + self.bias
+        return y
+
+    def _linear_cached(self, x: torch.Tensor) -> torch.Tensor:
+        w = self._compute_weight()
+        if isinstance(w, torch.Tensor) and type(w) is not torch.Tensor:  # torch's 2:4 sparse tensor
+            x2 = x.reshape(-1, self.in_features).contiguous()
+            try:
+                y = F.linear(x2, w, self.bias)
+                return y.reshape(*x.shape[:-1], self.out_features)
+            except (NotImplementedError, RuntimeError) as exc:
+                warnings.warn(f"torch's 2:4 kernel failed ({str(exc).splitlines()[0]}); this layer now computes with its dense weight.")
+                ref = getattr(self, self.value_key)
+                self._dense_cache = ((ref.device, ref.dtype), self.dense_weight())
+                w = self._dense_cache[1]
+        return F.linear(x, w, self.bias)
+
+    def _semi_structured_ok(self, w: torch.Tensor) -> bool:
+        return (w.is_cuda and w.dtype in (torch.float16, torch.bfloat16)
+                and self.out_features % 64 == 0 and self.in_features % 64 == 0)
+
+    def _compute_weight(self) -> torch.Tensor:
+        """bitmask / 2:4: the dense weight (or torch's 2:4 sparse tensor on CUDA), built once per device."""
+        ref = getattr(self, self.value_key)
+        cache = self._dense_cache
+        if cache is None or cache[0] != (ref.device, ref.dtype):
+            w = self.dense_weight()
+            if self.fmt == "2:4" and self._semi_structured_ok(w):
+                try:
+                    from torch.sparse import to_sparse_semi_structured
+
+                    w = to_sparse_semi_structured(w)
+                except (RuntimeError, ValueError):  # no cuSPARSELt/CUTLASS kernel for this GPU
+                    pass
+            cache = self._dense_cache = ((ref.device, ref.dtype), w)
+        return cache[1]
+
+    def _apply(self, fn, recurse=True):
+        self._dense_cache = None  # device/dtype moves rebuild it from the packed tensors
+        return super()._apply(fn, recurse)

@@ -1,0 +1,236 @@
+"""SparseLinear and convert_model: every format computes what the pruned dense layer computes."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import sparsekit.ops as ops
+from sparsekit.models import linear_refs
+from sparsekit.runtime import linear as rl
+from sparsekit.runtime.linear import FORMATS, SparseLinear
+from sparsekit.runtime.patch import bytes_per_token, convert_model, sparse_linears
+from sparsekit.testing import tiny_model
+
+cuda = pytest.mark.cuda
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def prune_(weight: torch.Tensor, fmt: str, sparsity: float = 0.5, seed: int = 0) -> None:
+    """Zero weights in place: 2:4 for the 2:4 format, else random unstructured."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        if fmt == "2:4":
+            grp = weight.view(weight.shape[0], -1, 4)
+            drop = grp.abs().argsort(-1)[..., :2]
+            grp.scatter_(-1, drop.to(grp.device), 0)
+        else:
+            weight.masked_fill_((torch.rand(weight.shape, generator=g) < sparsity).to(weight.device), 0)
+
+
+def masked(x, t):
+    return torch.where(x.abs() > t, x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def tols(dtype):
+    return {torch.float32: (1e-5, 1e-5), torch.float16: (2e-3, 2e-3), torch.bfloat16: (2e-2, 2e-2)}[dtype]
+
+
+@pytest.fixture(autouse=True)
+def _prefill_off():
+    rl.set_prefill_sparsity(False)
+    yield
+    rl.set_prefill_sparsity(False)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("bias", [False, True])
+def test_sparse_linear_matches_masked_dense(fmt, bias):
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 72, bias=bias)
+    prune_(lin.weight, fmt)
+    t = 0.4
+    sl = SparseLinear.from_linear(lin, fmt, t)
+    assert torch.equal(sl.dense_weight(), lin.weight)
+    decode = torch.randn(3, 1, 64)
+    prefill = torch.randn(2, 5, 64)
+    with torch.no_grad():
+        # a decode step (1 token per sequence) is sparsified
+        torch.testing.assert_close(sl(decode), F.linear(masked(decode, t), lin.weight, lin.bias))
+        # prefill is dense by default ...
+        torch.testing.assert_close(sl(prefill), F.linear(prefill, lin.weight, lin.bias))
+        # ... and sparsified when asked for
+        rl.set_prefill_sparsity(True)
+        torch.testing.assert_close(sl(prefill), F.linear(masked(prefill, t), lin.weight, lin.bias))
+        # without a threshold nothing is masked
+        plain = SparseLinear.from_linear(lin, fmt, None)
+        torch.testing.assert_close(plain(decode), F.linear(decode, lin.weight, lin.bias))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_sparse_linear_half_precision(fmt, dtype):
+    torch.manual_seed(1)
+    lin = nn.Linear(128, 64, bias=False).to(dtype)
+    prune_(lin.weight, fmt)
+    sl = SparseLinear.from_linear(lin, fmt, 0.3)
+    x = torch.randn(1, 1, 128, dtype=dtype)
+    ref = (masked(x, 0.3).float() @ lin.weight.float().T).to(dtype)
+    with torch.no_grad():
+        y = sl(x)
+    assert y.dtype == dtype
+    torch.testing.assert_close(y, ref, atol=tols(dtype)[0] * 10, rtol=tols(dtype)[1] * 10)
+
+
+def test_weight_bytes_and_bytes_read():
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 96, bias=False)
+    prune_(lin.weight, "spdp", 0.75)
+    dense_bytes = 64 * 96 * 4
+    teal = SparseLinear.from_linear(lin, "teal", 0.1)
+    assert teal.weight_bytes() == dense_bytes
+    assert teal.bytes_read(0.5) == dense_bytes // 2
+    spdp = SparseLinear.from_linear(lin, "spdp", None)
+    packed = spdp.packed()
+    assert spdp.weight_bytes() == sum(v.numel() * v.element_size() for v in packed.values())
+    assert spdp.bytes_read(0.5) == spdp.weight_bytes()  # no threshold: every column is read
+    assert spdp.weight_sparsity() == int((lin.weight == 0).sum()) / lin.weight.numel()
+
+
+def _reference_with_thresholds(model, thresholds):
+    handles = []
+    for ref in linear_refs(model):
+        t = thresholds[ref.name]
+
+        def hook(_m, args, t=t):
+            x = args[0]
+            if x.shape[-2] == 1 or rl.prefill_sparsity():
+                return (masked(x, t),)
+        handles.append(ref.module.register_forward_pre_hook(hook))
+    return handles
+
+
+def _thresholds(model, value=0.5):
+    return {ref.name: value * (1 + 0.1 * ref.layer) for ref in linear_refs(model)}
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_convert_model_logits_equal_masked_pruned_dense(fmt):
+    model = tiny_model("llama", seed=0)
+    for ref in linear_refs(model):
+        prune_(ref.module.weight, fmt, seed=ref.layer)
+    dense = tiny_model("llama", seed=0)
+    dense.load_state_dict(model.state_dict())
+    thresholds = _thresholds(model)
+    report = convert_model(model, fmt, thresholds)
+    assert len(sparse_linears(model)) == len(linear_refs(dense)) == report["per_linear"].__len__()
+    assert 0.49 < report["weight_sparsity"] < 0.51
+    handles = _reference_with_thresholds(dense, thresholds)
+    ids = torch.randint(0, 128, (2, 6))
+    with torch.no_grad():
+        # prefill (dense by default) then one decode step through the KV cache
+        a = model(ids, use_cache=True)
+        b = dense(ids, use_cache=True)
+        torch.testing.assert_close(a.logits, b.logits)
+        nxt = a.logits[:, -1:].argmax(-1)
+        a2 = model(nxt, past_key_values=a.past_key_values, use_cache=True).logits
+        b2 = dense(nxt, past_key_values=b.past_key_values, use_cache=True).logits
+        torch.testing.assert_close(a2, b2)
+        rl.set_prefill_sparsity(True)
+        torch.testing.assert_close(model(ids).logits, dense(ids).logits)
+        assert not torch.allclose(model(ids).logits, b.logits)  # the thresholds do mask something
+    for h in handles:
+        h.remove()
+
+
+def test_shared_selection_runs_select_once_per_site(monkeypatch):
+    model = tiny_model("qwen2", seed=0)  # q/k/v carry biases
+    for ref in linear_refs(model):
+        prune_(ref.module.weight, "teal")
+    convert_model(model, "teal", {ref.name: 0.3 for ref in linear_refs(model)})
+    calls = []
+    real = ops.select
+
+    def counting(x, threshold, **kw):
+        calls.append(tuple(x.shape))
+        return real(x, threshold, **kw)
+
+    monkeypatch.setattr(ops, "select", counting)
+    with torch.no_grad():
+        model(torch.randint(0, 128, (1, 1)))
+    layers = model.config.num_hidden_layers
+    # q/k/v share one selection and gate/up another; o and down use teal_matvec directly
+    assert len(calls) == 2 * layers
+    q = model.model.layers[0].self_attn.q_proj
+    assert q.shared is model.model.layers[0].self_attn.v_proj.shared is not None
+    assert q.shared._x is None  # released after the last member used it
+
+
+def test_different_thresholds_do_not_share():
+    model = tiny_model("llama", seed=0)
+    th = {ref.name: 0.3 for ref in linear_refs(model)}
+    th["model.layers.0.self_attn.k_proj"] = 0.4
+    convert_model(model, "teal", th)
+    assert model.model.layers[0].self_attn.q_proj.shared is None
+    assert model.model.layers[1].self_attn.q_proj.shared is not None
+
+
+def test_convert_model_ignore_and_bytes_per_token():
+    model = tiny_model("llama", seed=0)
+    th = {ref.name: 0.3 for ref in linear_refs(model)}
+    report = convert_model(model, "teal", th, ignore=["*.down_proj"])
+    assert report["ignored"] == ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"]
+    assert isinstance(model.model.layers[0].mlp.down_proj, nn.Linear)
+    full = bytes_per_token(model, 0.0)
+    half = bytes_per_token(model, 0.5)
+    assert full - half == report["bytes"] // 2
+    hidden, vocab = model.config.hidden_size, model.config.vocab_size
+    params = sum(p.numel() * 4 for p in model.parameters())
+    packed = sum(m.weight_bytes() for m in sparse_linears(model).values())
+    # everything is read once, except the embedding table (one row per token)
+    assert full == params + packed - vocab * hidden * 4 + hidden * 4 + _other_buffers(model)
+    by_site = bytes_per_token(model, {"attn": 0.5, "mlp": 0.5, "o": 0.5, "down": 0.5})
+    assert by_site == half
+
+
+def _other_buffers(model):
+    packed = {id(b) for m in sparse_linears(model).values() for b in m.buffers(recurse=False)}
+    return sum(b.numel() * b.element_size() for b in model.buffers() if id(b) not in packed)
+
+
+def test_convert_twice_is_refused():
+    model = tiny_model("llama", seed=0)
+    convert_model(model, "dense", None)
+    assert all(not isinstance(m, nn.Linear) or "lm_head" in n for n, m in model.named_modules() if "layers" in n or n == "lm_head")
+    with pytest.raises(ValueError, match="already a SparseLinear"):
+        convert_model(model, "dense", None)
+
+
+@cuda
+@needs_cuda
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_cuda_logits_equal_masked_pruned_dense(fmt):
+    dtype = torch.float16
+    model = tiny_model("llama", seed=0, dtype=dtype, hidden_size=128, intermediate_size=256).cuda()
+    for ref in linear_refs(model):
+        prune_(ref.module.weight, fmt, seed=ref.layer)
+    dense = tiny_model("llama", seed=0, dtype=dtype, hidden_size=128, intermediate_size=256).cuda()
+    dense.load_state_dict(model.state_dict())
+    thresholds = _thresholds(model, 0.3)
+    convert_model(model, fmt, thresholds)
+    handles = _reference_with_thresholds(dense, thresholds)
+    ids = torch.randint(0, 128, (2, 8), device="cuda")
+    with torch.no_grad():
+        a = model(ids, use_cache=True)
+        b = dense(ids, use_cache=True)
+        torch.testing.assert_close(a.logits, b.logits, atol=2e-2, rtol=2e-2)
+        nxt = b.logits[:, -1:].argmax(-1)
+        a2 = model(nxt, past_key_values=a.past_key_values, use_cache=True).logits
+        b2 = dense(nxt, past_key_values=b.past_key_values, use_cache=True).logits
+        torch.testing.assert_close(a2, b2, atol=2e-2, rtol=2e-2)
+    for h in handles:
+        h.remove()
+    if fmt == "2:4":  # torch's semi-structured kernel ran (no fallback to the dense weight)
+        w = model.model.layers[0].self_attn.q_proj._dense_cache[1]
+        assert type(w) is not torch.Tensor, type(w)
