@@ -1,0 +1,294 @@
+"""Time the CUDA kernels against dense cuBLAS on Llama-2-7B linear shapes (run on the GPU machine).
+
+Method (DESIGN.md section 7): each op runs on 8 copies of its weights in turn (so they do not sit in
+the 60 MB L2), captured `ROUNDS` times in one CUDA graph; the graph is replayed and the time per op
+is the median replay time over the ops in it. The dense baseline (`F.linear(x, W)`, cuBLAS) runs in
+the same harness. Bytes touched count what the op must read (weights of active channels, their
+bitmaps/offsets, x) and write (y); GB/s = bytes / time, next to the measured device copy bandwidth.
+
+    python benchmarks/cuda_kernels.py [--quick] [--json OUT.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+
+import torch
+import torch.nn.functional as F
+
+SHAPES = {"qo 4096->4096": (4096, 4096), "up 4096->11008": (11008, 4096), "down 11008->4096": (4096, 11008)}
+COPIES = 8
+ROUNDS = 4
+
+
+class tuned:
+    """Set knobs of the CUDA kernels (torch.ops.sparsekit_cuda.tune) for a block."""
+
+    def __init__(self, tune, knobs: dict):
+        self.tune, self.knobs, self.old = tune, knobs, {}
+
+    def __enter__(self):
+        for key, value in self.knobs.items():
+            self.old[key] = self.tune(key, value)
+
+    def __exit__(self, *exc):
+        for key, value in self.old.items():
+            self.tune(key, value)
+
+
+def fmt(knobs: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in knobs.items())
+
+
+def time_graph(calls, replays: int = 25) -> tuple[float, float]:
+    """Median and spread (max-min of the middle half) of microseconds per call, from graph replays."""
+    for c in calls:
+        c()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(ROUNDS):
+            for c in calls:
+                c()
+    graph.replay()
+    torch.cuda.synchronize()
+    per = []
+    for _ in range(replays):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        graph.replay()
+        b.record()
+        b.synchronize()
+        per.append(a.elapsed_time(b) * 1e3 / (ROUNDS * len(calls)))
+    per.sort()
+    mid = per[len(per) // 4 : len(per) - len(per) // 4]
+    return statistics.median(per), mid[-1] - mid[0]
+
+
+def copy_bandwidth() -> float:
+    """GB/s of a large device-to-device copy, counting bytes read plus written."""
+    n = 1 << 30
+    src = torch.empty(n, dtype=torch.uint8, device="cuda").random_()
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(10):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        dst.copy_(src)
+        b.record()
+        b.synchronize()
+        ts.append(a.elapsed_time(b) / 1e3)
+    del src, dst
+    return 2 * n / statistics.median(ts) / 1e9
+
+
+def rand_weight(n: int, k: int, sparsity: float, seed: int) -> torch.Tensor:
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    w = torch.randn((n, k), generator=g, device="cuda") * 0.02
+    if sparsity > 0:
+        w[torch.rand((n, k), generator=g, device="cuda") < sparsity] = 0
+    return w.half()
+
+
+def to_dev(packed: dict, dtype: torch.dtype) -> dict:
+    out = {}
+    for key, v in packed.items():
+        if key == "shape":
+            out[key] = v
+        elif key == "values":
+            out[key] = v.to(device="cuda", dtype=dtype)
+        else:
+            out[key] = v.cuda()
+    return out
+
+
+def clones(packed: dict) -> list[dict]:
+    return [{k: (v.clone() if k != "shape" else v) for k, v in packed.items()} for _ in range(COPIES)]
+
+
+def threshold(x: torch.Tensor, s2: float) -> float:
+    return float(x.float().abs().flatten().quantile(s2)) if s2 > 0 else 0.0
+
+
+def check(out: torch.Tensor, ref: torch.Tensor, what: str) -> None:
+    err = float((out.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30))
+    if not err < 2e-2:
+        raise SystemExit(f"{what}: relative error {err:.2e} against the reference")
+
+
+def ncu_launches() -> None:
+    """fp16, 4096 -> 11008, 50% activation (and 50% weight) sparsity: teal (batch loop, then cp.async
+    ring) and spdp, two launches each."""
+    from sparsekit import ops
+    from sparsekit.formats import spdp
+
+    n, k = 11008, 4096
+    w = rand_weight(n, k, 0.0, seed=0)
+    x = torch.randn((1, k), device="cuda").half()
+    thr = threshold(x, 0.5)
+    wt = w.t().contiguous()
+    packed = to_dev(spdp.encode(rand_weight(n, k, 0.5, seed=1), 128), torch.float16)
+    tune = torch.ops.sparsekit_cuda.tune
+    for pipe in (0, 1):
+        tune("pipe", pipe)
+        for _ in range(2):
+            ops.teal_matvec(x, wt, thr)
+    tune("pipe", 0)
+    for _ in range(2):
+        ops.spdp_matvec(x, packed, thr)
+    torch.cuda.synchronize()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="fp16 only, no variant sweeps")
+    ap.add_argument("--json", default=None, help="write every row here")
+    ap.add_argument("--ncu", action="store_true", help="only launch teal and spdp twice each (for ncu)")
+    args = ap.parse_args()
+    if args.ncu:
+        return ncu_launches()
+
+    from sparsekit import _ext, ops
+    from sparsekit.formats import spdp, spinfer
+    from sparsekit.kernels import reference
+
+    assert _ext.has_cuda(), f"the CUDA kernels are not built ({_ext.reason})"
+    tune = torch.ops.sparsekit_cuda.tune
+    gpu = torch.cuda.get_device_name()
+    bw = copy_bandwidth()
+    print(f"# {gpu}; device copy {bw:.0f} GB/s; torch {torch.__version__}", file=sys.stderr)
+    rows: list[dict] = []
+
+    def record(shape, dtype, op, config, us, spread, nbytes, dense_us, extra=None, variant=False):
+        row = dict(shape=shape, dtype=str(dtype).replace("torch.", ""), op=op, config=config, us=round(us, 2),
+                   spread_us=round(spread, 2), gbs=round(nbytes / us / 1e3, 1), pct_bw=round(100 * nbytes / us / 1e3 / bw, 1),
+                   speedup=round(dense_us / us, 3) if dense_us else None, split=int(tune("last_split")))
+        row.update(extra or {})
+        row["variant"] = variant
+        rows.append(row)
+        print(f"{shape:18s} {row['dtype']:9s} {op:16s} {config:26s} {us:8.2f} us  x{row['speedup'] or 0:5.2f}  "
+              f"{row['gbs']:7.0f} GB/s ({row['pct_bw']:5.1f}%) S={row['split']}", file=sys.stderr, flush=True)
+
+    # fixed costs of one graph node: a one-element torch kernel, and cuBLAS on a tiny matrix
+    tiny = torch.zeros(1, device="cuda")
+    us, sp = time_graph([lambda: tiny.add_(1.0)] * COPIES)
+    record("diag", torch.float32, "add_ (1 elem)", "graph node", us, sp, 8, None, variant=True)
+    wt_small = [torch.randn(64, 64, device="cuda").half() for _ in range(COPIES)]
+    xs_small = torch.randn(1, 64, device="cuda").half()
+    us, sp = time_graph([lambda w=w: F.linear(xs_small, w) for w in wt_small])
+    record("diag", torch.float16, "dense", "cuBLAS 64x64", us, sp, 8192, None, variant=True)
+
+    dtypes = [torch.float16] if args.quick else [torch.float16, torch.bfloat16]
+    for name, (n, k) in SHAPES.items():
+        w16 = [rand_weight(n, k, 0.0, seed=s) for s in range(COPIES)]
+        w50 = rand_weight(n, k, 0.5, seed=100)
+        enc_spdp = {r: spdp.encode(w50, r) for r in (32, 64, 128)}
+        enc_spi = {s1: spinfer.encode(rand_weight(n, k, s1, seed=200)) for s1 in (0.5, 0.7)}
+        for dtype in dtypes:
+            ws = [w.to(dtype) for w in w16]
+            wts = [w.t().contiguous() for w in ws]
+            x = torch.randn((1, k), device="cuda").to(dtype)
+            dense_us, sp = time_graph([lambda w=w: F.linear(x, w) for w in ws])
+            record(name, dtype, "dense", "cuBLAS F.linear T=1", dense_us, sp, 2 * n * k + 2 * (n + k), dense_us)
+
+            for s2 in (0.0, 0.5, 0.7):
+                thr = threshold(x, s2)
+                active = int((x.abs() > thr).sum()) if s2 > 0 else k
+                check(ops.teal_matvec(x, wts[0], thr), reference.teal_matvec(x, wts[0], thr), f"teal {name}")
+                us, sp = time_graph([lambda wt=wt: ops.teal_matvec(x, wt, thr) for wt in wts])
+                record(name, dtype, "teal_matvec", f"s2={s2}", us, sp, 2 * active * n + 2 * (n + k), dense_us)
+            thr = threshold(x, 0.5)
+            active = int((x.abs() > thr).sum())
+            xs, idx, nnz = ops.select(x, thr)
+            us, sp = time_graph([lambda wt=wt: ops.teal_matvec_sel(xs, idx, nnz, wt) for wt in wts])
+            record(name, dtype, "teal_matvec_sel", "s2=0.5", us, sp, 2 * active * n + 2 * (n + k), dense_us)
+            us, sp = time_graph([lambda: ops.select(x, thr)] * COPIES)
+            record(name, dtype, "select", f"K={k}", us, sp, 4 * k + 4 * k, None)
+            if dtype == torch.float16 and not args.quick:
+                for knobs in ({"pipe": 1}, {"pipe": 1, "pdl": 1}, {"pdl": 1}, {"teal_lpr": 32}):
+                    for s2v in (0.0, 0.5):
+                        thv = threshold(x, s2v)
+                        act = int((x.abs() > thv).sum()) if s2v > 0 else k
+                        with tuned(tune, knobs):
+                            us, sp = time_graph([lambda wt=wt: ops.teal_matvec(x, wt, thv) for wt in wts])
+                        record(name, dtype, "teal_matvec", f"s2={s2v} {fmt(knobs)}", us, sp,
+                               2 * act * n + 2 * (n + k), dense_us, variant=True)
+                if n == k:
+                    for split in (2, 4):
+                        with tuned(tune, {"split": split, "pipe": 1}):
+                            us, sp = time_graph([lambda wt=wt: ops.teal_matvec(x, wt, thr) for wt in wts])
+                        record(name, dtype, "teal_matvec", f"s2=0.5 split={split} pipe=1", us, sp,
+                               2 * active * n + 2 * (n + k), dense_us, variant=True)
+                # fixed cost: nothing active (no weight is read)
+                us, sp = time_graph([lambda wt=wt: ops.teal_matvec(x, wt, 1e9) for wt in wts])
+                record(name, dtype, "teal_matvec", "nothing active", us, sp, 2 * (n + k), dense_us, variant=True)
+                for knobs in ({"pdl": 1}, {"split": 1}):
+                    with tuned(tune, knobs):
+                        us, sp = time_graph([lambda wt=wt: ops.teal_matvec(x, wt, 1e9) for wt in wts])
+                    record(name, dtype, "teal_matvec", f"nothing active {fmt(knobs)}", us, sp, 2 * (n + k), dense_us,
+                           variant=True)
+
+            # spdp at 50% weight x 50% activation sparsity
+            mask = (x.abs() > thr).flatten()
+            for r in (32, 64, 128):
+                packed = to_dev(enc_spdp[r], dtype)
+                nt = -(-n // r)
+                counts = (packed["offsets"][1:] - packed["offsets"][:-1]).reshape(nt, k).to(torch.int64)
+                touched = int((counts[:, mask].sum() * 2).item()) + int(mask.sum()) * nt * (r // 8 + 4) + 2 * (n + k)
+                check(ops.spdp_matvec(x, packed, thr), reference.spdp_matvec(x, packed, thr), f"spdp {name}")
+                cps = clones(packed)
+                us, sp = time_graph([lambda p=p: ops.spdp_matvec(x, p, thr) for p in cps])
+                record(name, dtype, "spdp_matvec", f"s1=0.5 s2=0.5 R={r}", us, sp, touched, dense_us)
+                us, sp = time_graph([lambda p=p: ops.spdp_matvec_sel(xs, idx, nnz, p) for p in cps])
+                record(name, dtype, "spdp_matvec_sel", f"s1=0.5 s2=0.5 R={r}", us, sp, touched, dense_us)
+                if dtype == torch.float16 and not args.quick:
+                    for knobs in ({"pdl": 1},):
+                        with tuned(tune, knobs):
+                            us, sp = time_graph([lambda p=p: ops.spdp_matvec(x, p, thr) for p in cps])
+                        record(name, dtype, "spdp_matvec", f"s1=0.5 s2=0.5 R={r} {fmt(knobs)}", us, sp, touched,
+                               dense_us, variant=True)
+                del cps
+
+            # spinfer: static sparsity, a few tokens, tensor cores
+            for s1, enc in enc_spi.items():
+                packed = to_dev(enc, dtype)
+                nbytes_w = sum(v.numel() * v.element_size() for kk, v in packed.items() if kk != "shape")
+                cps = clones(packed)
+                for t in (8, 16, 32):
+                    xt = torch.randn((t, k), device="cuda").to(dtype)
+                    d_us, _ = time_graph([lambda w=w: F.linear(xt, w) for w in ws])
+                    check(ops.spinfer_matmul(xt, packed), reference.spinfer_matmul(xt, packed), f"spinfer {name}")
+                    us, sp = time_graph([lambda p=p: ops.spinfer_matmul(xt, p) for p in cps])
+                    record(name, dtype, "spinfer_matmul", f"s1={s1} T={t} (dense {d_us:.1f}us)", us, sp,
+                           nbytes_w + 2 * t * (n + k), d_us)
+                    if dtype == torch.float16 and not args.quick:
+                        for knobs in ({"spinfer_warps": 8}, {"pdl": 1}):
+                            with tuned(tune, knobs):
+                                us, sp = time_graph([lambda p=p: ops.spinfer_matmul(xt, p) for p in cps])
+                            record(name, dtype, "spinfer_matmul", f"s1={s1} T={t} {fmt(knobs)}", us, sp,
+                                   nbytes_w + 2 * t * (n + k), d_us, variant=True)
+                del cps
+            del ws, wts
+        torch.cuda.empty_cache()
+
+    # the short table, last
+    print(f"\n## {gpu}, copy {bw:.0f} GB/s", flush=True)
+    print(f"{'shape':18s} {'dtype':9s} {'op':16s} {'config':34s} {'us':>8s} {'speedup':>8s} {'GB/s':>7s} {'%bw':>6s}")
+    for r in rows:
+        if r["variant"]:
+            continue
+        sp = f"{r['speedup']:.2f}" if r["speedup"] else "-"
+        print(f"{r['shape']:18s} {r['dtype']:9s} {r['op']:16s} {r['config']:34s} {r['us']:8.2f} {sp:>8s} "
+              f"{r['gbs']:7.0f} {r['pct_bw']:6.1f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(gpu=gpu, copy_gbs=bw, torch=torch.__version__, rows=rows), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

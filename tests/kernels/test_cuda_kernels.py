@@ -1,0 +1,308 @@
+"""The CUDA kernels (csrc/cuda) against the PyTorch reference, on fresh random inputs.
+
+Every op, fp16 / bf16 / fp32, one token, a few tokens, more tokens than one block handles, odd
+sizes, empty selections; outputs are poisoned with NaN before each call so an unwritten element
+fails; results must be bitwise deterministic, survive CUDA-graph capture, and not depend on how the
+input channels are split across blocks. Run on the GPU machine (benchmarks/gpu_cuda.sh).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+DTYPES = [torch.float16, torch.bfloat16, torch.float32]
+# ||out - ref|| / ||ref||: both are rounded to the output dtype, so the bound is about one ulp
+TOL = {torch.float16: 2e-3, torch.bfloat16: 1.5e-2, torch.float32: 2e-5}
+
+
+@pytest.fixture(scope="module")
+def ops():
+    from sparsekit import _ext, ops
+
+    assert _ext.has_cuda(), f"sparsekit._C was built without the CUDA kernels ({_ext.reason})"
+    return ops
+
+
+@pytest.fixture(scope="module")
+def ref():
+    from sparsekit.kernels import reference
+
+    return reference
+
+
+@pytest.fixture
+def tune():
+    """Set a knob of the CUDA kernels for one test (restored afterwards)."""
+    old = {}
+
+    def set_(key: str, value: int) -> None:
+        prev = torch.ops.sparsekit_cuda.tune(key, value)
+        old.setdefault(key, prev)
+
+    yield set_
+    for key, value in old.items():
+        torch.ops.sparsekit_cuda.tune(key, value)
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator(device="cuda").manual_seed(seed)
+
+
+def _poison(*shapes, dtype) -> None:
+    """Fill freed blocks of these sizes with NaN, so an output the kernel leaves unwritten is NaN."""
+    junk = [torch.full(s, float("nan"), dtype=dtype, device="cuda") for s in shapes]
+    del junk
+
+
+def _x(shape, dtype, seed, sparsity=0.0):
+    """Random activations and the threshold that zeroes about `sparsity` of them."""
+    x = torch.randn(shape, generator=_gen(seed), device="cuda").to(dtype)
+    thr = float(x.float().abs().flatten().quantile(sparsity)) if sparsity > 0 else 0.0
+    return x, thr
+
+
+def _weight(n, k, dtype, seed, sparsity=0.0):
+    w = torch.randn((n, k), generator=_gen(seed), device="cuda") * 0.05
+    if sparsity > 0:
+        w[torch.rand((n, k), generator=_gen(seed + 1), device="cuda") < sparsity] = 0
+    return w.to(dtype)
+
+
+def _check(out, expect, dtype):
+    assert out.shape == expect.shape and out.dtype == expect.dtype
+    assert torch.isfinite(out).all(), "non-finite output (unwritten element?)"
+    err = (out.double() - expect.double()).norm() / expect.double().norm().clamp_min(1e-30)
+    assert err < TOL[dtype], f"relative error {err:.2e} >= {TOL[dtype]:.0e}"
+
+
+# ------------------------------------------------------------------------------------------ select
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 4096), (1, 11008), (1, 77), (3, 1000), (2, 5, 333), (64, 2056)])
+@pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.97])
+def test_select_matches_reference(ops, ref, dtype, shape, sparsity):
+    x, thr = _x(shape, dtype, seed=hash((shape, sparsity)) % 1000, sparsity=sparsity)
+    _poison(shape, dtype=dtype)
+    xs, idx, nnz = ops.select(x, thr, backend="cuda")
+    rxs, ridx, rnnz = ref.select(x, thr)
+    assert xs.dtype == x.dtype and xs.shape == x.shape and idx.dtype == torch.int32 and nnz.dtype == torch.int32
+    assert nnz.device == x.device and nnz.shape == (1,)
+    assert torch.equal(xs, rxs)
+    n = int(rnnz)
+    assert int(nnz) == n
+    assert torch.equal(idx[:n], ridx[:n])
+
+
+def test_select_all_masked_and_threshold_rounding(ops, ref):
+    x = torch.full((2, 100), 0.3, dtype=torch.float16, device="cuda")
+    # torch compares |x| > t in x's dtype: half(0.3) == x, so nothing is kept
+    xs, idx, nnz = ops.select(x, 0.3, backend="cuda")
+    assert int(nnz) == 0 and not xs.any()
+    rxs, _, rnnz = ref.select(x, 0.3)
+    assert int(rnnz) == 0 and torch.equal(xs, rxs)
+
+
+# -------------------------------------------------------------------------------------------- teal
+TEAL_SHAPES = [  # (leading dims, K, N)
+    ((1,), 4096, 4096),
+    ((1,), 1000, 2048),
+    ((1,), 333, 777),   # odd N: the scalar path
+    ((1,), 256, 40),
+    ((3,), 1000, 2048),
+    ((2, 4), 512, 1032),
+    ((17,), 300, 520),  # more tokens than one block handles
+    ((70,), 128, 264),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("lead,k,n", TEAL_SHAPES)
+@pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9])
+def test_teal_matches_reference(ops, ref, dtype, lead, k, n, sparsity):
+    seed = hash((lead, k, n, sparsity)) % 1000
+    x, thr = _x((*lead, k), dtype, seed, sparsity)
+    w_t = _weight(k, n, dtype, seed + 7)
+    expect = ref.teal_matvec(x, w_t, thr)
+    _poison((*lead, n), dtype=dtype)
+    _check(ops.teal_matvec(x, w_t, thr, backend="cuda"), expect, dtype)
+    xs, idx, nnz = ops.select(x, thr, backend="cuda")
+    _poison((*lead, n), dtype=dtype)
+    _check(ops.teal_matvec_sel(xs, idx, nnz, w_t, backend="cuda"), ref.teal_matvec_sel(xs, idx, nnz, w_t), dtype)
+
+
+@pytest.mark.parametrize("lpr", [8, 16, 32])
+@pytest.mark.parametrize("split", [1, 3, 8])
+def test_teal_tilings_agree(ops, ref, tune, lpr, split):
+    tune("teal_lpr", lpr)
+    tune("split", split)
+    x, thr = _x((1, 2048), torch.bfloat16, seed=lpr + split, sparsity=0.5)
+    w_t = _weight(2048, 3072, torch.bfloat16, seed=3)
+    _check(ops.teal_matvec(x, w_t, thr, backend="cuda"), ref.teal_matvec(x, w_t, thr), torch.bfloat16)
+    assert torch.ops.sparsekit_cuda.tune("last_split") == split
+
+
+def test_teal_everything_masked_gives_zeros(ops):
+    x = torch.full((3, 256), 0.01, dtype=torch.float16, device="cuda")
+    w_t = _weight(256, 512, torch.float16, seed=1)
+    _poison((3, 512), dtype=torch.float16)
+    y = ops.teal_matvec(x, w_t, 0.5, backend="cuda")
+    assert torch.equal(y, torch.zeros_like(y))
+
+
+# -------------------------------------------------------------------------------------------- spdp
+SPDP_SMALL = [((1,), 2048, 1024), ((1,), 301, 100), ((4,), 640, 300), ((9,), 256, 130)]
+SPDP_CASES = [
+    (dtype, r, lead, k, n, s1, s2)
+    for dtype in DTYPES
+    for r in (32, 64, 128)
+    for lead, k, n in SPDP_SMALL
+    for s1, s2 in ((0.5, 0.5), (0.0, 0.0), (0.8, 0.3))
+] + [(dtype, r, (1,), 4096, 11008, 0.5, 0.5) for dtype in (torch.float16, torch.bfloat16) for r in (32, 64, 128)]
+
+
+@pytest.mark.parametrize("dtype,tile_rows,lead,k,n,s1,s2", SPDP_CASES)
+def test_spdp_matches_reference(ops, ref, dtype, tile_rows, lead, k, n, s1, s2):
+    from sparsekit.formats import spdp
+
+    seed = hash((lead, k, n, s1, s2, tile_rows)) % 1000
+    x, thr = _x((*lead, k), dtype, seed, s2)
+    w = _weight(n, k, dtype, seed + 3, s1)
+    packed = {key: (v.cuda() if key != "shape" else v) for key, v in spdp.encode(w, tile_rows).items()}
+    expect = ref.spdp_matvec(x, packed, thr)
+    _poison((*lead, n), dtype=dtype)
+    _check(ops.spdp_matvec(x, packed, thr, backend="cuda"), expect, dtype)
+    xs, idx, nnz = ops.select(x, thr, backend="cuda")
+    _poison((*lead, n), dtype=dtype)
+    _check(ops.spdp_matvec_sel(xs, idx, nnz, packed, backend="cuda"), ref.spdp_matvec_sel(xs, idx, nnz, packed), dtype)
+
+
+# ----------------------------------------------------------------------------------------- spinfer
+SPINFER_CASES = [
+    (dtype, n, k, tokens, sparsity)
+    for dtype in DTYPES
+    for n, k in ((64, 64), (1024, 2048), (130, 200), (256, 520))
+    for tokens in (1, 8, 13, 32, 64, 100)
+    for sparsity in (0.0, 0.5, 0.7)
+] + [(dtype, 4096, 4096, tokens, 0.5) for dtype in (torch.float16, torch.bfloat16) for tokens in (8, 32)]
+
+
+@pytest.mark.parametrize("dtype,n,k,tokens,sparsity", SPINFER_CASES)
+def test_spinfer_matches_reference(ops, ref, dtype, n, k, tokens, sparsity):
+    from sparsekit.formats import spinfer
+
+    seed = hash((n, k, tokens, sparsity)) % 1000
+    x, _ = _x((tokens, k), dtype, seed)
+    w = _weight(n, k, dtype, seed + 5, sparsity)
+    packed = {key: (v.cuda() if key != "shape" else v) for key, v in spinfer.encode(w).items()}
+    _poison((tokens, n), dtype=dtype)
+    out = ops.spinfer_matmul(x, packed, backend="cuda")
+    _check(out, ref.spinfer_matmul(x, packed), dtype)
+
+
+def test_spinfer_leading_dims(ops, ref):
+    from sparsekit.formats import spinfer
+
+    x, _ = _x((2, 3, 192), torch.float16, seed=11)
+    w = _weight(96, 192, torch.float16, seed=12, sparsity=0.6)
+    packed = {key: (v.cuda() if key != "shape" else v) for key, v in spinfer.encode(w).items()}
+    _check(ops.spinfer_matmul(x, packed, backend="cuda"), ref.spinfer_matmul(x, packed), torch.float16)
+
+
+# ---------------------------------------------------------------- determinism, splits, CUDA graphs
+def _all_ops(ops, dtype=torch.bfloat16, tokens=1):
+    from sparsekit.formats import spdp, spinfer
+
+    k, n = 1536, 2304
+    x, thr = _x((tokens, k), dtype, seed=tokens, sparsity=0.5)
+    w = _weight(n, k, dtype, seed=21, sparsity=0.5)
+    w_t = w.t().contiguous()
+    sp = {key: (v.cuda() if key != "shape" else v) for key, v in spdp.encode(w, 64).items()}
+    si = {key: (v.cuda() if key != "shape" else v) for key, v in spinfer.encode(w).items()}
+
+    def run(xin):
+        xs, idx, nnz = ops.select(xin, thr, backend="cuda")
+        return [
+            ops.teal_matvec(xin, w_t, thr, backend="cuda"),
+            ops.teal_matvec_sel(xs, idx, nnz, w_t, backend="cuda"),
+            ops.spdp_matvec(xin, sp, thr, backend="cuda"),
+            ops.spdp_matvec_sel(xs, idx, nnz, sp, backend="cuda"),
+            ops.spinfer_matmul(xin, si, backend="cuda"),
+        ]
+
+    return x, thr, run
+
+
+@pytest.mark.parametrize("tokens", [1, 6])
+def test_results_are_deterministic(ops, tokens):
+    x, _, run = _all_ops(ops, tokens=tokens)
+    first = run(x)
+    for _ in range(3):
+        for a, b in zip(first, run(x)):
+            assert torch.equal(a, b)
+
+
+def test_split_does_not_change_the_function(ops, tune):
+    x, _, run = _all_ops(ops, dtype=torch.float16)
+    tune("split", 1)  # the pre-Hopper path: one block per output tile, no cluster
+    one = run(x)
+    tune("split", 0)
+    auto = run(x)
+    assert torch.ops.sparsekit_cuda.tune("last_split") > 1  # the clustered path really ran
+    for a, b in zip(one, auto):
+        _check(b, a, torch.float16)
+
+
+def test_cuda_graph_capture_and_replay(ops, ref):
+    x, thr, run = _all_ops(ops, dtype=torch.float16)
+    static_x = x.clone()
+    run(static_x)  # warm up outside capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outs = run(static_x)
+    for seed in (5, 6):
+        static_x.copy_(_x(x.shape, x.dtype, seed=seed)[0])
+        graph.replay()
+        torch.cuda.synchronize()
+        eager = run(static_x)
+        for a, b in zip(outs, eager):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("tokens", [1, 6])
+def test_sanitizer_smoke(ops, ref, tokens):
+    """Every kernel once on small shapes (benchmarks/gpu_cuda.sh runs this under compute-sanitizer)."""
+    from sparsekit.formats import spdp, spinfer
+
+    dtype = torch.float16
+    x, thr = _x((tokens, 200), dtype, seed=tokens, sparsity=0.5)
+    w = _weight(136, 200, dtype, seed=2, sparsity=0.5)
+    xs, idx, nnz = ops.select(x, thr, backend="cuda")
+    _check(ops.teal_matvec(x, w.t().contiguous(), thr, backend="cuda"), ref.teal_matvec(x, w.t().contiguous(), thr), dtype)
+    _check(ops.teal_matvec_sel(xs, idx, nnz, w.t().contiguous(), backend="cuda"),
+           ref.teal_matvec_sel(xs, idx, nnz, w.t().contiguous()), dtype)
+    for r in (32, 64, 128):
+        sp = {key: (v.cuda() if key != "shape" else v) for key, v in spdp.encode(w, r).items()}
+        _check(ops.spdp_matvec(x, sp, thr, backend="cuda"), ref.spdp_matvec(x, sp, thr), dtype)
+        _check(ops.spdp_matvec_sel(xs, idx, nnz, sp, backend="cuda"), ref.spdp_matvec_sel(xs, idx, nnz, sp), dtype)
+    si = {key: (v.cuda() if key != "shape" else v) for key, v in spinfer.encode(w).items()}
+    _check(ops.spinfer_matmul(x, si, backend="cuda"), ref.spinfer_matmul(x, si), dtype)
+
+
+@pytest.mark.parametrize("tokens", [1, 6])
+@pytest.mark.parametrize(
+    "knobs",
+    [{"pipe": 1}, {"pipe": 1, "pdl": 1}, {"pdl": 1}, {"spinfer_warps": 8}, {"teal_lpr": 32, "split": 2}, {"teal_lpr": 8}],
+)
+def test_variants_compute_the_same_function(ops, tune, knobs, tokens):
+    """Every code path behind the tuning knobs agrees with the default one (checked against the reference above)."""
+    x, _, run = _all_ops(ops, dtype=torch.float16, tokens=tokens)
+    default = run(x)
+    for key, value in knobs.items():
+        tune(key, value)
+    for a, b in zip(default, run(x)):
+        _check(b, a, torch.float16)
