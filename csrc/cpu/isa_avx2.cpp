@@ -5,6 +5,7 @@
 
 #include "kernels.h"
 
+#if defined(__x86_64__) || defined(__i386__)  // other CPUs use isa_base only
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")
 #include <immintrin.h>
@@ -66,3 +67,4 @@ const Kernels& kernels_avx2() { return isa_avx2::kTable; }
 
 }  // namespace sparsekit::cpu
 #pragma GCC pop_options
+#endif

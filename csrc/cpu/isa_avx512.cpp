@@ -5,6 +5,7 @@
 
 #include "kernels.h"
 
+#if defined(__x86_64__) || defined(__i386__)  // other CPUs use isa_base only
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // false positives inside GCC's own intrinsics
@@ -50,3 +51,4 @@ const Kernels& kernels_avx512() { return isa_avx512::kTable; }
 
 }  // namespace sparsekit::cpu
 #pragma GCC pop_options
+#endif

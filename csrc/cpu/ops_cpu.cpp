@@ -3,7 +3,6 @@
 // choice of SIMD kernels (isa_*.cpp) for this CPU.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <c10/util/irange.h>
 #include <torch/library.h>
 
 #include <atomic>

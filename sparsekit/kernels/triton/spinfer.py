@@ -73,6 +73,6 @@ def spinfer_matmul(x, values, bitmaps, tile_offsets, group_offsets, n: int, k: i
     _spinfer_kernel[grid](
         x2, values, bitmaps.reshape(-1), tile_offsets.reshape(-1), group_offsets.reshape(-1), out,
         t, k, n, gk, x2.stride(0),
-        BLOCK_T=block_t, USE_DOT=t > 1, W_TO_F32=w_to_f32, F32_DOT=x2.dtype == torch.float32, num_warps=4,
+        BLOCK_T=block_t, USE_DOT=t > 1, W_TO_F32=w_to_f32, F32_DOT=x2.dtype == torch.float32, num_warps=8,
     )
     return common.finish(out, x)

@@ -1,0 +1,132 @@
+"""The compiled CPU kernels (every SIMD path this CPU has) against the reference."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sparsekit import _ext, ops
+from sparsekit.formats import spdp, spinfer
+from sparsekit.kernels import reference as ref
+
+from ._util import DTYPES, TOL, rel_err, threshold_for, weight
+
+pytestmark = pytest.mark.skipif(_ext.load() is None, reason="sparsekit._C is not built")
+
+SIZES = [(37, 29), (130, 67), (5, 300)]  # (K, N): odd, tiny K, N not a multiple of any tile
+TOKENS = (1, 3, 17, 40)  # 40: the prefill path (gathered rows + GEMM)
+SPARSITIES = (0.0, 0.5, 1.0)
+
+
+def _isas():
+    out = []
+    for isa in ("avx512", "avx2", "base"):
+        try:
+            torch.ops.sparsekit._cpu_isa(isa)
+            out.append(isa)
+        except (ValueError, RuntimeError):
+            pass
+    torch.ops.sparsekit._cpu_isa("")
+    return out
+
+
+@pytest.fixture(params=_isas() if _ext.load() is not None else [])
+def isa(request):
+    before = torch.ops.sparsekit._cpu_isa("")
+    assert torch.ops.sparsekit._cpu_isa(request.param) == request.param
+    yield request.param
+    torch.ops.sparsekit._cpu_isa(before)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_all_ops_match_reference(isa, dtype):
+    g = torch.Generator().manual_seed(7)
+    for k, n in SIZES:
+        w = weight(n, k, dtype, 0.5, g)
+        w_t = w.t().contiguous()
+        packs = {r: spdp.encode(w, r) for r in (32, 64, 128)}
+        sp = spinfer.encode(w)
+        for t in TOKENS:
+            x = torch.randn(t, k, generator=g).to(dtype)
+            for s2 in SPARSITIES:
+                thr = threshold_for(x, s2)
+                case = f"{isa} {dtype} K={k} N={n} T={t} s2={s2}"
+                sel = ref.select(x, thr)
+                got = ops.select(x, thr, backend="cpu")
+                m = int(sel[2][0])
+                assert torch.equal(got[0], sel[0]) and torch.equal(got[2], sel[2]), case
+                assert torch.equal(got[1][:m], sel[1][:m]), case
+                r = ref.teal_matvec(x, w_t, thr)
+                assert rel_err(ops.teal_matvec(x, w_t, thr, backend="cpu"), r) <= TOL[dtype], case
+                assert rel_err(ops.teal_matvec_sel(*sel, w_t, backend="cpu"), r) <= TOL[dtype], case
+                for rows, p in packs.items():
+                    assert rel_err(ops.spdp_matvec(x, p, thr, backend="cpu"), r) <= TOL[dtype], (case, rows)
+                    assert rel_err(ops.spdp_matvec_sel(*sel, p, backend="cpu"), r) <= TOL[dtype], (case, rows)
+            assert rel_err(ops.spinfer_matmul(x, sp, backend="cpu"), ref.spinfer_matmul(x, sp)) <= TOL[dtype], case
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_zero_weights_and_leading_dims(isa, dtype):
+    k, n = 70, 45
+    w = torch.zeros(n, k, dtype=dtype)
+    x = torch.randn(2, 3, k).to(dtype)
+    for y in (ops.teal_matvec(x, w.t().contiguous(), 0.1, backend="cpu"), ops.spdp_matvec(x, spdp.encode(w), 0.1, backend="cpu"),
+              ops.spinfer_matmul(x, spinfer.encode(w), backend="cpu")):
+        assert y.shape == (2, 3, n) and y.dtype == dtype and not y.any()
+    w = weight(n, k, dtype)
+    r = ref.teal_matvec(x, w.t().contiguous(), 0.3)
+    assert r.shape == (2, 3, n)
+    assert rel_err(ops.teal_matvec(x, w.t().contiguous(), 0.3, backend="cpu"), r) <= TOL[dtype]
+    assert rel_err(ops.spdp_matvec(x, spdp.encode(w, 64), 0.3, backend="cpu"), r) <= TOL[dtype]
+
+
+def test_threshold_compares_in_x_dtype():
+    # 0.30078125 is a bfloat16 number; the threshold 0.3 rounds to it in bf16, so x is NOT kept
+    x = torch.tensor([[0.30078125, 1.0]], dtype=torch.bfloat16)
+    got = ops.select(x, 0.3, backend="cpu")
+    want = ref.select(x, 0.3)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[2], want[2])
+
+
+def test_sel_keeps_given_channels_and_rejects_bad_ones():
+    x = torch.randn(2, 9)
+    w_t = torch.randn(9, 4)
+    idx = torch.tensor([4, 1, 7], dtype=torch.int32)
+    nnz = torch.tensor([2], dtype=torch.int32)
+    want = x[:, [4, 1]] @ w_t[[4, 1]]
+    assert torch.allclose(ops.teal_matvec_sel(x, idx, nnz, w_t, backend="cpu"), want, atol=1e-6)
+    with pytest.raises(ValueError):
+        ops.teal_matvec_sel(x, torch.tensor([9], dtype=torch.int32), torch.tensor([1], dtype=torch.int32), w_t, backend="cpu")
+    with pytest.raises(ValueError):
+        ops.teal_matvec(torch.randn(1, 8), w_t, 0.0, backend="cpu")
+
+
+def test_fakes_and_schemas():
+    x = torch.randn(3, 40)
+    w = weight(24, 40, torch.float32)
+    p = spdp.encode(w, 32)
+    s = spinfer.encode(w)
+    xs, idx, nnz = ref.select(x, 0.5)
+    sk = torch.ops.sparsekit
+    cases = [
+        (sk.select.default, (x, 0.5)),
+        (sk.teal_matvec.default, (x, w.t().contiguous(), 0.5)),
+        (sk.teal_matvec_sel.default, (xs, idx, nnz, w.t().contiguous())),
+        (sk.spdp_matvec.default, (x, p["values"], p["bitmap"], p["offsets"], 24, 32, 0.5)),
+        (sk.spdp_matvec_sel.default, (xs, idx, nnz, p["values"], p["bitmap"], p["offsets"], 24, 32)),
+        (sk.spinfer_matmul.default, (x, s["values"], s["bitmaps"], s["tile_offsets"], s["group_offsets"], 24, 40)),
+    ]
+    for op, args in cases:
+        torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor"))
+
+
+def test_mixed_dtypes_follow_x():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 50, generator=g)  # float32 activations
+    w = weight(40, 50, torch.bfloat16, 0.5, g)  # bfloat16 weights
+    thr = threshold_for(x, 0.5)
+    r = ref.teal_matvec(x, w.t().contiguous(), thr)
+    assert r.dtype == torch.float32
+    assert rel_err(ops.teal_matvec(x, w.t().contiguous(), thr, backend="cpu"), r) <= TOL[torch.float32]
+    assert rel_err(ops.spdp_matvec(x, spdp.encode(w, 32), thr, backend="cpu"), r) <= TOL[torch.float32]
+    s = spinfer.encode(w)
+    assert rel_err(ops.spinfer_matmul(x, s, backend="cpu"), ref.spinfer_matmul(x, s)) <= TOL[torch.float32]

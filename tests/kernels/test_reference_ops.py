@@ -1,0 +1,56 @@
+"""The reference ops agree with each other and with float64 arithmetic."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sparsekit.formats import spdp, spinfer
+from sparsekit.kernels import reference as ref
+
+from ._util import DTYPES, TOL, rel_err, threshold_for, weight
+
+
+def test_mask_is_strict():
+    x = torch.tensor([[-1.0, -0.5, 0.0, 0.5, 0.25, 2.0]])
+    assert ref.mask_activations(x, 0.5).tolist() == [[-1.0, 0.0, 0.0, 0.0, 0.0, 2.0]]
+
+
+def test_select_union_over_tokens():
+    x = torch.tensor([[0.0, 3.0, 0.1, 0.0], [0.0, 0.0, 0.0, -4.0], [0.2, 0.0, 0.0, 0.0]])
+    xs, idx, nnz = ref.select(x, 0.15)
+    assert int(nnz[0]) == 3 and idx[:3].tolist() == [0, 1, 3]
+    assert idx.dtype == torch.int32 and nnz.dtype == torch.int32 and idx.shape == (4,)
+    assert torch.equal(xs, ref.mask_activations(x, 0.15))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_ops_agree_with_float64(dtype):
+    g = torch.Generator().manual_seed(1)
+    for k, n, t in [(37, 29, 1), (70, 130, 3), (64, 64, 17)]:
+        x = torch.randn(t, k, generator=g).to(dtype)
+        thr = threshold_for(x, 0.5)
+        w = weight(n, k, dtype, 0.5, g)
+        truth = (ref.mask_activations(x, thr).double() @ w.double().T).to(dtype)
+        w_t = w.t().contiguous()
+        sel = ref.select(x, thr)
+        assert rel_err(ref.teal_matvec(x, w_t, thr), truth) <= TOL[dtype]
+        assert rel_err(ref.teal_matvec_sel(*sel, w_t), truth) <= TOL[dtype]
+        for r in (32, 64, 128):
+            p = spdp.encode(w, r)
+            assert rel_err(ref.spdp_matvec(x, p, thr), truth) <= TOL[dtype]
+            assert rel_err(ref.spdp_matvec_sel(*sel, p), truth) <= TOL[dtype]
+        dense_truth = (x.double() @ w.double().T).to(dtype)
+        assert rel_err(ref.spinfer_matmul(x, spinfer.encode(w)), dense_truth) <= TOL[dtype]
+
+
+def test_leading_dims_are_tokens():
+    x = torch.randn(2, 3, 40)
+    w_t = torch.randn(40, 9)
+    y = ref.teal_matvec(x, w_t, 0.3)
+    assert y.shape == (2, 3, 9)
+    assert torch.allclose(y.reshape(6, 9), ref.teal_matvec(x.reshape(6, 40), w_t, 0.3))
+
+
+def test_shape_mismatch_raises():
+    with pytest.raises(ValueError):
+        ref.teal_matvec(torch.randn(1, 5), torch.randn(6, 3), 0.0)
