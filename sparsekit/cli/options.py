@@ -28,5 +28,5 @@ Seed = Annotated[int, typer.Option(help="Random seed (calibration samples, synth
 Json = Annotated[bool, typer.Option("--json", help="Print machine-readable results on stdout.")]
 CalibDataset = Annotated[str, typer.Option(help="c4, wikitext2, demo, or a local .txt/.jsonl file.")]
 NSamples = Annotated[int, typer.Option(min=1, help="Number of calibration sequences.")]
-SeqLen = Annotated[Optional[int], typer.Option(min=8, help="Tokens per calibration sequence [default: min(2048, model max)].")]
+SeqLen = Annotated[Optional[int], typer.Option(min=8, help="Tokens per calibration sequence (default: min(2048, model max)).")]
 OutDir = Annotated[Path, typer.Option("--out", help="Output directory (created; must be empty or an earlier sparsekit output).")]

@@ -85,6 +85,7 @@ def run_layerwise(model: nn.Module, samples: torch.Tensor, device: torch.device,
                   progress: Callable[[int, int], None] | None = None) -> dict:
     """Walk the decoder layers in order; see the module docstring. Returns memory/timing stats."""
     if device.type == "cuda":
+        torch.cuda.init()  # reset_peak_memory_stats fails in a fresh process otherwise
         torch.cuda.reset_peak_memory_stats(device)
     inps, kwargs = capture_inputs(model, samples, device)
     outs = torch.empty_like(inps)
