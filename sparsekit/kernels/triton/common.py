@@ -112,6 +112,6 @@ def select(x: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tenso
     slot = torch.where(active, pos.long(), torch.full_like(pos, k, dtype=torch.long))
     idx = torch.full((k + 1,), k, dtype=torch.int32, device=x.device)
     idx.scatter_(0, slot, torch.arange(k, dtype=torch.int32, device=x.device))
-    idx[k] = k
+    idx.narrow(0, k, 1).fill_(k)  # (idx[k] = k would copy from the host: not capturable)
     nnz = (pos[-1:] + 1) if k > 0 else torch.zeros(1, dtype=torch.int32, device=x.device)
     return xs, idx[:k], nnz.to(torch.int32)
