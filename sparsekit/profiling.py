@@ -14,7 +14,8 @@ position of an eager reference token recorded just before (or, if the sequences 
 category its name had there). A token's time is the span of its kernels on the device; the part
 of that span with no kernel running is idle and counts as ``other`` (``idle_ms`` says how much).
 On the CPU each range's self time goes to its category and the token's time is its range.
-Each token's categories are checked against the wall time of that step measured in the same run.
+Each token's categories are checked against the wall time of that step measured in the same run
+(on the GPU in an un-profiled pass of the same steps: the profiler's host overhead stretches wall time).
 """
 from __future__ import annotations
 
@@ -548,6 +549,13 @@ def run(p: ProfileSettings, progress=None) -> dict:
                             "re-recorded them in eager mode (launch gaps show as idle 'other').")
             walls.update(_record_all(p, subject, device, "eager", on_trace, nvtx=False, record=True, only=blind))
             modes.update(dict.fromkeys(blind, "eager"))
+    if device.type == "cuda":
+        # The profiler's host-side bookkeeping stretches each step's wall time while the GPU
+        # timeline it records is not stretched; compare the categories with the TPOT of the same
+        # steps decoded again without the profiler.
+        for label, m in modes.items():
+            walls.update(_record_all(p, subject, device, m, lambda *_: None, nvtx=False, record=False, only={label}))
+        warnings.append("TPOT per token is measured in a second, un-profiled pass of the same decode steps.")
     summary = _finish(p, timelines, walls, device, modes, "torch.profiler", {"traces": traces})
     summary["warnings"] = warnings
     return summary
