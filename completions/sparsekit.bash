@@ -32,17 +32,19 @@ _sparsekit() {
         calibrate)
             case "$prev" in
                 --out) COMPREPLY=($(compgen -f -- "$cur")); return;;
+                --calibration) COMPREPLY=($(compgen -f -- "$cur")); return;;
                 --model|-m) return;;
                 --calib-dataset) return;;
                 --nsamples) return;;
                 --seqlen) return;;
                 --sparsity) return;;
                 --eval-dataset) return;;
+                --prefill) COMPREPLY=($(compgen -W "all later-half" -- "$cur")); return;;
                 --device) return;;
                 --dtype) COMPREPLY=($(compgen -W "auto float16 bfloat16 float32" -- "$cur")); return;;
                 --seed) return;;
             esac
-            COMPREPLY=($(compgen -W "--calib-dataset --device --dtype --eval --eval-dataset --greedy --json --model --nsamples --out --seed --seqlen --sparsity -m" -- "$cur"));;
+            COMPREPLY=($(compgen -W "--calib-dataset --calibration --device --dtype --eval --eval-dataset --greedy --json --model --nsamples --out --prefill --seed --seqlen --sparsity -m" -- "$cur"));;
         convert)
             case "$prev" in
                 --format) COMPREPLY=($(compgen -W "spdp spinfer teal bitmask 2:4 dense" -- "$cur")); return;;
@@ -50,9 +52,10 @@ _sparsekit() {
                 --model|-m) return;;
                 --calibration) COMPREPLY=($(compgen -f -- "$cur")); return;;
                 --activation-sparsity) return;;
+                --ignore) return;;
                 --dtype) COMPREPLY=($(compgen -W "auto float16 bfloat16 float32" -- "$cur")); return;;
             esac
-            COMPREPLY=($(compgen -W "--activation-sparsity --calibration --dtype --format --greedy --json --model --out -m" -- "$cur"));;
+            COMPREPLY=($(compgen -W "--activation-sparsity --calibration --dtype --format --greedy --ignore --json --model --out -m" -- "$cur"));;
         kernel-test)
             case "$prev" in
                 --device) return;;
@@ -79,8 +82,8 @@ _sparsekit() {
             COMPREPLY=($(compgen -W "--activation-sparsity --baseline --device --dtype --format --input-tokens --json --max-new-tokens --model --nsys --outdir --seed --weight-sparsity -m" -- "$cur"));;
         prune)
             case "$prev" in
-                --sparsity) return;;
                 --out) COMPREPLY=($(compgen -f -- "$cur")); return;;
+                --sparsity) return;;
                 --method) COMPREPLY=($(compgen -W "wanda sparsegpt magnitude" -- "$cur")); return;;
                 --structure) return;;
                 --model|-m) return;;
@@ -106,12 +109,13 @@ _sparsekit() {
                 --eval-dataset) return;;
                 --nsamples) return;;
                 --seqlen) return;;
+                --eval-windows) return;;
                 --devices) return;;
                 --device) return;;
                 --dtype) COMPREPLY=($(compgen -W "auto float16 bfloat16 float32" -- "$cur")); return;;
                 --seed) return;;
             esac
-            COMPREPLY=($(compgen -W "--calib-dataset --device --devices --dtype --eval-dataset --force --greedy --json --method --model --nsamples --out --s1-grid --seed --seqlen --structure --total -m" -- "$cur"));;
+            COMPREPLY=($(compgen -W "--calib-dataset --device --devices --dtype --eval-dataset --eval-windows --force --greedy --json --method --model --nsamples --out --s1-grid --seed --seqlen --structure --total -m" -- "$cur"));;
     esac
 }
 complete -o default -F _sparsekit sparsekit
