@@ -7,6 +7,12 @@ the same harness. Bytes touched count what the op must read (weights of active c
 bitmaps/offsets, x) and write (y); GB/s = bytes / time, next to the measured device copy bandwidth.
 
     python benchmarks/cuda_kernels.py [--quick] [--json OUT.json]
+    python benchmarks/cuda_kernels.py --teal [--json OUT.json]   # teal at T=1: kernels, variants, sanity
+
+`--teal` times teal_matvec for one token on the three shapes: the default (matvec.cuh), the opt-in
+one-token kernel (teal1.cuh, `teal1=1`) and its geometries, split and other variants, cuBLAS, the
+fixed cost (nothing active), fp16 and bf16, plus one spdp and one spinfer configuration per shape
+as a sanity check that nothing else moved.
 """
 from __future__ import annotations
 
@@ -144,9 +150,102 @@ def ncu_launches() -> None:
     torch.cuda.synchronize()
 
 
+def print_table(gpu: str, bw: float, rows: list[dict]) -> None:
+    print(f"\n## {gpu}, copy {bw:.0f} GB/s", flush=True)
+    print(f"{'shape':18s} {'dtype':9s} {'op':16s} {'config':34s} {'us':>8s} {'speedup':>8s} {'GB/s':>7s} {'%bw':>6s}")
+    for r in rows:
+        if r["variant"]:
+            continue
+        sp = f"{r['speedup']:.2f}" if r["speedup"] else "-"
+        print(f"{r['shape']:18s} {r['dtype']:9s} {r['op']:16s} {r['config']:34s} {r['us']:8.2f} {sp:>8s} "
+              f"{r['gbs']:7.0f} {r['pct_bw']:6.1f}")
+
+
+def teal_sweep(tune, record) -> None:
+    """teal_matvec at T = 1: teal1 (automatic and variants), matvec.cuh, cuBLAS; spdp/spinfer sanity."""
+    from sparsekit import ops
+    from sparsekit.formats import spdp, spinfer
+    from sparsekit.kernels import reference
+
+    def soft_check(out, ref, what) -> str:
+        try:
+            check(out, ref, what)
+            return ""
+        except SystemExit as e:  # keep timing the other variants; the row says it failed
+            print(f"CHECK FAILED: {e}", flush=True)
+            return " WRONG"
+
+    for name, (n, k) in SHAPES.items():
+        w16 = [rand_weight(n, k, 0.0, seed=s) for s in range(COPIES)]
+        for dtype in (torch.float16, torch.bfloat16):
+            ws = [w.to(dtype) for w in w16]
+            wts = [w.t().contiguous() for w in ws]
+            x = torch.randn((1, k), device="cuda").to(dtype)
+            dense_us, sp = time_graph([lambda w=w: F.linear(x, w) for w in ws])
+            record(name, dtype, "dense", "cuBLAS F.linear T=1", dense_us, sp, 2 * n * k + 2 * (n + k), dense_us)
+
+            def teal(s2, knobs, label, variant, sel=False):
+                thr = threshold(x, s2) if s2 < 1 else 1e9
+                active = int((x.abs() > thr).sum()) if s2 > 0 else k
+                nbytes = 2 * active * n + 2 * (n + k)
+                with tuned(tune, knobs):
+                    if sel:
+                        xs, idx, nnz = ops.select(x, thr)
+                        label += soft_check(ops.teal_matvec_sel(xs, idx, nnz, wts[0]),
+                                            reference.teal_matvec(x, wts[0], thr), label)
+                        us, spr = time_graph([lambda wt=wt: ops.teal_matvec_sel(xs, idx, nnz, wt) for wt in wts])
+                    else:
+                        if s2 < 1:
+                            label += soft_check(ops.teal_matvec(x, wts[0], thr), reference.teal_matvec(x, wts[0], thr),
+                                                label)
+                        us, spr = time_graph([lambda wt=wt: ops.teal_matvec(x, wt, thr) for wt in wts])
+                    t1 = int(tune("last_teal1"))
+                record(name, dtype, "teal_matvec_sel" if sel else "teal_matvec", label, us, spr, nbytes, dense_us,
+                       extra=dict(teal1=t1, knobs=knobs), variant=variant)
+
+            for s2 in (0.0, 0.5, 0.7):
+                teal(s2, {}, f"s2={s2}", False)
+            teal(0.5, {}, "s2=0.5", False, sel=True)
+            if dtype == torch.float16:
+                for s2 in (0.0, 0.5, 0.7):  # the opt-in one-token kernel (teal1.cuh)
+                    teal(s2, {"teal1": 1}, f"s2={s2} teal1", False)
+                teal(0.5, {"teal1": 1}, "s2=0.5 teal1", False, sel=True)
+                teal(1.0, {}, "nothing active", True)
+                teal(1.0, {"teal1": 1}, "nothing active teal1", True)
+                teal(1.0, {"pdl": 1}, "nothing active pdl=1", True)
+                for s2 in (0.0, 0.5):
+                    for knobs in ({"split": 4}, {"split": 8}, {"pdl": 1}, {"pipe": 1},
+                                  {"teal1": 1, "teal1_threads": 512, "teal1_lpr": 4},
+                                  {"teal1": 1, "teal1_threads": 1024, "teal1_lpr": 4},
+                                  {"teal1": 1, "teal1_threads": 512, "teal1_lpr": 8}):
+                        teal(s2, knobs, f"s2={s2} {fmt(knobs)}", True)
+        # sanity: one spdp and one spinfer configuration (fp16), against the numbers in NOTES_cuda.md
+        x = torch.randn((1, k), device="cuda").half()
+        ws = [w.half() for w in w16]
+        dense_us, _ = time_graph([lambda w=w: F.linear(x, w) for w in ws])
+        thr = threshold(x, 0.5)
+        w50 = rand_weight(n, k, 0.5, seed=100)
+        packed = to_dev(spdp.encode(w50, 64), torch.float16)
+        check(ops.spdp_matvec(x, packed, thr), reference.spdp_matvec(x, packed, thr), f"spdp {name}")
+        cps = clones(packed)
+        us, sp = time_graph([lambda p=p: ops.spdp_matvec(x, p, thr) for p in cps])
+        record(name, torch.float16, "spdp_matvec", "s1=0.5 s2=0.5 R=64", us, sp, 0, dense_us)
+        del cps
+        packed = to_dev(spinfer.encode(w50), torch.float16)
+        xt = torch.randn((16, k), device="cuda").half()
+        d_us, _ = time_graph([lambda w=w: F.linear(xt, w) for w in ws])
+        check(ops.spinfer_matmul(xt, packed), reference.spinfer_matmul(xt, packed), f"spinfer {name}")
+        cps = clones(packed)
+        us, sp = time_graph([lambda p=p: ops.spinfer_matmul(xt, p) for p in cps])
+        record(name, torch.float16, "spinfer_matmul", f"s1=0.5 T=16 (dense {d_us:.1f}us)", us, sp, 0, d_us)
+        del cps, ws, w16
+        torch.cuda.empty_cache()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fp16 only, no variant sweeps")
+    ap.add_argument("--teal", action="store_true", help="only teal at T=1 (kernels and variants), spdp/spinfer sanity")
     ap.add_argument("--json", default=None, help="write every row here")
     ap.add_argument("--ncu", action="store_true", help="only launch teal and spdp twice each (for ncu)")
     args = ap.parse_args()
@@ -182,6 +281,18 @@ def main() -> None:
     xs_small = torch.randn(1, 64, device="cuda").half()
     us, sp = time_graph([lambda w=w: F.linear(xs_small, w) for w in wt_small])
     record("diag", torch.float16, "dense", "cuBLAS 64x64", us, sp, 8192, None, variant=True)
+
+    if args.teal:
+        teal_sweep(tune, record)
+        dump(args.json, gpu, bw, rows)
+        # variants first (one line each), then the short table last
+        print(f"\n## variants (fp16, T=1), {gpu}", flush=True)
+        for r in rows:
+            if r["variant"]:
+                print(f"{r['shape']:18s} {r['op']:16s} {r['config']:34s} {r['us']:8.2f} x{r['speedup'] or 0:5.2f} "
+                      f"{r['pct_bw']:5.1f}% S={r['split']} teal1={r.get('teal1')}")
+        print_table(gpu, bw, rows)
+        return
 
     dtypes = [torch.float16] if args.quick else [torch.float16, torch.bfloat16]
     for name, (n, k) in SHAPES.items():
@@ -277,16 +388,13 @@ def main() -> None:
         torch.cuda.empty_cache()
 
     # the short table, last
-    print(f"\n## {gpu}, copy {bw:.0f} GB/s", flush=True)
-    print(f"{'shape':18s} {'dtype':9s} {'op':16s} {'config':34s} {'us':>8s} {'speedup':>8s} {'GB/s':>7s} {'%bw':>6s}")
-    for r in rows:
-        if r["variant"]:
-            continue
-        sp = f"{r['speedup']:.2f}" if r["speedup"] else "-"
-        print(f"{r['shape']:18s} {r['dtype']:9s} {r['op']:16s} {r['config']:34s} {r['us']:8.2f} {sp:>8s} "
-              f"{r['gbs']:7.0f} {r['pct_bw']:6.1f}")
-    if args.json:
-        with open(args.json, "w") as f:
+    print_table(gpu, bw, rows)
+    dump(args.json, gpu, bw, rows)
+
+
+def dump(path, gpu: str, bw: float, rows: list[dict]) -> None:
+    if path:
+        with open(path, "w") as f:
             json.dump(dict(gpu=gpu, copy_gbs=bw, torch=torch.__version__, rows=rows), f, indent=1)
 
 

@@ -4,6 +4,7 @@
 # last. Run from the repository root:  OUT=/some/dir bash benchmarks/gpu_cuda.sh
 # Env: OUT (logs, default /tmp/sparsekit_gpu), TORCH_CUDA_ARCH_LIST (default 9.0: quicker builds),
 # NCU=1 (also profile one teal and one spdp launch with Nsight Compute), SKIP_TESTS=1, QUICK=1,
+# TEAL=1 (time only teal at T=1, its variants and one spdp/spinfer sanity point: cuda_kernels.py --teal),
 # BUDGET (seconds for the whole script, default 525).
 set -uo pipefail
 OUT=${OUT:-/tmp/sparsekit_gpu}
@@ -50,6 +51,9 @@ if [ "${NCU:-0}" = 1 ]; then
     $PY benchmarks/cuda_kernels.py --ncu
 fi
 
-TAIL=0 step bench 300 $PY benchmarks/cuda_kernels.py ${QUICK:+--quick} --json "$OUT/cuda_kernels.json"
+BENCH_FLAGS=""
+[ "${QUICK:-0}" = 1 ] && BENCH_FLAGS="$BENCH_FLAGS --quick"
+[ "${TEAL:-0}" = 1 ] && BENCH_FLAGS="$BENCH_FLAGS --teal"
+TAIL=0 step bench 300 $PY benchmarks/cuda_kernels.py $BENCH_FLAGS --json "$OUT/cuda_kernels.json"
 # the short table (stdout of the timing script) comes last
 sed -n '/^## /,$p' "$OUT/bench.log"

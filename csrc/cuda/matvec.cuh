@@ -34,10 +34,13 @@ struct MatvecParams {
   const int* bitmap;   // SPDP: [NT, K, R/32]
   const int* offsets;  // SPDP: [NT*K + 1]
   int pipe;            // TEAL: 0 = batches of U register loads; 1 = a cp.async ring of D rows per lane
+                       // (only read by the PIPE instantiation)
 };
 
 // Compile-time configuration of one kernel instantiation. R == 0: TEAL, else SPDP with R-row tiles.
-template <typename T, int TC, int R>
+// PIPE (TEAL only): stream weights through a cp.async ring in shared memory (tune("pipe", 1)); the
+// default instantiation (PIPE = false) reserves no ring, so it keeps its shared memory small.
+template <typename T, int TC, int R, bool PIPE = false>
 struct MvCfg {
   static constexpr bool SPDP = R > 0;
   static constexpr int NTHREADS = SPDP ? 512 : 256;
@@ -59,7 +62,7 @@ struct MvCfg {
   static constexpr size_t X_BYTES = size_t(TC) * CH * 4;
   static constexpr size_t RED_BYTES = size_t(NW) * TILE_MAX * 4;
   static constexpr size_t PART_BYTES = size_t(TC) * TILE_MAX * 4;
-  static constexpr size_t RING_BYTES = SPDP ? 0 : size_t(NW) * D * 32 * 16;
+  static constexpr size_t RING_BYTES = (SPDP || !PIPE) ? 0 : size_t(NW) * D * 32 * 16;
   static constexpr size_t SMEM = BM_BYTES + OFF_BYTES + J_BYTES + X_BYTES + RED_BYTES + PART_BYTES + RING_BYTES;
 };
 
@@ -72,9 +75,10 @@ template <> __device__ __forceinline__ uint32_t ld_val_bits<__nv_bfloat16>(const
 template <typename T> __device__ __forceinline__ float val_bits_to_f(uint32_t b) { return bits16_to_f<T>(b); }
 template <> __device__ __forceinline__ float val_bits_to_f<float>(uint32_t b) { return __uint_as_float(b); }
 
-template <typename T, int TC, int R>
-__global__ void __launch_bounds__(MvCfg<T, TC, R>::NTHREADS, MvCfg<T, TC, R>::MINB) matvec_kernel(const MatvecParams p) {
-  using C = MvCfg<T, TC, R>;
+template <typename T, int TC, int R, bool PIPE = false>
+__global__ void __launch_bounds__(MvCfg<T, TC, R, PIPE>::NTHREADS, MvCfg<T, TC, R, PIPE>::MINB)
+    matvec_kernel(const MatvecParams p) {
+  using C = MvCfg<T, TC, R, PIPE>;
   constexpr int NT = C::NTHREADS, NW = C::NW, CH = C::CH, VEC = C::VEC, W = C::W, ACC = C::ACC, U = C::U;
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ int s_warp[NW + 1];
@@ -224,40 +228,42 @@ __global__ void __launch_bounds__(MvCfg<T, TC, R>::NTHREADS, MvCfg<T, TC, R>::MI
       const int slot = warp * rpw + g, nslots = NW * rpw;
       const int col = tile * tile_out + li * VEC;
       const T* wt = static_cast<const T*>(p.w);
-      if (p.vec && p.pipe) {
+      if (PIPE && p.vec) {
         // D rows in flight per lane at all times through a shared-memory ring filled by cp.async:
         // wait for row i, consume it, refill its slot with row i + D. Completion is tracked by
         // async-copy groups (one per row, per thread), not by register scoreboards.
-        constexpr int D = C::D;
-        const bool colok = col < N;  // N % VEC == 0 on this path
-        const T* wcol = wt + col;
-        const int ni = slot < cnt ? (cnt - 1 - slot) / nslots + 1 : 0;
-        uint4* ring = s_ring + warp * D * 32 + lane;
+        if constexpr (PIPE) {
+          constexpr int D = C::D;
+          const bool colok = col < N;  // N % VEC == 0 on this path
+          const T* wcol = wt + col;
+          const int ni = slot < cnt ? (cnt - 1 - slot) / nslots + 1 : 0;
+          uint4* ring = s_ring + warp * D * 32 + lane;
 #pragma unroll
-        for (int d = 0; d < D; ++d) {
-          if (colok && d < ni) cp_async16_stream(ring + d * 32, wcol + static_cast<size_t>(s_j[slot + d * nslots]) * N);
-          cp_async_commit();
-        }
-        for (int i = 0; i < ni; ++i) {
-          cp_async_wait<D - 1>();
-          const int d = i & (D - 1);
-          if (colok) {
-            const uint4 wv = ring[d * 32];
-            const int e = slot + i * nslots;
-            float f[VEC];
-            unpack16<T>(wv, f);
-#pragma unroll
-            for (int t = 0; t < TC; ++t) {
-              const float xe = s_x[t * CH + e];
-#pragma unroll
-              for (int v = 0; v < VEC; ++v) acc[t][v] = fmaf(xe, f[v], acc[t][v]);
-            }
+          for (int d = 0; d < D; ++d) {
+            if (colok && d < ni) cp_async16_stream(ring + d * 32, wcol + static_cast<size_t>(s_j[slot + d * nslots]) * N);
+            cp_async_commit();
           }
-          const int in = i + D;
-          if (colok && in < ni) cp_async16_stream(ring + d * 32, wcol + static_cast<size_t>(s_j[slot + in * nslots]) * N);
-          cp_async_commit();
+          for (int i = 0; i < ni; ++i) {
+            cp_async_wait<D - 1>();
+            const int d = i & (D - 1);
+            if (colok) {
+              const uint4 wv = ring[d * 32];
+              const int e = slot + i * nslots;
+              float f[VEC];
+              unpack16<T>(wv, f);
+#pragma unroll
+              for (int t = 0; t < TC; ++t) {
+                const float xe = s_x[t * CH + e];
+#pragma unroll
+                for (int v = 0; v < VEC; ++v) acc[t][v] = fmaf(xe, f[v], acc[t][v]);
+              }
+            }
+            const int in = i + D;
+            if (colok && in < ni) cp_async16_stream(ring + d * 32, wcol + static_cast<size_t>(s_j[slot + in * nslots]) * N);
+            cp_async_commit();
+          }
+          cp_async_wait<0>();
         }
-        cp_async_wait<0>();
       } else if (p.vec) {  // batches: U loads, then U consumers
         const bool colok = col < N;
         for (int e0 = slot; e0 < cnt; e0 += nslots * U) {
@@ -382,35 +388,37 @@ __global__ void __launch_bounds__(MvCfg<T, TC, R>::NTHREADS, MvCfg<T, TC, R>::MI
 }
 
 // ---- host side (no torch) -----------------------------------------------------------------------
-template <typename T, int TC, int R>
+template <typename T, int TC, int R, bool PIPE = false>
 inline cudaError_t matvec_prepare(int device) {
   static bool done[64] = {false};
   if (device < 0 || device >= 64) return cudaErrorInvalidDevice;
   if (done[device]) return cudaSuccess;
-  const cudaError_t e = cudaFuncSetAttribute(matvec_kernel<T, TC, R>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                             static_cast<int>(MvCfg<T, TC, R>::SMEM));
+  const cudaError_t e = cudaFuncSetAttribute(matvec_kernel<T, TC, R, PIPE>,
+                                             cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             static_cast<int>(MvCfg<T, TC, R, PIPE>::SMEM));
   if (e == cudaSuccess) done[device] = true;
   return e;
 }
 
 // Resident blocks per multiprocessor of this instantiation (cached per device).
-template <typename T, int TC, int R>
+template <typename T, int TC, int R, bool PIPE = false>
 inline int matvec_blocks_per_sm(int device) {
   static int cache[64] = {0};
   if (device < 0 || device >= 64) return 1;
   if (cache[device] == 0) {
     int n = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, matvec_kernel<T, TC, R>, MvCfg<T, TC, R>::NTHREADS,
-                                                      MvCfg<T, TC, R>::SMEM) != cudaSuccess || n < 1)
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, matvec_kernel<T, TC, R, PIPE>,
+                                                      MvCfg<T, TC, R, PIPE>::NTHREADS,
+                                                      MvCfg<T, TC, R, PIPE>::SMEM) != cudaSuccess || n < 1)
       n = 1;
     cache[device] = n;
   }
   return cache[device];
 }
 
-template <typename T, int TC, int R>
+template <typename T, int TC, int R, bool PIPE = false>
 inline cudaError_t matvec_launch(const MatvecParams& p, int tiles, int tchunks, cudaStream_t stream, bool pdl) {
-  using C = MvCfg<T, TC, R>;
+  using C = MvCfg<T, TC, R, PIPE>;
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(p.S), static_cast<unsigned>(tchunks));
   cfg.blockDim = dim3(C::NTHREADS, 1, 1);
@@ -419,7 +427,7 @@ inline cudaError_t matvec_launch(const MatvecParams& p, int tiles, int tchunks, 
   cudaLaunchAttribute attr[2];
   cfg.numAttrs = launch_attrs(attr, p.S, pdl);
   cfg.attrs = attr;
-  return cudaLaunchKernelEx(&cfg, matvec_kernel<T, TC, R>, p);
+  return cudaLaunchKernelEx(&cfg, matvec_kernel<T, TC, R, PIPE>, p);
 }
 
 }  // namespace sk

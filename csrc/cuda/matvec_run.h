@@ -37,25 +37,34 @@ inline std::vector<int64_t> out_shape(const at::Tensor& x, int64_t n) {
 // Tokens per block: 1, 4 or 8 (T > 8 runs in chunks of 8 along grid z).
 inline int token_chunk(int64_t T) { return T == 1 ? 1 : (T <= 4 ? 4 : 8); }
 
-template <typename T, int TC, int R>
+template <typename T, int TC, int R, bool PIPE>
 void matvec_dispatch_tc(sk::MatvecParams& p, int tiles, int device, cudaStream_t stream, int min_per_slice) {
   const int tchunks = (p.T + TC - 1) / TC;
-  const cudaError_t prep = sk::matvec_prepare<T, TC, R>(device);
+  const cudaError_t prep = sk::matvec_prepare<T, TC, R, PIPE>(device);
   C10_CUDA_CHECK(prep);
-  const int bps = sk::matvec_blocks_per_sm<T, TC, R>(device);
+  const int bps = sk::matvec_blocks_per_sm<T, TC, R, PIPE>(device);
   p.S = choose_split(device, tiles * tchunks, bps, std::max(1, p.K / min_per_slice));
-  p.pipe = tuning().pipe;
+  p.pipe = PIPE ? 1 : 0;
   const bool pdl = tuning().pdl != 0 && cc_major(device) >= 9;
-  const cudaError_t err = sk::matvec_launch<T, TC, R>(p, tiles, tchunks, stream, pdl);
+  const cudaError_t err = sk::matvec_launch<T, TC, R, PIPE>(p, tiles, tchunks, stream, pdl);
   C10_CUDA_CHECK(err);
+}
+
+// PIPE instantiations (a cp.async ring in shared memory) exist for TEAL only, behind tune("pipe", 1).
+template <typename T, int TC, int R>
+void matvec_dispatch_pipe(sk::MatvecParams& p, int tiles, int device, cudaStream_t stream, int min_per_slice) {
+  if constexpr (R == 0) {
+    if (tuning().pipe != 0 && p.vec) return matvec_dispatch_tc<T, TC, R, true>(p, tiles, device, stream, min_per_slice);
+  }
+  matvec_dispatch_tc<T, TC, R, false>(p, tiles, device, stream, min_per_slice);
 }
 
 template <typename T, int R>
 void matvec_dispatch(sk::MatvecParams& p, int tiles, int device, cudaStream_t stream, int min_per_slice) {
   switch (token_chunk(p.T)) {
-    case 1: matvec_dispatch_tc<T, 1, R>(p, tiles, device, stream, min_per_slice); break;
-    case 4: matvec_dispatch_tc<T, 4, R>(p, tiles, device, stream, min_per_slice); break;
-    default: matvec_dispatch_tc<T, 8, R>(p, tiles, device, stream, min_per_slice); break;
+    case 1: matvec_dispatch_pipe<T, 1, R>(p, tiles, device, stream, min_per_slice); break;
+    case 4: matvec_dispatch_pipe<T, 4, R>(p, tiles, device, stream, min_per_slice); break;
+    default: matvec_dispatch_pipe<T, 8, R>(p, tiles, device, stream, min_per_slice); break;
   }
 }
 

@@ -106,12 +106,21 @@ static int64_t tune(const std::string& key, int64_t value) {
   else if (key == "pipe") slot = &tuning().pipe;
   else if (key == "pdl") slot = &tuning().pdl;
   else if (key == "spinfer_warps") slot = &tuning().spinfer_warps;
+  else if (key == "teal1") slot = &tuning().teal1;
+  else if (key == "teal1_threads") slot = &tuning().teal1_threads;
+  else if (key == "teal1_lpr") slot = &tuning().teal1_lpr;
   else if (key == "last_split") slot = &tuning().last_split;
+  else if (key == "last_teal1") slot = &tuning().last_teal1;
   TORCH_CHECK(slot != nullptr, "sparsekit_cuda.tune: unknown key '", key,
-              "' (split, teal_lpr, pipe, pdl, spinfer_warps, last_split)");
+              "' (split, teal_lpr, pipe, pdl, spinfer_warps, teal1, teal1_threads, teal1_lpr, last_split, last_teal1)");
   const int old = *slot;
   if (value >= 0) {
-    TORCH_CHECK(key != "last_split", "sparsekit_cuda.tune: last_split is read-only");
+    TORCH_CHECK(key != "last_split" && key != "last_teal1", "sparsekit_cuda.tune: ", key, " is read-only");
+    TORCH_CHECK(key != "teal1" || value <= 1, "sparsekit_cuda.tune: teal1 must be 0 or 1");
+    TORCH_CHECK(key != "teal1_threads" || value == 0 || value == 256 || value == 512 || value == 1024,
+                "sparsekit_cuda.tune: teal1_threads must be 0, 256, 512 or 1024");
+    TORCH_CHECK(key != "teal1_lpr" || value == 0 || value == 4 || value == 8 || value == 16 || value == 32,
+                "sparsekit_cuda.tune: teal1_lpr must be 0, 4, 8, 16 or 32");
     TORCH_CHECK(key != "teal_lpr" || value == 0 || value == 8 || value == 16 || value == 32,
                 "sparsekit_cuda.tune: teal_lpr must be 0, 8, 16 or 32");
     TORCH_CHECK(key != "split" || value <= 8, "sparsekit_cuda.tune: split must be 0..8");

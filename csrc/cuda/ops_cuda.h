@@ -13,7 +13,11 @@ struct Tuning {
   int pipe = 0;      // teal weight streaming: 0 = batches of register loads, 1 = cp.async ring
   int pdl = 0;       // 1: launch with programmatic stream serialization (overlap with the previous kernel)
   int spinfer_warps = 4;  // 4 or 8 warps per spinfer block (4 measured faster on the H200)
+  int teal1 = 0;          // one-token teal kernel (teal1.cuh): 0 = off (matvec.cuh measured faster), 1 = on where it applies
+  int teal1_threads = 0;  // its block size: 0 = automatic, 256, 512 or 1024
+  int teal1_lpr = 0;      // its lanes per row segment: 0 = automatic, 4, 8, 16 or 32
   int last_split = 0;  // read-only: the slices chosen by the last launch
+  int last_teal1 = 0;  // read-only: 1 when the last teal launch used the one-token kernel
 };
 Tuning& tuning();
 

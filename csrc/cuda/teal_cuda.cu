@@ -1,11 +1,48 @@
-// teal_matvec / teal_matvec_sel on CUDA (kernel: matvec.cuh with R == 0).
+// teal_matvec / teal_matvec_sel on CUDA: matvec.cuh with R == 0 (split-K, cluster reduction).
+// teal1.cuh (one token: a block per output tile, all channels, no cross-block reduction) is opt-in,
+// tune("teal1", 1): on the H200 it was not faster except marginally at 4096x4096 with >= 50% of the
+// channels inactive (NOTES_cuda.md, iteration 2).
 #include "matvec_run.h"
+#include "teal1.cuh"
 
 namespace sparsekit::cuda {
 
 namespace {
 
 constexpr int kDefaultLpr = 16;  // 16 lanes x 16 bytes = 256-byte row segments (see NOTES_cuda.md)
+
+// The one-token kernel, when the call fits it; returns false to leave the call to matvec.cuh.
+template <typename T>
+bool teal1_try(const at::Tensor& xc, const at::Tensor* idx, const at::Tensor* nnz, const at::Tensor& wc,
+               at::Tensor& y, float thr, int64_t T_, int64_t K, int64_t N, int device, cudaStream_t stream) {
+  if (tuning().teal1 == 0 || T_ != 1) return false;
+  constexpr int VEC = sk::Vec<T>::N;
+  const bool fused = idx == nullptr;
+  if (N % VEC != 0 || reinterpret_cast<uintptr_t>(wc.data_ptr()) % 16 != 0) return false;
+  if (K * N >= (int64_t(1) << 32)) return false;  // 32-bit row offsets
+  if (fused && (K % VEC != 0 || reinterpret_cast<uintptr_t>(xc.data_ptr()) % 16 != 0)) return false;
+  const int sms = sm_count(device);
+  sk::Teal1Params p{};
+  p.x = xc.data_ptr();
+  p.fused = fused ? 1 : 0;
+  if (!fused) {
+    p.idx = idx->data_ptr<int>();
+    p.nnz = nnz->data_ptr<int>();
+    p.idx_len = static_cast<int>(std::min<int64_t>(idx->numel(), K));
+  }
+  p.thr = thr;
+  p.K = static_cast<int>(K);
+  p.N = static_cast<int>(N);
+  p.y = y.data_ptr();
+  p.w = wc.data_ptr();
+  const sk::Teal1Plan plan = sk::teal1_plan<T>(p, sms, tuning().teal1_lpr, tuning().teal1_threads);
+  const bool pdl = tuning().pdl != 0 && cc_major(device) >= 9;
+  const cudaError_t err = sk::teal1_launch<T>(p, plan, device, stream, pdl);
+  C10_CUDA_CHECK(err);
+  tuning().last_split = 1;
+  tuning().last_teal1 = 1;
+  return true;
+}
 
 at::Tensor teal_run(const at::Tensor& x, const at::Tensor* idx, const at::Tensor* nnz, const at::Tensor& w_t,
                     double threshold, const char* op) {
@@ -24,6 +61,16 @@ at::Tensor teal_run(const at::Tensor& x, const at::Tensor* idx, const at::Tensor
   const at::Tensor xc = x.contiguous();
   const at::Tensor wc = w_t.contiguous();
   const int device = x.get_device();
+  auto stream = at::cuda::getCurrentCUDAStream();
+  const float thr = cast_threshold(threshold, x.scalar_type());
+  bool done = false;
+  switch (x.scalar_type()) {
+    case at::kHalf: done = teal1_try<__half>(xc, idx, nnz, wc, y, thr, T, K, N, device, stream); break;
+    case at::kBFloat16: done = teal1_try<__nv_bfloat16>(xc, idx, nnz, wc, y, thr, T, K, N, device, stream); break;
+    default: done = teal1_try<float>(xc, idx, nnz, wc, y, thr, T, K, N, device, stream); break;
+  }
+  if (done) return y;
+  tuning().last_teal1 = 0;
 
   sk::MatvecParams p{};
   p.x = xc.data_ptr();
@@ -33,7 +80,7 @@ at::Tensor teal_run(const at::Tensor& x, const at::Tensor* idx, const at::Tensor
     p.nnz = nnz->data_ptr<int>();
     p.idx_len = static_cast<int>(std::min<int64_t>(idx->numel(), K));
   }
-  p.thr = cast_threshold(threshold, x.scalar_type());
+  p.thr = thr;
   p.T = static_cast<int>(T);
   p.K = static_cast<int>(K);
   p.N = static_cast<int>(N);
@@ -46,7 +93,6 @@ at::Tensor teal_run(const at::Tensor& x, const at::Tensor* idx, const at::Tensor
   while (p.lpr > 8 && static_cast<int64_t>(p.lpr / 2) * vec >= N) p.lpr /= 2;
   const int tile_out = p.lpr * vec;
   const int tiles = static_cast<int>((N + tile_out - 1) / tile_out);
-  auto stream = at::cuda::getCurrentCUDAStream();
   constexpr int kMinRowsPerSlice = 64;
   switch (x.scalar_type()) {
     case at::kHalf: matvec_dispatch<__half, 0>(p, tiles, device, stream, kMinRowsPerSlice); break;

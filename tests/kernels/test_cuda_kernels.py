@@ -109,6 +109,7 @@ def test_select_all_masked_and_threshold_rounding(ops, ref):
 # -------------------------------------------------------------------------------------------- teal
 TEAL_SHAPES = [  # (leading dims, K, N)
     ((1,), 4096, 4096),
+    ((1,), 13000, 264),  # one token, long K: several list passes per block
     ((1,), 1000, 2048),
     ((1,), 333, 777),   # odd N: the scalar path
     ((1,), 256, 40),
@@ -151,6 +152,120 @@ def test_teal_everything_masked_gives_zeros(ops):
     _poison((3, 512), dtype=torch.float16)
     y = ops.teal_matvec(x, w_t, 0.5, backend="cuda")
     assert torch.equal(y, torch.zeros_like(y))
+
+
+# ---------------------------------------------------------------- teal, the one-token kernel (teal1)
+TEAL1_SHAPES = [  # (K, N)
+    (4096, 4096),
+    (11008, 1024),  # several list passes per warp at 256 threads; several gather rounds in _sel
+    (1000, 2048),
+    (1004, 520),  # K % 8 != 0: fused fp16/bf16 go to matvec.cuh, _sel and fp32 stay on teal1
+    (24, 40),  # fewer channel vectors than warps
+]
+TEAL1_GEOMS = [(0, 0), (256, 4), (512, 8), (1024, 16), (256, 32)]  # (threads, lanes per row), 0 = automatic
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k,n", TEAL1_SHAPES)
+@pytest.mark.parametrize("threads,lpr", TEAL1_GEOMS)
+@pytest.mark.parametrize("sparsity", [0.0, 0.6])
+def test_teal1_matches_reference(ops, ref, tune, dtype, k, n, threads, lpr, sparsity):
+    tune("teal1", 1)
+    tune("teal1_threads", threads)
+    tune("teal1_lpr", lpr)
+    seed = hash((k, n, threads, lpr, sparsity)) % 1000
+    x, thr = _x((1, k), dtype, seed, sparsity)
+    w_t = _weight(k, n, dtype, seed + 7)
+    _poison((1, n), dtype=dtype)
+    _check(ops.teal_matvec(x, w_t, thr, backend="cuda"), ref.teal_matvec(x, w_t, thr), dtype)
+    vec = 16 // x.element_size()
+    assert torch.ops.sparsekit_cuda.tune("last_teal1") == (1 if k % vec == 0 else 0)
+    xs, idx, nnz = ops.select(x, thr, backend="cuda")
+    _poison((1, n), dtype=dtype)
+    _check(ops.teal_matvec_sel(xs, idx, nnz, w_t, backend="cuda"), ref.teal_matvec_sel(xs, idx, nnz, w_t), dtype)
+    assert torch.ops.sparsekit_cuda.tune("last_teal1") == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_teal1_edge_cases(ops, ref, tune, dtype):
+    tune("teal1", 1)
+    k, n = 2048, 1024
+    x, _ = _x((1, k), dtype, seed=31)
+    x[0, ::7] = 0
+    x[0, 5] = float("nan")  # |nan| > t is false: dropped, as in the reference
+    w_t = _weight(k, n, dtype, seed=32)
+    for thr in (-1.0, 0.0, 0.7, 1e9):  # -1 keeps the zeros too; 1e9 keeps nothing
+        expect = ref.teal_matvec(x, w_t, thr)
+        _poison((1, n), dtype=dtype)
+        out = ops.teal_matvec(x, w_t, thr, backend="cuda")
+        assert torch.ops.sparsekit_cuda.tune("last_teal1") == 1
+        if thr == 1e9:
+            assert torch.equal(out, torch.zeros_like(out))
+        else:
+            _check(out, expect, dtype)
+    # _sel with nnz = 0 and with a list shorter than K
+    xs, idx, nnz = ops.select(x, 0.7, backend="cuda")
+    for cut in (0, 1, int(nnz) // 3):
+        short = torch.tensor([cut], dtype=torch.int32, device="cuda")
+        _poison((1, n), dtype=dtype)
+        out = ops.teal_matvec_sel(xs, idx, short, w_t, backend="cuda")
+        if cut == 0:
+            assert torch.equal(out, torch.zeros_like(out))
+        else:
+            _check(out, ref.teal_matvec_sel(xs, idx, short, w_t), dtype)
+
+
+def test_teal1_deterministic_and_graph_capture(ops, tune):
+    for knobs in ({"teal1": 1}, {"teal1": 1, "pdl": 1}):
+        for key, value in knobs.items():
+            tune(key, value)
+        x, thr = _x((1, 4096), torch.bfloat16, seed=41, sparsity=0.5)
+        w_t = _weight(4096, 4096, torch.bfloat16, seed=42)
+        first = ops.teal_matvec(x, w_t, thr, backend="cuda")
+        xs, idx, nnz = ops.select(x, thr, backend="cuda")
+        first_sel = ops.teal_matvec_sel(xs, idx, nnz, w_t, backend="cuda")
+        for _ in range(3):
+            assert torch.equal(ops.teal_matvec(x, w_t, thr, backend="cuda"), first)
+            assert torch.equal(ops.teal_matvec_sel(xs, idx, nnz, w_t, backend="cuda"), first_sel)
+        static_x = x.clone()
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            sx, si, sn = ops.select(static_x, thr, backend="cuda")
+            outs = [ops.teal_matvec(static_x, w_t, thr, backend="cuda"), ops.teal_matvec_sel(sx, si, sn, w_t, backend="cuda")]
+        for seed in (5, 6):
+            static_x.copy_(_x(x.shape, x.dtype, seed=seed)[0])
+            graph.replay()
+            torch.cuda.synchronize()
+            ex, ei, en = ops.select(static_x, thr, backend="cuda")
+            assert torch.equal(outs[0], ops.teal_matvec(static_x, w_t, thr, backend="cuda"))
+            assert torch.equal(outs[1], ops.teal_matvec_sel(ex, ei, en, w_t, backend="cuda"))
+        assert torch.ops.sparsekit_cuda.tune("last_teal1") == 1
+
+
+def test_teal_default_paths(ops, tune):
+    """Default: matvec.cuh for every call; tune("teal1", 1): the one-token kernel for T = 1 only."""
+    x, thr = _x((1, 4096), torch.float16, seed=51, sparsity=0.5)
+    w_t = _weight(4096, 11008, torch.float16, seed=52)
+    ops.teal_matvec(x, w_t, thr, backend="cuda")
+    assert torch.ops.sparsekit_cuda.tune("last_teal1") == 0
+    tune("teal1", 1)
+    ops.teal_matvec(x, w_t, thr, backend="cuda")
+    assert torch.ops.sparsekit_cuda.tune("last_teal1") == 1
+    ops.teal_matvec_sel(*ops.select(x, thr, backend="cuda"), w_t, backend="cuda")
+    assert torch.ops.sparsekit_cuda.tune("last_teal1") == 1
+    ops.teal_matvec(torch.cat([x, x]), w_t, thr, backend="cuda")
+    assert torch.ops.sparsekit_cuda.tune("last_teal1") == 0
+
+
+def test_teal_misaligned_x(ops, ref, tune):
+    big, thr = _x((1, 4097), torch.float16, seed=61, sparsity=0.5)
+    x = big[:, 1:]  # contiguous, but 2 bytes past a 16-byte boundary
+    w_t = _weight(4096, 4096, torch.float16, seed=62)
+    _check(ops.teal_matvec(x, w_t, thr, backend="cuda"), ref.teal_matvec(x, w_t, thr), torch.float16)
+    tune("teal1", 1)  # the fused one-token kernel needs 16-byte x loads: matvec.cuh takes the call
+    _check(ops.teal_matvec(x, w_t, thr, backend="cuda"), ref.teal_matvec(x, w_t, thr), torch.float16)
+    assert torch.ops.sparsekit_cuda.tune("last_teal1") == 0
 
 
 # -------------------------------------------------------------------------------------------- spdp
@@ -274,7 +389,7 @@ def test_cuda_graph_capture_and_replay(ops, ref):
 
 
 @pytest.mark.parametrize("tokens", [1, 6])
-def test_sanitizer_smoke(ops, ref, tokens):
+def test_sanitizer_smoke(ops, ref, tune, tokens):
     """Every kernel once on small shapes (benchmarks/gpu_cuda.sh runs this under compute-sanitizer)."""
     from sparsekit.formats import spdp, spinfer
 
@@ -282,9 +397,14 @@ def test_sanitizer_smoke(ops, ref, tokens):
     x, thr = _x((tokens, 200), dtype, seed=tokens, sparsity=0.5)
     w = _weight(136, 200, dtype, seed=2, sparsity=0.5)
     xs, idx, nnz = ops.select(x, thr, backend="cuda")
-    _check(ops.teal_matvec(x, w.t().contiguous(), thr, backend="cuda"), ref.teal_matvec(x, w.t().contiguous(), thr), dtype)
-    _check(ops.teal_matvec_sel(xs, idx, nnz, w.t().contiguous(), backend="cuda"),
-           ref.teal_matvec_sel(xs, idx, nnz, w.t().contiguous()), dtype)
+    for teal1, threads, lpr in ((0, 0, 0), (1, 0, 0), (1, 256, 32)):  # matvec.cuh, then teal1 (T = 1)
+        tune("teal1", teal1)
+        tune("teal1_threads", threads)
+        tune("teal1_lpr", lpr)
+        _check(ops.teal_matvec(x, w.t().contiguous(), thr, backend="cuda"), ref.teal_matvec(x, w.t().contiguous(), thr),
+               dtype)
+        _check(ops.teal_matvec_sel(xs, idx, nnz, w.t().contiguous(), backend="cuda"),
+               ref.teal_matvec_sel(xs, idx, nnz, w.t().contiguous()), dtype)
     for r in (32, 64, 128):
         sp = {key: (v.cuda() if key != "shape" else v) for key, v in spdp.encode(w, r).items()}
         _check(ops.spdp_matvec(x, sp, thr, backend="cuda"), ref.spdp_matvec(x, sp, thr), dtype)
@@ -296,7 +416,8 @@ def test_sanitizer_smoke(ops, ref, tokens):
 @pytest.mark.parametrize("tokens", [1, 6])
 @pytest.mark.parametrize(
     "knobs",
-    [{"pipe": 1}, {"pipe": 1, "pdl": 1}, {"pdl": 1}, {"spinfer_warps": 8}, {"teal_lpr": 32, "split": 2}, {"teal_lpr": 8}],
+    [{"pipe": 1}, {"pipe": 1, "pdl": 1}, {"pdl": 1}, {"spinfer_warps": 8}, {"teal_lpr": 32, "split": 2}, {"teal_lpr": 8},
+     {"teal1": 1}, {"teal1": 1, "pdl": 1}, {"teal1": 1, "teal1_threads": 512, "teal1_lpr": 8}],
 )
 def test_variants_compute_the_same_function(ops, tune, knobs, tokens):
     """Every code path behind the tuning knobs agrees with the default one (checked against the reference above)."""
