@@ -219,7 +219,7 @@ def teal_sweep(tune, record) -> None:
                                   {"teal1": 1, "teal1_threads": 1024, "teal1_lpr": 4},
                                   {"teal1": 1, "teal1_threads": 512, "teal1_lpr": 8}):
                         teal(s2, knobs, f"s2={s2} {fmt(knobs)}", True)
-        # sanity: one spdp and one spinfer configuration (fp16), against the numbers in NOTES_cuda.md
+        # sanity: one spdp and one spinfer configuration (fp16), against the numbers in NOTES.md (CUDA kernels)
         x = torch.randn((1, k), device="cuda").half()
         ws = [w.half() for w in w16]
         dense_us, _ = time_graph([lambda w=w: F.linear(x, w) for w in ws])

@@ -16,6 +16,9 @@ def main(argv: list[str] | None = None) -> None:
     command = typer.main.get_command(app_module.app)
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("SPARSEKIT_DEBUG") == "1"
+    if not debug:  # our own progress bars and tables say what is happening; keep library chatter out
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         result = command.main(args=args, prog_name="sparsekit", standalone_mode=False)
     except exits as exc:

@@ -1,5 +1,5 @@
 """Peak compute-device memory of layer-by-layer pruning, on paper (checked against measurements in
-``benchmarks/prune_7b.py``; worked numbers in ``benchmarks/NOTES_prune.md``).
+``benchmarks/prune_7b.py``; worked numbers in ``benchmarks/NOTES.md (Pruning)``).
 
 With ``b`` bytes per weight/activation (2 for fp16/bf16), ``n x L`` calibration tokens, hidden size
 ``h``, MLP size ``I``, attention width ``a = heads * head_dim``, key/value width ``kv``, vocab ``V``:
