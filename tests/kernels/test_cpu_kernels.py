@@ -10,7 +10,7 @@ from sparsekit.kernels import reference as ref
 
 from ._util import DTYPES, TOL, rel_err, threshold_for, weight
 
-pytestmark = pytest.mark.skipif(_ext.load() is None, reason="sparsekit._C is not built")
+pytestmark = pytest.mark.ext
 
 SIZES = [(37, 29), (130, 67), (5, 300)]  # (K, N): odd, tiny K, N not a multiple of any tile
 TOKENS = (1, 3, 17, 40)  # 40: the prefill path (gathered rows + GEMM)

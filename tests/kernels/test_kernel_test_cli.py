@@ -70,7 +70,7 @@ def test_unwritten_output_is_caught(capsys, monkeypatch, one_tiny_shape):
     assert code == 1 and "teal_matvec" in err
 
 
-@pytest.mark.skipif(_ext.load() is None, reason="sparsekit._C is not built")
+@pytest.mark.ext
 def test_bench_smoke(capsys, monkeypatch, one_tiny_shape):
     from sparsekit import kernel_test as kt
 

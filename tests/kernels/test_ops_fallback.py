@@ -46,7 +46,7 @@ def test_import_without_extension_warns_once_and_falls_back():
     assert res["backends"] == ["reference"] and res["chosen"] == "reference" and res["module"]
 
 
-@pytest.mark.skipif(_ext.load() is None, reason="sparsekit._C is not built")
+@pytest.mark.ext
 def test_backend_choice(monkeypatch):
     monkeypatch.delenv("SPARSEKIT_BACKEND", raising=False)
     assert ops.get_backend("cpu") == "cpu"
