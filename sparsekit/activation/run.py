@@ -13,8 +13,6 @@ from typing import Callable
 
 from sparsekit.errors import BadInput, Failure, check_fraction
 
-PREFILL = ("all", "later_half", "none")
-MAX_GREEDY = 0.9  # greedy.GreedySettings().max_effective, checked here before torch is imported
 
 # on_progress(stage, done, total): total is None while unknown
 OnProgress = Callable[[str, int, "int | None"], None]
@@ -110,16 +108,10 @@ def run_calibrate(*, out: Path | None = None, calibration: Path | None = None, m
     on_progress = on_progress or _noop
     dtype = getattr(dtype, "value", dtype)
     sparsities = sorted({float(check_fraction("--sparsity", float(s))) for s in (sparsities or ())})
-    prefill = str(getattr(prefill, "value", prefill)).replace("-", "_")
-    if prefill not in PREFILL:
-        raise BadInput(f"--prefill must be all or later-half, got {prefill!r}.")
     if (out is None) == (calibration is None):
         raise BadInput("give exactly one of --out DIR (calibrate now) and --calibration DIR (use an earlier calibration).")
     if eval and not sparsities:
         raise BadInput("--eval needs at least one --sparsity S2 to evaluate.")
-    if greedy and sparsities and sparsities[-1] > MAX_GREEDY:
-        raise BadInput(f"--greedy allocations go up to activation sparsity {MAX_GREEDY}; "
-                       f"--sparsity {sparsities[-1]} is beyond it.")
     if out is not None:
         check_out_dir(Path(out), "calibrate")
     from sparsekit.data import check_source  # (imports torch)
@@ -132,10 +124,16 @@ def run_calibrate(*, out: Path | None = None, calibration: Path | None = None, m
     import torch
 
     from sparsekit.activation.calibrate import calibrate_model
+    from sparsekit.activation.greedy import GreedySettings
+    from sparsekit.activation.sparsify import check_prefill
     from sparsekit.activation.thresholds import Calibration
     from sparsekit.data import calibration_samples, eval_tokens
     from sparsekit.models import default_seqlen, load_config, load_model, resolve_device, resolve_dtype
 
+    prefill = check_prefill(str(getattr(prefill, "value", prefill)))
+    top = GreedySettings().max_effective
+    if greedy and calibration is None and sparsities and sparsities[-1] > top:
+        raise BadInput(f"--greedy allocations go up to activation sparsity {top}; --sparsity {sparsities[-1]} is beyond it.")
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     config = load_config(model)  # unsupported architecture / missing dir -> BadInput
