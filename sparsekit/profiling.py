@@ -403,12 +403,6 @@ def _record_all(p: ProfileSettings, subject, device, mode: str, on_trace, nvtx: 
 
 
 # ------------------------------------------------------------------------------------- outputs
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def per_token_csv(rows: list[TokenBreakdown]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -484,7 +478,7 @@ def plot(rows: list[TokenBreakdown], path: Path) -> None:
 def _finish(p: ProfileSettings, tl_by_label: dict[str, Timeline], walls, device, modes: dict[str, str], source: str,
             extra: dict) -> dict:
     from sparsekit.env import environment
-    from sparsekit.formats.checkpoint import write_json_atomic
+    from sparsekit.formats.checkpoint import write_bytes_atomic, write_json_atomic
 
     out = Path(p.outdir)
     rows, methods = [], {}
@@ -494,7 +488,7 @@ def _finish(p: ProfileSettings, tl_by_label: dict[str, Timeline], walls, device,
         methods.update(m)
     if not rows:
         raise Failure("the profile recorded no decode-token ranges; nothing to break down.")
-    _write_text_atomic(out / "per_token.csv", per_token_csv(rows))
+    write_bytes_atomic(out / "per_token.csv", per_token_csv(rows).encode())
     plot(rows, out / "per_token.png")
     summary = {
         "model": p.model,

@@ -7,16 +7,13 @@ finished in, and an interrupted search resumes from it.
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from sparsekit.formats.checkpoint import write_json_atomic
+from sparsekit.formats.checkpoint import write_bytes_atomic, write_json_atomic
 from sparsekit.search.plan import Config, Settings
 
 COLUMNS = ("s1", "s2", "Uniform_PPL", "total", "method", "structure", "greedy", "dataset", "seqlen", "nsamples")
@@ -46,23 +43,6 @@ class Result:
         return {"total": c.total, "s1": c.s1, "s2": c.s2, "Uniform_PPL": self.ppl, "kind": self.kind}
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; results are ordinary files
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def read_results(directory: Path) -> dict[Config, Result]:
     """Finished rows of ``results.csv`` (none if it is missing); malformed lines are ignored."""
     path = Path(directory) / RESULTS
@@ -89,7 +69,7 @@ def write_results(directory: Path, results: dict[Config, Result], settings: Sett
         # repr-exact floats: s2 reads back as exactly the value the formula gave
         w.writerow([repr(config.s1), repr(config.s2), repr(r.ppl), repr(config.total), settings.method,
                     settings.structure, settings.greedy, settings.eval_dataset, settings.seqlen, settings.nsamples])
-    _write_atomic(Path(directory) / RESULTS, buf.getvalue().encode())
+    write_bytes_atomic(Path(directory) / RESULTS, buf.getvalue().encode())
 
 
 def by_total(results: dict[Config, Result]) -> dict[float, list[Result]]:
@@ -170,5 +150,5 @@ def plot(directory: Path, results: dict[Config, Result], settings: Settings) -> 
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     path = Path(directory) / PLOT
-    _write_atomic(path, buf.getvalue())
+    write_bytes_atomic(path, buf.getvalue())
     return path
