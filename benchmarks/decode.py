@@ -48,6 +48,8 @@ def _args(argv=None):
     ap.add_argument("--out", default=os.environ.get("OUT") or "runs/decode")
     ap.add_argument("--budget-s", type=float, default=540.0, help="start no configuration after this many seconds")
     ap.add_argument("--device", default="cuda", help="cuda (the targets), or cpu for a smoke test")
+    ap.add_argument("--no-compile", action="store_true", help="time the decode step uncompiled (ablation)")
+    ap.add_argument("--no-fuse", action="store_true", help="one launch per projection (ablation)")
     ap.add_argument("--child", help=argparse.SUPPRESS)  # dtype handled by this child process
     ap.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
     ap.add_argument("--skip", default="", help=argparse.SUPPRESS)
@@ -68,7 +70,7 @@ def _append(path: Path, row: dict) -> None:
 KEEP = ("mean_ttft_ms", "median_ttft_ms", "p90_ttft_ms", "p99_ttft_ms", "mean_tpot_ms", "median_tpot_ms",
         "p90_tpot_ms", "p99_tpot_ms", "std_tpot_ms", "output_throughput", "decode_throughput", "bandwidth_gbs",
         "floor_tpot_ms", "pct_of_floor", "bytes_per_step", "weight_bytes_per_step", "mode", "decode_graph",
-        "prefill_graph", "notes", "tokens_identical_across_repeats")
+        "prefill_graph", "notes", "tokens_identical_across_repeats", "compiled", "fused_groups")
 
 
 # ----------------------------------------------------------------------------------- the child
@@ -123,7 +125,8 @@ def child(a) -> int:
 
     def settings(b):
         return bench.Settings(model=a.model, input_tokens=a.input_tokens, max_new_tokens=a.max_new_tokens,
-                              batch_size=b, warmup=a.warmup, repeat=a.repeat, mode=mode)
+                              batch_size=b, warmup=a.warmup, repeat=a.repeat, mode=mode,
+                              compile=False if a.no_compile else None, fuse=not a.no_fuse)
 
     def timed(name, b, s2=0.0, harness="owned"):
         def fn():
@@ -216,7 +219,8 @@ def table(rows: dict[str, dict], checks: list[dict]) -> str:
         sp = r.get("speedup_tpot_vs_dense")
         tr = r.get("ttft_ratio_vs_dense")
         note = "EAGER decode: " + "; ".join(r.get("notes") or []) if r.get("mode") == "graph" and not r.get("decode_graph") \
-            else ("" if r.get("mode") != "eager" else "eager (CPU)")
+            else ("eager (CPU)" if r.get("mode") == "eager" else
+                  ", ".join(x for x in ("compiled" if r.get("compiled") else "", "fused" if r.get("fused_groups") else "") if x))
         lines.append(f"{r['dtype']:9} {r['format']:8} {r['batch']:>3} {r['mean_ttft_ms']:8.2f} {r['mean_tpot_ms']:8.3f} "
                      f"{r['floor_tpot_ms']:7.3f} {r['pct_of_floor']:5.0f}% {r['bandwidth_gbs']:7.0f} "
                      f"{'-' if sp is None else f'{sp:.2f}x':>7} {'-' if tr is None else f'{tr:.2f}':>6}  {note}")
@@ -241,7 +245,8 @@ def parent(a) -> int:
             cmd = [sys.executable, __file__, "--child", dtype, "--deadline", str(deadline), "--skip", skip,
                    "--model", a.model, "--batches", a.batches, "--formats", a.formats, "--input-tokens",
                    str(a.input_tokens), "--max-new-tokens", str(a.max_new_tokens), "--warmup", str(a.warmup),
-                   "--repeat", str(a.repeat), "--out", str(out), "--device", a.device] + (["--hf"] if a.hf else [])
+                   "--repeat", str(a.repeat), "--out", str(out), "--device", a.device] + (["--hf"] if a.hf else []) \
+                + (["--no-compile"] if a.no_compile else []) + (["--no-fuse"] if a.no_fuse else [])
             rc = subprocess.run(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}).returncode
             if rc == 0:
                 break

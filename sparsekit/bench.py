@@ -44,6 +44,8 @@ class Settings:
     device: str = "auto"
     dtype: str = "auto"
     seed: int = 0
+    fuse: bool = True  # one launch for q/k/v and one for gate/up (owned harness)
+    compile: bool | None = None  # torch.compile the decode step; None: on in graph mode
 
 
 def parse_baselines(value: str | None) -> tuple[str, ...]:
@@ -310,15 +312,35 @@ def _prompt(model, batch_size: int, input_tokens: int, seed: int, device):
     return torch.randint(0, model.config.vocab_size, (batch_size, input_tokens), generator=gen).to(device)
 
 
+def compile_enabled(s: Settings, mode: str) -> bool:
+    return s.compile if s.compile is not None else mode == "graph"
+
+
 def time_owned_loop(model, prompt, s: Settings, mode: str, progress: Progress | None, label: str) -> tuple[list, dict]:
-    """Warm up and time ``repeat`` runs of the owned decode loop; returns (timings, facts)."""
+    """Warm up and time ``repeat`` runs of the owned decode loop; returns (timings, facts).
+
+    With ``s.fuse`` the projections of each input site run as one launch while this variant is
+    timed (split back afterwards, so the next variant starts from the same modules)."""
+    from sparsekit.runtime.fuse import fuse_projections, unfuse_projections
+
+    fused = fuse_projections(model) if s.fuse else 0
+    try:
+        runs, facts = _time_session(model, prompt, s, mode, progress, label)
+    finally:
+        if fused:
+            unfuse_projections(model)
+    facts["fused_groups"] = fused
+    return runs, facts
+
+
+def _time_session(model, prompt, s: Settings, mode: str, progress: Progress | None, label: str) -> tuple[list, dict]:
     import torch
 
     from sparsekit.runtime.generate import DecodeSession
 
     with torch.inference_mode():
         sess = DecodeSession(model, batch_size=s.batch_size, prompt_len=s.input_tokens,
-                             max_new_tokens=s.max_new_tokens, mode=mode)
+                             max_new_tokens=s.max_new_tokens, mode=mode, compile=compile_enabled(s, mode))
         sess.set_prompt(prompt)
         total = s.warmup + s.repeat
         runs, tokens = [], []
@@ -329,7 +351,7 @@ def time_owned_loop(model, prompt, s: Settings, mode: str, progress: Progress | 
                 tokens.append(sess.tokens())
             if progress:
                 progress(label, i + 1, total)
-        facts = {"mode": mode, "prefill_graph": sess.prefill_graph is not None,
+        facts = {"mode": mode, "compiled": sess.compiled, "prefill_graph": sess.prefill_graph is not None,
                  "decode_graph": sess.decode_graph is not None, "notes": list(sess.notes),
                  "tokens_identical_across_repeats": all(torch.equal(tokens[0], t) for t in tokens),
                  "first_tokens": tokens[0][0, :8].tolist()}
@@ -471,7 +493,7 @@ def run(s: Settings, progress: Progress | None = None) -> dict:
         "model": s.model,
         "timing_device": "cuda" if device.type == "cuda" else "cpu",
         "device_bandwidth_gbs": bw,
-        "settings": {**asdict(s), "baselines": list(s.baselines), "mode": mode,
+        "settings": {**asdict(s), "baselines": list(s.baselines), "mode": mode, "compile": compile_enabled(s, mode),
                      "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
                      "device": str(device), "kind": subject.kind, "prefill_activation_sparsity": False,
                      "cpu_threads": torch.get_num_threads()},
@@ -525,4 +547,15 @@ def table(result: dict) -> tuple[list[str], list[list[str]]]:
         cells = [fmt.format(r[key]) if r.get(key) is not None else "-" for r in runs]
         if any(c != "-" for c in cells):
             rows.append([label] + cells)
+    rows.append(["decode step"] + [_step_kind(r) for r in runs])
     return header, rows
+
+
+def _step_kind(r: dict) -> str:
+    """How the variant's decode step ran: compiled, graph-replayed, fused groups."""
+    if r.get("mode", "").startswith("transformers"):
+        return "transformers"
+    parts = ["compiled" if r.get("compiled") else "uncompiled", "graph" if r.get("decode_graph") else "eager"]
+    if r.get("fused_groups"):
+        parts.append("fused")
+    return ", ".join(parts)

@@ -123,3 +123,74 @@ def test_steps_never_read_device_values_so_they_can_be_captured(fmt):
     assert not prefill.ops & HOST_READS and not step.ops & HOST_READS, (prefill.ops & HOST_READS, step.ops & HOST_READS)
     if fmt != "dense":
         assert any(op.startswith("sparsekit::") for op in step.ops)
+
+
+@pytest.mark.parametrize("fmt", ["dense", "teal", "spdp"])
+def test_compiled_fused_decode_gives_the_eager_tokens(fmt):
+    """torch.compile traces the decode step through the custom ops and the fused projections
+    (aot_eager here: dynamo + the fake kernels + functionalization, without inductor's codegen)."""
+    import torch._dynamo
+
+    from sparsekit import synthetic
+    from sparsekit.runtime.fuse import fuse_projections
+    from sparsekit.runtime.patch import convert_model
+
+    model = tiny_model("llama", seed=5)
+    if fmt != "dense":
+        convert_model(model, fmt, synthetic.calibrate_thresholds(model, 0.5, tokens=16))
+    ids = torch.randint(0, 128, (2, 6), generator=torch.Generator().manual_seed(2))
+    eager = greedy_generate(model, ids, 8)
+    fuse_projections(model)
+    torch._dynamo.reset()
+    counters = torch._dynamo.utils.counters
+    counters.clear()
+    with torch.inference_mode():
+        sess = DecodeSession(model, batch_size=2, prompt_len=6, max_new_tokens=8, compile=True,
+                             compile_backend="aot_eager")
+        assert sess.compiled, sess.notes
+        sess.set_prompt(ids)
+        for _ in range(2):
+            sess.run()
+            assert torch.equal(sess.tokens(), eager)
+    assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
+    assert counters["stats"]["unique_graphs"] == 1  # one graph, no recompiles over 14 steps
+    torch._dynamo.reset()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("fmt, dtype", [("dense", torch.float16), ("teal", torch.float16), ("teal", torch.bfloat16),
+                                        ("spdp", torch.float16)])
+def test_compiled_graph_replay_gives_the_eager_tokens(fmt, dtype):
+    import torch._dynamo
+
+    from sparsekit import synthetic
+    from sparsekit.runtime.fuse import fuse_projections
+    from sparsekit.runtime.patch import convert_model
+
+    model = tiny_model("llama", seed=4, dtype=dtype).cuda()
+    if fmt != "dense":
+        convert_model(model, fmt, synthetic.calibrate_thresholds(model, 0.5, tokens=16))
+    ids = torch.randint(0, 128, (3, 7), generator=torch.Generator().manual_seed(1)).cuda()
+    eager = greedy_generate(model, ids, 10, mode="eager")
+    fuse_projections(model)
+    torch._dynamo.reset()
+    with torch.inference_mode():
+        sess = DecodeSession(model, batch_size=3, prompt_len=7, max_new_tokens=10, mode="graph", compile=True)
+        assert sess.compiled and sess.decode_graph is not None, sess.notes
+        sess.set_prompt(ids)
+        sess.run()
+        replayed = sess.tokens()
+        sess.reset()
+        sess.prefill()
+        for _ in range(9):
+            sess.step(eager=True)  # the compiled step, launched without the graph
+        assert torch.equal(sess.tokens(), replayed)
+        logits = []
+        for forward in (sess._decode_forward_eager, sess._decode_forward):
+            sess.reset()
+            sess.prefill()
+            logits.append(forward().float())
+        torch.testing.assert_close(logits[1], logits[0], rtol=2e-2, atol=2e-2)
+        assert torch.equal(replayed[:, 0], eager[:, 0])  # the prefill is not compiled
+    torch._dynamo.reset()

@@ -24,6 +24,8 @@ def command(
     weight_sparsity: Annotated[float, typer.Option("--weight-sparsity", help="Synthetic models: weight sparsity S1.")] = 0.0,
     activation_sparsity: Annotated[float, typer.Option("--activation-sparsity", help="Synthetic models: activation sparsity S2.")] = 0.0,
     format: Annotated[str, typer.Option("--format", help="Synthetic models: weight format.")] = "dense",
+    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the decode step (default: on in graph mode).")] = None,
+    fuse: Annotated[bool, typer.Option("--fuse/--no-fuse", help="One launch for q/k/v and one for gate/up.")] = True,
     save_per_iter: Annotated[bool, typer.Option("--save-per-iter", help="Keep every repeat's timings in the JSON.")] = False,
     outdir: Annotated[Optional[Path], typer.Option(help="Write bench.json here.")] = None,
     device: o.Device = "auto",
@@ -38,7 +40,7 @@ def command(
         model=model, baselines=b.parse_baselines(baseline), input_tokens=input_tokens,
         max_new_tokens=max_new_tokens, batch_size=batch_size, warmup=warmup, repeat=repeat, attn=attn,
         mode=mode, weight_sparsity=weight_sparsity, activation_sparsity=activation_sparsity, format=format,
-        save_per_iter=save_per_iter, device=device, dtype=dtype.value, seed=seed,
+        save_per_iter=save_per_iter, device=device, dtype=dtype.value, seed=seed, fuse=fuse, compile=compile,
     )
     b.check_outdir(outdir)
     with _progress_bar() as bar:

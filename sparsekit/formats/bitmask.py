@@ -53,7 +53,8 @@ def encode(weight: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def decode(packed: dict[str, torch.Tensor]) -> torch.Tensor:
-    n, k = (int(v) for v in packed["shape"].tolist())
+    shape = packed["shape"]
+    n, k = (int(v) for v in (shape.tolist() if isinstance(shape, torch.Tensor) else shape))
     values = packed["compressed"]
     mask = unpack_rows(packed["bitmask"].to(values.device), k)
     out = torch.zeros((n, k), dtype=values.dtype, device=values.device)

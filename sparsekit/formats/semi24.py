@@ -75,7 +75,8 @@ def kept_positions(indices: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def decode(packed: dict[str, torch.Tensor]) -> torch.Tensor:
-    n, k = (int(v) for v in packed["shape"].tolist())
+    shape = packed["shape"]
+    n, k = (int(v) for v in (shape.tolist() if isinstance(shape, torch.Tensor) else shape))
     values = packed["values"]
     kept = kept_positions(packed["indices"].to(values.device), k)
     out = torch.zeros((n, k // 4, 4), dtype=values.dtype, device=values.device)

@@ -8,6 +8,13 @@ next token into the input buffer, so the host only enqueues replays. The prefill
 length) is captured too when it can be; otherwise it runs eagerly. In ``mode="eager"`` the same
 step runs as plain PyTorch (CPU, or GPU for comparison).
 
+``compile=True`` runs the decode step's model forward through ``torch.compile`` (inductor, no
+graphs of its own) before it is captured: the decoder-layer glue (RMSNorm, rotary, residual adds,
+SiLU product, cache writes) becomes a few fused kernels instead of hundreds of small ones, the way
+gpt-fast and TEAL's own benchmark run. The sparse ops enter the compiled graph as opaque custom
+ops (their fake implementations are registered in ``sparsekit.ops``). If compiling fails, the step
+runs uncompiled and ``notes`` says why.
+
 Greedy decoding; EOS is ignored, so every run generates exactly ``max_new_tokens`` tokens.
 """
 from __future__ import annotations
@@ -44,7 +51,8 @@ class DecodeSession:
     """Static-cache greedy decoding of ``batch_size`` prompts of ``prompt_len`` tokens."""
 
     def __init__(self, model: nn.Module, *, batch_size: int, prompt_len: int, max_new_tokens: int,
-                 mode: str = "eager", graph_prefill: bool = True):
+                 mode: str = "eager", graph_prefill: bool = True, compile: bool = False,
+                 compile_backend: str = "inductor"):
         from transformers import StaticCache
 
         if mode not in MODES:
@@ -70,6 +78,10 @@ class DecodeSession:
         self.decode_graph: torch.cuda.CUDAGraph | None = None
         self.notes: list[str] = []
         self._steps_done = 0
+        self.compiled = False
+        self._decode_forward = self._decode_forward_eager
+        if compile:
+            self._compile(compile_backend)
         if mode == "graph":
             self._capture()
 
@@ -100,9 +112,27 @@ class DecodeSession:
                             logits_to_keep=1, **kwargs).logits
         self._emit(logits)
 
+    def _decode_forward_eager(self) -> torch.Tensor:
+        return self.model(input_ids=self.token, past_key_values=self.cache, use_cache=True).logits
+
     def _decode_body(self) -> None:
-        logits = self.model(input_ids=self.token, past_key_values=self.cache, use_cache=True).logits
-        self._emit(logits)
+        self._emit(self._decode_forward())
+
+    def _compile(self, backend: str) -> None:
+        """Compile the decode forward and run it once (that is when compiling happens)."""
+        compiled = torch.compile(self._decode_forward_eager, backend=backend, dynamic=False)
+        self._reset_state()
+        try:
+            self._prefill_body()
+            self._emit(compiled())
+            _sync(self.device)
+        except Exception as exc:  # an op inductor cannot handle here: keep the step uncompiled
+            _sync(self.device)
+            self.notes.append(f"decode runs uncompiled (torch.compile failed: {str(exc).splitlines()[0][:160]})")
+        else:
+            self._decode_forward = compiled
+            self.compiled = True
+        self._reset_state()
 
     # ---- capture -------------------------------------------------------------------------------
     def _reset_state(self) -> None:
@@ -216,9 +246,15 @@ class DecodeSession:
                          step_ms=step_ms)
 
     def close(self) -> None:
-        """Drop graphs and cache so the memory can go to the next model."""
+        """Drop graphs, cache and compiled code so the memory can go to the next model."""
         self.prefill_graph = self.decode_graph = None
         self.cache = None  # type: ignore[assignment]
+        if self.compiled:
+            # dynamo keys compiled code by the step's code object, shared by every session: drop it
+            # so the next session compiles afresh instead of piling up guards (and hitting the limit)
+            self._decode_forward = self._decode_forward_eager
+            self.compiled = False
+            torch._dynamo.reset()
 
 
 @torch.inference_mode()

@@ -115,7 +115,7 @@ class SparseLinear(nn.Module):
         else:
             self.register_parameter("bias", None)
         self._t: float | None = None  # the threshold as a Python float (ops take floats; no device sync)
-        self._dims: torch.Tensor | None = None  # the packed "shape" on the CPU (no device sync)
+        self._dims: tuple[int, ...] | None = None  # the packed "shape" as ints (no device sync, traceable)
         self._ready = False
         self._dense_cache = None
         self.shared: SharedSelection | None = None
@@ -144,7 +144,7 @@ class SparseLinear(nn.Module):
         """Cache what forward needs as Python values (called after the buffers are filled)."""
         self._t = None if self.threshold is None else float(self.threshold)
         if "shape" in self.keys:
-            self._dims = self.shape.detach().to("cpu", copy=True)
+            self._dims = tuple(int(v) for v in self.shape.detach().cpu().tolist())
         self._dense_cache = None
         self._ready = True
 
@@ -156,7 +156,8 @@ class SparseLinear(nn.Module):
         return self._t
 
     def packed(self) -> dict[str, torch.Tensor]:
-        """The format's tensors (``shape`` as a CPU tensor so kernels read it without a sync)."""
+        """The format's tensors (``shape`` as a tuple of ints, so kernels and ``torch.compile`` read
+        it without a device sync or a data-dependent guard)."""
         if not self._ready:
             self.finalize()
         d = {k: getattr(self, k) for k in self.keys}

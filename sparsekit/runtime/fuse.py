@@ -1,0 +1,205 @@
+"""One launch per input site: q/k/v as one projection, gate/up as one (inference only).
+
+The projections of one input site (DESIGN section 3: ``attn`` = q/k/v, ``mlp`` = gate/up) read the
+same activation and, with one threshold per site, the same active channels. ``fuse_projections``
+stacks their weights into one module (for ``teal`` the ``w_t`` columns, for ``dense`` the rows, for
+the other formats the decoded rows re-encoded) so a decode step runs one kernel per site instead of
+two or three. Each kernel call has a fixed cost of a few microseconds (launch, ramp, reduction; see
+benchmarks/NOTES.md "CUDA kernels"), which one bigger call pays once.
+
+The member modules (``q_proj`` ...) become ``ProjectionSlice`` views: the first one to see a new
+input computes the stacked output, every member returns its columns, and the cached output is
+dropped once all members have read it (the same pattern as ``SharedSelection``, and it traces
+under ``torch.compile``). Attention and MLP code of transformers stays untouched.
+
+Members fuse only when they are all ``nn.Linear`` or all ``SparseLinear`` of one format with one
+threshold (greedy allocations give q/k/v different thresholds: those stay separate). A fused model
+is for running, not for saving: ``unfuse_projections`` splits it back exactly.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sparsekit.models import ROLES, SITES, decoder_layers
+from sparsekit.runtime.linear import SparseLinear
+
+FUSED_SITES = ("attn", "mlp")
+
+
+class FusedProjection(nn.Module):
+    """The stacked projection of one input site; members read their columns from ``output``."""
+
+    def __init__(self, inner: nn.Module, sizes: list[int]):
+        super().__init__()
+        self.inner = inner
+        self.sizes = [int(s) for s in sizes]
+        self.starts = [sum(self.sizes[:i]) for i in range(len(self.sizes))]
+        self._x = None
+        self._y = None
+        self._uses = 0
+
+    def output(self, x: torch.Tensor) -> torch.Tensor:
+        if self._x is not x:
+            self._y = self.inner(x)
+            self._x = x
+            self._uses = 0
+        y = self._y
+        self._uses += 1
+        if self._uses >= len(self.sizes):
+            self._x = self._y = None
+        return y
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # the whole stacked output
+        return self.inner(x)
+
+
+class ProjectionSlice(nn.Module):
+    """Member ``index`` of a ``FusedProjection`` (registered as a submodule by member 0 only, so
+    parameters and bytes are counted once)."""
+
+    def __init__(self, group: FusedProjection, index: int):
+        super().__init__()
+        if index == 0:
+            self.group = group
+        else:
+            self.__dict__["group"] = group  # a plain reference: not a second owner of the weights
+        self.index = int(index)
+        self.start = group.starts[index]
+        self.stop = self.start + group.sizes[index]
+        self.in_features = _in_features(group.inner)
+        self.out_features = group.sizes[index]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.group.output(x)[..., self.start:self.stop]
+
+    def extra_repr(self) -> str:
+        return f"member {self.index} of {len(self.group.sizes)}, columns [{self.start}, {self.stop})"
+
+
+def _in_features(m: nn.Module) -> int:
+    return int(m.in_features)
+
+
+def _encode_kwargs(m: SparseLinear) -> dict:
+    if m.fmt == "spdp":
+        return {"tile_rows": int(m._dims[2])}
+    return {}
+
+
+def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+    lin = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        lin.weight.copy_(weight)
+        if bias is not None:
+            lin.bias.copy_(bias)
+    return lin.requires_grad_(False)
+
+
+def _stack(mods: list[nn.Module]) -> nn.Module | None:
+    """One module computing ``cat([m(x) for m in mods], -1)``, or None when they cannot fuse."""
+    biases = [m.bias for m in mods]
+    if any(b is None for b in biases) and not all(b is None for b in biases):
+        return None
+    bias = None if biases[0] is None else torch.cat([b.detach() for b in biases])
+    if all(type(m) is nn.Linear for m in mods):
+        return _linear(torch.cat([m.weight.detach() for m in mods]), bias)
+    if not all(isinstance(m, SparseLinear) for m in mods):
+        return None
+    fmts = {m.fmt for m in mods}
+    ts = {m.threshold_value for m in mods}
+    if len(fmts) != 1 or len(ts) != 1:
+        return None
+    fmt, t = fmts.pop(), ts.pop()
+    first = mods[0]
+    sizes = [m.out_features for m in mods]
+    if fmt == "teal":  # w_t is [in, out]: stack columns
+        w_t = torch.cat([m.w_t for m in mods], dim=1)
+        specs = {"w_t": (tuple(w_t.shape), w_t.dtype)}
+        new = SparseLinear("teal", first.in_features, sum(sizes), bias=bias is not None, specs=specs,
+                           threshold=t is not None, device=w_t.device, dtype=w_t.dtype)
+        with torch.no_grad():
+            new.w_t.copy_(w_t)
+            if t is not None:
+                new.threshold.fill_(t)
+            if bias is not None:
+                new.bias.copy_(bias)
+        new.finalize()
+        return new
+    kwargs = _encode_kwargs(first)
+    if fmt == "spdp" and len({_encode_kwargs(m)["tile_rows"] for m in mods}) != 1:
+        return None
+    return SparseLinear.from_linear(_linear(torch.cat([m.dense_weight() for m in mods]), bias), fmt, t, **kwargs)
+
+
+def fuse_projections(model: nn.Module, sites=FUSED_SITES) -> int:
+    """Fuse the projections of each input site in ``sites`` of every decoder layer (in place).
+    Returns the number of fused groups."""
+    count = 0
+    for layer in decoder_layers(model):
+        for site in sites:
+            paths = [ROLES[r] for r in SITES[site]]
+            mods = [layer.get_submodule(p) for p in paths]
+            if len(mods) < 2 or any(isinstance(m, ProjectionSlice) for m in mods):
+                continue
+            inner = _stack(mods)
+            if inner is None:
+                continue
+            group = FusedProjection(inner, [m.out_features for m in mods])
+            for i, p in enumerate(paths):
+                parent, _, child = p.rpartition(".")
+                setattr(layer.get_submodule(parent), child, ProjectionSlice(group, i))
+            del mods
+            count += 1
+    return count
+
+
+def unfuse_projections(model: nn.Module) -> int:
+    """Split every fused group back into its member modules (bit-exact weights). Returns the count."""
+    count = 0
+    for layer in decoder_layers(model):
+        for site in FUSED_SITES:
+            paths = [ROLES[r] for r in SITES[site]]
+            first = layer.get_submodule(paths[0])
+            if not isinstance(first, ProjectionSlice):
+                continue
+            group = first.group
+            inner = group.inner
+            bias = None if inner.bias is None else inner.bias.detach()
+            for i, p in enumerate(paths):
+                a, b = group.starts[i], group.starts[i] + group.sizes[i]
+                bi = None if bias is None else bias[a:b]
+                if isinstance(inner, nn.Linear):
+                    member = _linear(inner.weight.detach()[a:b], bi)
+                elif inner.fmt == "teal":
+                    member = _teal_member(inner, a, b, bi)
+                else:
+                    member = SparseLinear.from_linear(_linear(inner.dense_weight()[a:b], bi), inner.fmt,
+                                                      inner.threshold_value, **_encode_kwargs(inner))
+                parent, _, child = p.rpartition(".")
+                setattr(layer.get_submodule(parent), child, member)
+            count += 1
+    from sparsekit.runtime.patch import link_shared_selections
+
+    link_shared_selections(model)
+    return count
+
+
+def _teal_member(inner: SparseLinear, a: int, b: int, bias) -> SparseLinear:
+    w_t = inner.w_t[:, a:b].contiguous()
+    t = inner.threshold_value
+    new = SparseLinear("teal", inner.in_features, b - a, bias=bias is not None,
+                       specs={"w_t": (tuple(w_t.shape), w_t.dtype)}, threshold=t is not None,
+                       device=w_t.device, dtype=w_t.dtype)
+    with torch.no_grad():
+        new.w_t.copy_(w_t)
+        if t is not None:
+            new.threshold.fill_(t)
+        if bias is not None:
+            new.bias.copy_(bias)
+    new.finalize()
+    return new
+
+
+def fused_groups(model: nn.Module) -> int:
+    return sum(1 for m in model.modules() if isinstance(m, FusedProjection))
