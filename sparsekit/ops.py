@@ -12,7 +12,7 @@ reference; CPU tensors -> cpu, else reference. ``available_backends(device)`` li
 Ops (shapes and semantics: ``sparsekit.kernels.reference``):
 ``select(x, t)``, ``teal_matvec(x, w_t, t)``, ``teal_matvec_sel(xs, idx, nnz, w_t)``,
 ``spdp_matvec(x, packed, t)``, ``spdp_matvec_sel(xs, idx, nnz, packed)``,
-``spinfer_matmul(x, packed)``, where ``packed`` is the dict of ``sparsekit.formats.spdp`` /
+``spinfer_matmul(x, packed)``, ``spdp_decode(packed)`` (the prefill path), where ``packed`` is the dict of ``sparsekit.formats.spdp`` /
 ``sparsekit.formats.spinfer`` (keep its ``shape`` on the CPU, or a tuple, so reading it never
 waits for the GPU). The compiled ops are ``torch.ops.sparsekit.*``; each has a fake (meta)
 implementation registered here so ``torch.compile`` and CUDA-graph capture can trace them.
@@ -170,6 +170,21 @@ def spdp_matvec_sel(xs, idx, nnz, packed: dict, *, backend: str | None = None) -
     if b == "triton":
         return _triton().spdp_matvec_sel(xs, idx, nnz, values, bitmap, offsets, n, tile_rows)
     return torch.ops.sparsekit.spdp_matvec_sel(xs, idx, nnz, values, bitmap, offsets, n, tile_rows)
+
+
+def spdp_decode(packed: dict, *, backend: str | None = None) -> torch.Tensor:
+    """The dense ``[N, K]`` weight of an spdp-packed one, bit for bit: the prefill path (decode
+    once, then one dense matmul for all tokens). On a GPU the kernel is Triton for the ``cuda``
+    backend too (a scatter of the packed values; nothing to gain from a second implementation);
+    elsewhere the reference."""
+    from sparsekit.formats import spdp
+
+    values = packed["values"]
+    b = _choose(_dev(values), backend)
+    if b in ("triton", "cuda") and _triton_usable(_dev(values)):
+        n, k, tile_rows = spdp.dims(packed)
+        return _triton().spdp_decode(values, packed["bitmap"], packed["offsets"], n, k, tile_rows)
+    return reference.spdp_decode(packed)
 
 
 def spinfer_matmul(x: torch.Tensor, packed: dict, *, backend: str | None = None) -> torch.Tensor:

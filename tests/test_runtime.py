@@ -236,3 +236,23 @@ def test_cuda_logits_equal_masked_pruned_dense(fmt):
     if fmt == "2:4":  # torch's semi-structured kernel ran (no fallback to the dense weight)
         w = model.model.layers[0].self_attn.q_proj._dense_cache[1]
         assert type(w) is not torch.Tensor, type(w)
+
+
+@cuda
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_spdp_prefill_decodes_once_then_one_matmul(dtype, monkeypatch):
+    torch.manual_seed(0)
+    lin = nn.Linear(200, 136, bias=True).cuda().to(dtype)
+    prune_(lin.weight, "spdp")
+    sl = SparseLinear.from_linear(lin, "spdp", 0.3, tile_rows=64)
+    calls = []
+    orig = ops.spdp_decode
+    monkeypatch.setattr(ops, "spdp_decode", lambda p, **kw: calls.append(1) or orig(p, **kw))
+    x = torch.randn(2, rl.SPDP_DECODE_MIN_TOKENS, 200, device="cuda", dtype=dtype)
+    with torch.no_grad():
+        y = sl(x)  # prefill: dense activations, decoded weight
+        assert calls == [1]
+        torch.testing.assert_close(y, F.linear(x, lin.weight, lin.bias), **dict(zip(("rtol", "atol"), tols(dtype))))
+        sl(x[:, :1])  # a decode step stays on the sparse matvec
+        assert calls == [1]

@@ -77,6 +77,13 @@ def spdp_matvec(x: torch.Tensor, packed: dict[str, torch.Tensor], threshold: flo
     return (xs.float() @ w.float().T).to(x.dtype)
 
 
+def spdp_decode(packed: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The dense ``[N, K]`` weight of an spdp-packed one, bit for bit."""
+    from sparsekit.formats import spdp
+
+    return spdp.decode(packed)
+
+
 def spdp_matvec_sel(xs: torch.Tensor, idx: torch.Tensor, nnz: torch.Tensor, packed: dict[str, torch.Tensor]) -> torch.Tensor:
     """spdp product from a precomputed ``select`` (only the columns in ``idx[:nnz]`` are read)."""
     from sparsekit.formats import spdp

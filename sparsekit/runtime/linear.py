@@ -12,7 +12,9 @@ format     sparsified step (decode, or prefill    dense step (prefill by default
 =========  ====================================  ==========================================
 dense      ``F.linear(xs, W)``                    ``F.linear(x, W)``
 teal       ``ops.teal_matvec[_sel]``              ``x @ w_t``
-spdp       ``ops.spdp_matvec[_sel]``              ``ops.spdp_matvec(x, packed, 0.0)``
+spdp       ``ops.spdp_matvec[_sel]``              ``ops.spdp_matvec(x, packed, 0.0)``; on a
+                                                  GPU from 16 tokens: ``F.linear(x,
+                                                  ops.spdp_decode(packed))``
 spinfer    ``ops.spinfer_matmul(xs, packed)``     ``ops.spinfer_matmul(x, packed)``
 bitmask    ``F.linear(xs, decoded W)``            ``F.linear(x, decoded W)``
 2:4        ``F.linear(xs, W24)``                  ``F.linear(x, W24)``
@@ -37,6 +39,9 @@ _MODULES = {"dense": "dense", "teal": "teal", "spdp": "spdp", "spinfer": "spinfe
 THRESHOLD_KEY = "threshold"
 
 _PREFILL_SPARSITY = False
+# spdp on a GPU: from this many tokens in one call, decode the weight once and run one dense matmul
+# (the matvec kernel reads the packed weight once per token; a prefill of 32 tokens took 9x dense)
+SPDP_DECODE_MIN_TOKENS = 16
 
 
 def set_prefill_sparsity(on: bool) -> None:
@@ -230,7 +235,9 @@ class SparseLinear(nn.Module):
             else:
                 y = _ops().teal_matvec(x, self.w_t, self._t)
         elif fmt == "spdp":
-            if not sparse:
+            if not sparse and x.is_cuda and x.numel() >= SPDP_DECODE_MIN_TOKENS * self.in_features:
+                y = F.linear(x, _ops().spdp_decode(self.packed()))
+            elif not sparse:
                 y = _ops().spdp_matvec(x, self.packed(), 0.0)
             elif self.shared is not None:
                 y = _ops().spdp_matvec_sel(*self.shared(x), self.packed())

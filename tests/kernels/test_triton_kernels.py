@@ -49,6 +49,20 @@ def test_triton_matches_reference(dtype):
         assert rel_err(ops.spinfer_matmul(x, s, backend="triton"), ref.spinfer_matmul(x, s)) <= TOL[dtype], case
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_triton_spdp_decode_is_bit_exact(dtype):
+    g = torch.Generator().manual_seed(13)
+    for n, k, rows, s1 in [(37, 29, 32, 0.5), (130, 67, 64, 0.7), (65, 70, 128, 0.0), (33, 40, 32, 1.0)]:
+        w = weight(n, k, dtype, s1, g, DEVICE)
+        p = {key: v.to(DEVICE) for key, v in spdp.encode(w, rows).items()}
+        p["shape"] = tuple(p["shape"].tolist())
+        got = ops.spdp_decode(p, backend="triton")
+        assert got.dtype == w.dtype and got.shape == (n, k)
+        assert torch.equal(got.view(torch.int16 if dtype != torch.float32 else torch.int32),
+                           w.view(torch.int16 if dtype != torch.float32 else torch.int32)), (dtype, n, k, rows)
+        assert torch.equal(ops.spdp_decode(p, backend="reference"), w)
+
+
 def test_triton_split_is_deterministic():
     from sparsekit.kernels.triton import teal as tteal
 

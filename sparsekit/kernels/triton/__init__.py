@@ -48,3 +48,7 @@ def spdp_matvec_sel(xs, idx, nnz, values, bitmap, offsets, n: int, tile_rows: in
 
 def spinfer_matmul(x, values, bitmaps, tile_offsets, group_offsets, n: int, k: int):
     return _ops().spinfer_matmul(x, values, bitmaps, tile_offsets, group_offsets, n, k)
+
+
+def spdp_decode(values, bitmap, offsets, n: int, k: int, tile_rows: int):
+    return _ops().spdp_decode(values, bitmap, offsets, n, k, tile_rows)

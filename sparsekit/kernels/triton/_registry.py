@@ -73,3 +73,13 @@ def spinfer_matmul(x: Tensor, values: Tensor, bitmaps: Tensor, tile_offsets: Ten
 @spinfer_matmul.register_fake
 def _(x, values, bitmaps, tile_offsets, group_offsets, n, k):
     return _out(x, n)
+
+
+@torch.library.custom_op(f"{_LIB}::spdp_decode", mutates_args=())
+def spdp_decode(values: Tensor, bitmap: Tensor, offsets: Tensor, n: int, k: int, tile_rows: int) -> Tensor:
+    return spdp.spdp_decode(values, bitmap, offsets, n, k, tile_rows)
+
+
+@spdp_decode.register_fake
+def _(values, bitmap, offsets, n, k, tile_rows):
+    return values.new_empty((n, k))

@@ -88,3 +88,38 @@ def spdp_matvec_sel(xs, idx, nnz, values, bitmap, offsets, n: int, tile_rows: in
 def spdp_matvec(x, values, bitmap, offsets, n: int, tile_rows: int, threshold: float, split: int | None = None) -> torch.Tensor:
     xs, idx, nnz = common.select(x, threshold)
     return spdp_matvec_sel(xs, idx, nnz, values, bitmap, offsets, n, tile_rows, split)
+
+
+@triton.jit
+def _spdp_decode_kernel(val_ptr, bm_ptr, off_ptr, out_ptr, K, N, R: tl.constexpr, BLOCK_J: tl.constexpr):
+    """Program (row tile r, columns j0..j0+BLOCK_J): scatter the tile's packed values into the
+    dense ``[N, K]`` output (zeros where the bitmap is clear). Stores run along K: coalesced."""
+    pid_r = tl.program_id(0)
+    pid_j = tl.program_id(1)
+    rows = tl.arange(0, R)
+    offs_j = pid_j * BLOCK_J + tl.arange(0, BLOCK_J)
+    mask_j = offs_j < K
+    col = pid_r.to(tl.int64) * K + offs_j  # (tile, column) index
+    words = tl.load(bm_ptr + col[:, None] * (R // 32) + (rows // 32)[None, :], mask=mask_j[:, None], other=0)
+    bits = (words >> (rows % 32)[None, :]) & 1
+    pos = tl.cumsum(bits, axis=1) - bits
+    base = tl.load(off_ptr + col, mask=mask_j, other=0).to(tl.int64)
+    w = tl.load(val_ptr + base[:, None] + pos, mask=(bits != 0) & mask_j[:, None], other=0.0)  # [J, R]
+    out_rows = pid_r.to(tl.int64) * R + rows
+    tl.store(out_ptr + out_rows[None, :] * K + offs_j[:, None], w, mask=mask_j[:, None] & (out_rows < N)[None, :])
+
+
+def spdp_decode(values, bitmap, offsets, n: int, k: int, tile_rows: int) -> torch.Tensor:
+    """The dense ``[n, k]`` weight of an spdp-packed one (bit-exact, as ``formats.spdp.decode``)."""
+    nt = -(-n // tile_rows)
+    if bitmap.numel() != nt * k * (tile_rows // 32) or offsets.numel() != nt * k + 1:
+        raise ValueError(f"spdp tensors do not match n={n}, k={k}, tile_rows={tile_rows}")
+    out = torch.empty((n, k), dtype=values.dtype, device=values.device)
+    if n == 0 or k == 0:
+        return out
+    block_j = 64
+    _spdp_decode_kernel[(nt, triton.cdiv(k, block_j))](
+        values.reshape(-1), bitmap.reshape(-1), offsets.reshape(-1), out, k, n,
+        R=tile_rows, BLOCK_J=block_j, num_warps=4,
+    )
+    return out
