@@ -8,6 +8,7 @@ bitmaps/offsets, x) and write (y); GB/s = bytes / time, next to the measured dev
 
     python benchmarks/cuda_kernels.py [--quick] [--json OUT.json]
     python benchmarks/cuda_kernels.py --teal [--json OUT.json]   # teal at T=1: kernels, variants, sanity
+    python benchmarks/cuda_kernels.py --quick --fused             # the launches of a fused layer
 
 `--teal` times teal_matvec for one token on the three shapes: the default (matvec.cuh), the opt-in
 one-token kernel (teal1.cuh, `teal1=1`) and its geometries, split and other variants, cuBLAS, the
@@ -25,6 +26,9 @@ import torch
 import torch.nn.functional as F
 
 SHAPES = {"qo 4096->4096": (4096, 4096), "up 4096->11008": (11008, 4096), "down 11008->4096": (4096, 11008)}
+# what the runtime launches once projections are fused (sparsekit/runtime/fuse.py), Llama-2-7B
+FUSED_SHAPES = {"qkv 4096->12288": (12288, 4096), "gate/up 4096->22016": (22016, 4096),
+                "o 4096->4096": (4096, 4096), "down 11008->4096": (4096, 11008)}
 COPIES = 8
 ROUNDS = 4
 
@@ -248,7 +252,11 @@ def main() -> None:
     ap.add_argument("--teal", action="store_true", help="only teal at T=1 (kernels and variants), spdp/spinfer sanity")
     ap.add_argument("--json", default=None, help="write every row here")
     ap.add_argument("--ncu", action="store_true", help="only launch teal and spdp twice each (for ncu)")
+    ap.add_argument("--fused", action="store_true", help="the shapes of a fused layer (q/k/v and gate/up as one)")
     args = ap.parse_args()
+    if args.fused:
+        SHAPES.clear()
+        SHAPES.update(FUSED_SHAPES)
     if args.ncu:
         return ncu_launches()
 
