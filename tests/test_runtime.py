@@ -250,9 +250,25 @@ def test_cuda_spdp_prefill_decodes_once_then_one_matmul(dtype, monkeypatch):
     orig = ops.spdp_decode
     monkeypatch.setattr(ops, "spdp_decode", lambda p, **kw: calls.append(1) or orig(p, **kw))
     x = torch.randn(2, rl.SPDP_DECODE_MIN_TOKENS, 200, device="cuda", dtype=dtype)
+    tol = dict(zip(("rtol", "atol"), tols(dtype)))
     with torch.no_grad():
         y = sl(x)  # prefill: dense activations, decoded weight
         assert calls == [1]
-        torch.testing.assert_close(y, F.linear(x, lin.weight, lin.bias), **dict(zip(("rtol", "atol"), tols(dtype))))
-        sl(x[:, :1])  # a decode step stays on the sparse matvec
+        torch.testing.assert_close(y, F.linear(x, lin.weight, lin.bias), **tol)
+        sl(x[:1, :1])  # a decode step of one sequence stays on the sparse matvec
         assert calls == [1]
+        big = x[:, :1].expand(rl.SPDP_DECODE_MIN_TOKENS, 1, 200).contiguous()  # a large decode batch
+        torch.testing.assert_close(sl(big), F.linear(masked(big, 0.3), lin.weight, lin.bias), **tol)
+        assert calls == [1, 1]
+
+
+@cuda
+@needs_cuda
+def test_cuda_teal_large_decode_batch_matches_masked_dense():
+    torch.manual_seed(0)
+    lin = nn.Linear(200, 136, bias=False).cuda().half()
+    sl = SparseLinear.from_linear(lin, "teal", 0.5)
+    for batch in (1, rl.TEAL_KERNEL_MAX_TOKENS, rl.TEAL_KERNEL_MAX_TOKENS + 1, 16):
+        x = torch.randn(batch, 1, 200, device="cuda", dtype=torch.float16)
+        with torch.no_grad():
+            torch.testing.assert_close(sl(x), F.linear(masked(x, 0.5), lin.weight), rtol=2e-3, atol=2e-3)

@@ -12,13 +12,15 @@ format     sparsified step (decode, or prefill    dense step (prefill by default
 =========  ====================================  ==========================================
 dense      ``F.linear(xs, W)``                    ``F.linear(x, W)``
 teal       ``ops.teal_matvec[_sel]``              ``x @ w_t``
-spdp       ``ops.spdp_matvec[_sel]``              ``ops.spdp_matvec(x, packed, 0.0)``; on a
-                                                  GPU from 16 tokens: ``F.linear(x,
-                                                  ops.spdp_decode(packed))``
+spdp       ``ops.spdp_matvec[_sel]``              ``ops.spdp_matvec(x, packed, 0.0)``
 spinfer    ``ops.spinfer_matmul(xs, packed)``     ``ops.spinfer_matmul(x, packed)``
 bitmask    ``F.linear(xs, decoded W)``            ``F.linear(x, decoded W)``
 2:4        ``F.linear(xs, W24)``                  ``F.linear(x, W24)``
 =========  ====================================  ==========================================
+
+On a GPU, calls with many tokens change path: teal above ``TEAL_KERNEL_MAX_TOKENS`` tokens runs
+``xs @ w_t`` (cuBLAS), spdp from ``SPDP_DECODE_MIN_TOKENS`` tokens runs ``F.linear(xs or x,
+ops.spdp_decode(packed))`` (decode once, one dense matmul): prefill and large decode batches.
 
 ``bitmask`` is an archival format without a kernel: it computes with a dense copy decoded once on
 first use (kept out of the state dict). ``2:4`` does the same on the CPU; on CUDA in fp16/bf16 it
@@ -39,9 +41,13 @@ _MODULES = {"dense": "dense", "teal": "teal", "spdp": "spdp", "spinfer": "spinfe
 THRESHOLD_KEY = "threshold"
 
 _PREFILL_SPARSITY = False
-# spdp on a GPU: from this many tokens in one call, decode the weight once and run one dense matmul
-# (the matvec kernel reads the packed weight once per token; a prefill of 32 tokens took 9x dense)
-SPDP_DECODE_MIN_TOKENS = 16
+# On a GPU, calls with many tokens (prefill, large decode batches) leave the matvec kernels:
+# spdp from this many tokens decodes the weight once and runs one dense matmul (the matvec kernel
+# reads the packed weight once per token: a 32-token prefill took 9x dense); teal above this many
+# tokens runs cuBLAS on the masked input (the union of active channels over 4 sequences at 50% is
+# ~94% of them, and the multi-token kernel lost to cuBLAS from batch 4: benchmarks/NOTES.md).
+SPDP_DECODE_MIN_TOKENS = 8
+TEAL_KERNEL_MAX_TOKENS = 3
 
 
 def set_prefill_sparsity(on: bool) -> None:
@@ -227,16 +233,19 @@ class SparseLinear(nn.Module):
             self.finalize()
         sparse = self._sparsify(x)
         fmt = self.fmt
+        tokens = x.numel() // max(1, self.in_features)
         if fmt == "teal":
             if not sparse:
                 y = torch.matmul(x, self.w_t)
+            elif x.is_cuda and tokens > TEAL_KERNEL_MAX_TOKENS:  # the union of active channels is most of them
+                y = torch.matmul(self._select(x)[0], self.w_t)
             elif self.shared is not None:
                 y = _ops().teal_matvec_sel(*self.shared(x), self.w_t)
             else:
                 y = _ops().teal_matvec(x, self.w_t, self._t)
         elif fmt == "spdp":
-            if not sparse and x.is_cuda and x.numel() >= SPDP_DECODE_MIN_TOKENS * self.in_features:
-                y = F.linear(x, _ops().spdp_decode(self.packed()))
+            if x.is_cuda and tokens >= SPDP_DECODE_MIN_TOKENS:
+                y = F.linear(self._select(x)[0] if sparse else x, _ops().spdp_decode(self.packed()))
             elif not sparse:
                 y = _ops().spdp_matvec(x, self.packed(), 0.0)
             elif self.shared is not None:
