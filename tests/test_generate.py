@@ -191,6 +191,9 @@ def test_compiled_graph_replay_gives_the_eager_tokens(fmt, dtype):
             sess.reset()
             sess.prefill()
             logits.append(forward().float())
-        torch.testing.assert_close(logits[1], logits[0], rtol=2e-2, atol=2e-2)
+        # inductor fuses RMSNorm/rotary/SiLU and rounds their intermediates differently: a few
+        # half-precision ulps at logit scale (bf16: 2^-8 relative)
+        tol = 2e-2 if dtype == torch.float16 else 6e-2
+        torch.testing.assert_close(logits[1], logits[0], rtol=tol, atol=tol)
         assert torch.equal(replayed[:, 0], eager[:, 0])  # the prefill is not compiled
     torch._dynamo.reset()
