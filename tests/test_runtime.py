@@ -257,7 +257,7 @@ def test_cuda_spdp_prefill_decodes_once_then_one_matmul(dtype, monkeypatch):
         torch.testing.assert_close(y, F.linear(x, lin.weight, lin.bias), **tol)
         sl(x[:1, :1])  # a decode step of one sequence stays on the sparse matvec
         assert calls == [1]
-        big = x[:, :1].expand(rl.SPDP_DECODE_MIN_TOKENS, 1, 200).contiguous()  # a large decode batch
+        big = x[:1, :1].expand(rl.SPDP_DECODE_MIN_TOKENS, 1, 200).contiguous()  # a large decode batch
         torch.testing.assert_close(sl(big), F.linear(masked(big, 0.3), lin.weight, lin.bias), **tol)
         assert calls == [1, 1]
 

@@ -223,6 +223,12 @@ class SparseLinear(nn.Module):
         tokens_per_sequence = x.shape[-2] if x.dim() >= 2 else 1
         return tokens_per_sequence == 1 or _PREFILL_SPARSITY
 
+    def _mask(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` where ``|x| > t`` (plain torch ops: ``torch.compile`` fuses it into x's producer)."""
+        from sparsekit.kernels.reference import mask_activations
+
+        return mask_activations(x, self._t)
+
     def _select(self, x: torch.Tensor):
         if self.shared is not None:
             return self.shared(x)
@@ -238,14 +244,14 @@ class SparseLinear(nn.Module):
             if not sparse:
                 y = torch.matmul(x, self.w_t)
             elif x.is_cuda and tokens > TEAL_KERNEL_MAX_TOKENS:  # the union of active channels is most of them
-                y = torch.matmul(self._select(x)[0], self.w_t)
+                y = torch.matmul(self._mask(x), self.w_t)
             elif self.shared is not None:
                 y = _ops().teal_matvec_sel(*self.shared(x), self.w_t)
             else:
                 y = _ops().teal_matvec(x, self.w_t, self._t)
         elif fmt == "spdp":
             if x.is_cuda and tokens >= SPDP_DECODE_MIN_TOKENS:
-                y = F.linear(self._select(x)[0] if sparse else x, _ops().spdp_decode(self.packed()))
+                y = F.linear(self._mask(x) if sparse else x, _ops().spdp_decode(self.packed()))
             elif not sparse:
                 y = _ops().spdp_matvec(x, self.packed(), 0.0)
             elif self.shared is not None:

@@ -1,0 +1,77 @@
+"""Prefill-sized calls (T = 8 ... 128 tokens) of a packed weight: which path is fastest (GPU).
+
+    python benchmarks/prefill_paths.py [--json OUT.json]
+
+For Llama-2-7B shapes at 50 % (spdp) / 60 % (spinfer) weight sparsity, fp16, dense activations, times
+in the harness of ``cuda_kernels.py`` (CUDA-graph replays over 8 rotated weight copies):
+cuBLAS on the dense weight; spdp decode + cuBLAS (the runtime's prefill path from 8 tokens);
+``spdp_decode`` alone; the spdp matvec kernels on T tokens (CUDA, Triton); spinfer (CUDA, Triton).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from cuda_kernels import COPIES, rand_weight, time_graph  # noqa: E402
+
+SHAPES = {"4096->11008": (11008, 4096), "11008->4096": (4096, 11008), "4096->4096": (4096, 4096)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tokens", default="8,32,128")
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args()
+    from sparsekit import ops
+    from sparsekit.formats import spdp, spinfer
+
+    rows = []
+    gpu = torch.cuda.get_device_name()
+    print(f"## prefill paths, fp16, {gpu} (µs per call, CUDA-graph replays)")
+    for name, (n, k) in SHAPES.items():
+        w = [rand_weight(n, k, 0.5, seed=s) for s in range(COPIES)]
+        sp = [{key: (v.cuda() if key != "shape" else tuple(v.tolist())) for key, v in spdp.encode(x, 64).items()}
+              for x in w]
+        w6 = rand_weight(n, k, 0.6, seed=99)
+        si = {key: (v.cuda() if key != "shape" else v) for key, v in spinfer.encode(w6).items()}
+        for p in sp:
+            assert torch.equal(ops.spdp_decode(p), w[sp.index(p)])
+        us, _ = time_graph([lambda p=p: ops.spdp_decode(p) for p in sp])
+        rows.append({"shape": name, "T": 0, "path": "spdp_decode alone", "us": us})
+        for t in (int(v) for v in a.tokens.split(",")):
+            x = torch.randn((t, k), device="cuda").half()
+            paths = {
+                "cuBLAS dense": [lambda w=w_: F.linear(x, w) for w_ in w],
+                "spdp decode + cuBLAS": [lambda p=p: F.linear(x, ops.spdp_decode(p)) for p in sp],
+                "spdp matvec cuda": [lambda p=p: ops.spdp_matvec(x, p, 0.0, backend="cuda") for p in sp],
+                "spdp matvec triton": [lambda p=p: ops.spdp_matvec(x, p, 0.0, backend="triton") for p in sp],
+                "spinfer cuda": [lambda: ops.spinfer_matmul(x, si, backend="cuda")] * COPIES,
+                "spinfer triton": [lambda: ops.spinfer_matmul(x, si, backend="triton")] * COPIES,
+            }
+            base = None
+            for label, calls in paths.items():
+                try:
+                    us, _ = time_graph(calls)
+                except Exception as exc:  # noqa: BLE001 - report and go on
+                    print(f"{name:12s} T={t:<4d} {label:22s} failed: {str(exc).splitlines()[0][:100]}")
+                    continue
+                base = us if label == "cuBLAS dense" else base
+                rows.append({"shape": name, "T": t, "path": label, "us": us, "vs_dense": base / us if base else None})
+        for r in rows:
+            if r["shape"] == name:
+                ratio = f"{r['vs_dense']:.2f}x" if r.get("vs_dense") else ""
+                print(f"{name:12s} T={r['T']:<4d} {r['path']:22s} {r['us']:9.2f} µs {ratio}")
+    if a.json:
+        Path(a.json).write_text(json.dumps({"gpu": gpu, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
