@@ -42,8 +42,8 @@ def main() -> None:
               for x in w]
         w6 = rand_weight(n, k, 0.6, seed=99)
         si = {key: (v.cuda() if key != "shape" else v) for key, v in spinfer.encode(w6).items()}
-        for p in sp:
-            assert torch.equal(ops.spdp_decode(p), w[sp.index(p)])
+        for p, dense_w in zip(sp, w):
+            assert torch.equal(ops.spdp_decode(p), dense_w)
         us, _ = time_graph([lambda p=p: ops.spdp_decode(p) for p in sp])
         rows.append({"shape": name, "T": 0, "path": "spdp_decode alone", "us": us})
         for t in (int(v) for v in a.tokens.split(",")):
