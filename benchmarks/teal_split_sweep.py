@@ -30,6 +30,9 @@ def main() -> None:
 
     tune = torch.ops.sparsekit_cuda.tune
     rows = []
+    clusters = {s: int(tune("clusters", s)) for s in range(2, 9)}
+    print("resident clusters of S blocks (fp16 one-token teal kernel): "
+          + ", ".join(f"S={s}: {c}" for s, c in clusters.items()))
     print(f"## teal split sweep, fp16, T=1, {torch.cuda.get_device_name()} (µs; cuBLAS; auto S; S=1..8)")
     for name, (n, k) in FUSED_SHAPES.items():
         ws = [rand_weight(n, k, 0.0, seed=s) for s in range(COPIES)]
@@ -51,7 +54,7 @@ def main() -> None:
             print(f"{name:20s} s2={s2:.1f} cuBLAS {dense:6.2f} auto(S={auto_s}) {auto:6.2f} | {cells} | best S={best} "
                   f"{dense / per[best]:.2f}x", flush=True)
     if a.json:
-        Path(a.json).write_text(json.dumps(rows, indent=1))
+        Path(a.json).write_text(json.dumps({"clusters": clusters, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -100,6 +100,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> select(const at::Tensor& x, doubl
 
 // Benchmarks and tests only: set (value >= 0) or read (value < 0) a knob; returns the old value.
 static int64_t tune(const std::string& key, int64_t value) {
+  if (key == "clusters") {  // read-only: resident clusters of `value` blocks (fp16 one-token teal kernel)
+    TORCH_CHECK(value >= 2 && value <= 8, "sparsekit_cuda.tune: clusters takes a cluster size 2..8");
+    return teal_max_clusters(c10::cuda::current_device(), static_cast<int>(value));
+  }
   int* slot = nullptr;
   if (key == "split") slot = &tuning().split;
   else if (key == "teal_lpr") slot = &tuning().teal_lpr;

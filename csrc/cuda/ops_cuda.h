@@ -26,6 +26,8 @@ int cc_major(int device);
 // Channel slices for `base` blocks (tiles x token chunks): fill the resident slots once, at most
 // 8 (the portable cluster size), at most `max_slices`, 1 where clusters do not exist.
 int choose_split(int device, int base, int blocks_per_sm, int max_slices);
+// Resident clusters of S blocks for the fp16 one-token teal kernel (diagnostics: tune("clusters", S)).
+int teal_max_clusters(int device, int S);
 // The threshold as torch compares it: `x.abs() > t` casts the Python float to x's dtype.
 float cast_threshold(double t, at::ScalarType dtype);
 

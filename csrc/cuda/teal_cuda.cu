@@ -115,4 +115,9 @@ at::Tensor teal_matvec_sel(const at::Tensor& xs, const at::Tensor& idx, const at
   return teal_run(xs, &ic, &nc, w_t, 0.0, "teal_matvec_sel");
 }
 
+int teal_max_clusters(int device, int S) {
+  C10_CUDA_CHECK((sk::matvec_prepare<__half, 1, 0, false>(device)));
+  return sk::matvec_max_clusters<__half, 1, 0, false>(device, S);
+}
+
 }  // namespace sparsekit::cuda
