@@ -29,7 +29,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tokens", default="8,32,128")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--decode-sweep", action="store_true", help="only time spdp_decode's block configurations")
     a = ap.parse_args()
+    if a.decode_sweep:
+        return decode_sweep(a)
     from sparsekit import ops
     from sparsekit.formats import spdp, spinfer
 
@@ -71,6 +74,30 @@ def main() -> None:
                 print(f"{name:12s} T={r['T']:<4d} {r['path']:22s} {r['us']:9.2f} µs {ratio}")
     if a.json:
         Path(a.json).write_text(json.dumps({"gpu": gpu, "rows": rows}, indent=1))
+
+
+def decode_sweep(a) -> None:
+    """spdp_decode (Triton) per (columns per program, warps), R = 32/64, checked bit-exact each time."""
+    from sparsekit.formats import spdp
+    from sparsekit.kernels.triton import spdp as tspdp
+
+    rows = []
+    print(f"## spdp_decode configurations, fp16, {torch.cuda.get_device_name()} (µs; GB/s on bytes read + written)")
+    for name, (n, k) in SHAPES.items():
+        w = [rand_weight(n, k, 0.5, seed=s) for s in range(COPIES)]
+        for r in (32, 64):
+            sp = [{key: v.cuda() for key, v in spdp.encode(x, r).items() if key != "shape"} for x in w]
+            nbytes = sum(v.numel() * v.element_size() for v in sp[0].values()) + 2 * n * k
+            for bj, nw in ((32, 4), (64, 4), (64, 8), (128, 4), (128, 8), (256, 8)):
+                def call(p, bj=bj, nw=nw):
+                    return tspdp.spdp_decode(p["values"], p["bitmap"], p["offsets"], n, k, r, bj, nw)
+                assert torch.equal(call(sp[0]), w[0]), (name, r, bj, nw)
+                us, _ = time_graph([lambda p=p: call(p) for p in sp])
+                rows.append({"shape": name, "R": r, "block_j": bj, "warps": nw, "us": us, "gbs": nbytes / us / 1e3})
+                print(f"{name:12s} R={r:<3d} BLOCK_J={bj:<4d} warps={nw}  {us:8.2f} µs  {nbytes / us / 1e3:7.0f} GB/s",
+                      flush=True)
+    if a.json:
+        Path(a.json).write_text(json.dumps({"gpu": torch.cuda.get_device_name(), "decode_sweep": rows}, indent=1))
 
 
 if __name__ == "__main__":

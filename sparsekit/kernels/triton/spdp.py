@@ -109,17 +109,22 @@ def _spdp_decode_kernel(val_ptr, bm_ptr, off_ptr, out_ptr, K, N, R: tl.constexpr
     tl.store(out_ptr + out_rows[None, :] * K + offs_j[:, None], w, mask=mask_j[:, None] & (out_rows < N)[None, :])
 
 
-def spdp_decode(values, bitmap, offsets, n: int, k: int, tile_rows: int) -> torch.Tensor:
-    """The dense ``[n, k]`` weight of an spdp-packed one (bit-exact, as ``formats.spdp.decode``)."""
+DECODE_BLOCK_J, DECODE_WARPS = 64, 4
+
+
+def spdp_decode(values, bitmap, offsets, n: int, k: int, tile_rows: int,
+                block_j: int | None = None, num_warps: int | None = None) -> torch.Tensor:
+    """The dense ``[n, k]`` weight of an spdp-packed one (bit-exact, as ``formats.spdp.decode``).
+    ``block_j`` / ``num_warps``: columns per program and warps (benchmarks sweep them)."""
     nt = -(-n // tile_rows)
     if bitmap.numel() != nt * k * (tile_rows // 32) or offsets.numel() != nt * k + 1:
         raise ValueError(f"spdp tensors do not match n={n}, k={k}, tile_rows={tile_rows}")
     out = torch.empty((n, k), dtype=values.dtype, device=values.device)
     if n == 0 or k == 0:
         return out
-    block_j = 64
+    block_j = block_j or DECODE_BLOCK_J
     _spdp_decode_kernel[(nt, triton.cdiv(k, block_j))](
         values.reshape(-1), bitmap.reshape(-1), offsets.reshape(-1), out, k, n,
-        R=tile_rows, BLOCK_J=block_j, num_warps=4,
+        R=tile_rows, BLOCK_J=block_j, num_warps=num_warps or DECODE_WARPS,
     )
     return out
