@@ -25,6 +25,7 @@ from cuda_kernels import COPIES, FUSED_SHAPES, rand_weight, threshold, time_grap
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", default=None)
+    ap.add_argument("--lpr", default="16", help="lanes per row segment to sweep too (teal_lpr: 8, 16, 32)")
     a = ap.parse_args()
     from sparsekit import ops
 
@@ -43,16 +44,17 @@ def main() -> None:
             thr = threshold(x, s2)
             auto, _ = time_graph([lambda wt=wt: ops.teal_matvec(x, wt, thr) for wt in wts])
             auto_s = tune("last_split", -1)
-            per = {}
-            for s in range(1, 9):
-                with tuned(tune, {"split": s}):
-                    per[s], _ = time_graph([lambda wt=wt: ops.teal_matvec(x, wt, thr) for wt in wts])
-            best = min(per, key=per.get)
-            rows.append({"shape": name, "s2": s2, "cublas": dense, "auto": auto, "auto_split": auto_s,
-                         "per_split": per, "best_split": best})
-            cells = " ".join(f"{per[s]:6.2f}" for s in range(1, 9))
-            print(f"{name:20s} s2={s2:.1f} cuBLAS {dense:6.2f} auto(S={auto_s}) {auto:6.2f} | {cells} | best S={best} "
-                  f"{dense / per[best]:.2f}x", flush=True)
+            for lpr in (int(v) for v in a.lpr.split(",")):
+                per = {}
+                for s in range(1, 9):
+                    with tuned(tune, {"split": s, "teal_lpr": lpr}):
+                        per[s], _ = time_graph([lambda wt=wt: ops.teal_matvec(x, wt, thr) for wt in wts])
+                best = min(per, key=per.get)
+                rows.append({"shape": name, "s2": s2, "lpr": lpr, "cublas": dense, "auto": auto, "auto_split": auto_s,
+                             "per_split": per, "best_split": best})
+                cells = " ".join(f"{per[s]:6.2f}" for s in range(1, 9))
+                print(f"{name:20s} s2={s2:.1f} lpr={lpr:<2d} cuBLAS {dense:6.2f} auto(S={auto_s}) {auto:6.2f} | {cells} | "
+                      f"best S={best} {dense / per[best]:.2f}x", flush=True)
     if a.json:
         Path(a.json).write_text(json.dumps({"clusters": clusters, "rows": rows}, indent=1))
 
