@@ -109,7 +109,13 @@ def _spdp_decode_kernel(val_ptr, bm_ptr, off_ptr, out_ptr, K, N, R: tl.constexpr
     tl.store(out_ptr + out_rows[None, :] * K + offs_j[:, None], w, mask=mask_j[:, None] & (out_rows < N)[None, :])
 
 
-DECODE_BLOCK_J, DECODE_WARPS = 64, 4
+# columns per program and warps, by tile_rows (H200 sweep, benchmarks/NOTES.md: 64 columns x 4 warps
+# for R = 32, 32 x 4 for R = 64/128; wider blocks and 8 warps were slower everywhere)
+DECODE_WARPS = 4
+
+
+def _decode_block_j(tile_rows: int) -> int:
+    return 64 if tile_rows == 32 else 32
 
 
 def spdp_decode(values, bitmap, offsets, n: int, k: int, tile_rows: int,
@@ -122,7 +128,7 @@ def spdp_decode(values, bitmap, offsets, n: int, k: int, tile_rows: int,
     out = torch.empty((n, k), dtype=values.dtype, device=values.device)
     if n == 0 or k == 0:
         return out
-    block_j = block_j or DECODE_BLOCK_J
+    block_j = block_j or _decode_block_j(tile_rows)
     _spdp_decode_kernel[(nt, triton.cdiv(k, block_j))](
         values.reshape(-1), bitmap.reshape(-1), offsets.reshape(-1), out, k, n,
         R=tile_rows, BLOCK_J=block_j, num_warps=num_warps or DECODE_WARPS,
