@@ -110,7 +110,7 @@ def _spdp_decode_kernel(val_ptr, bm_ptr, off_ptr, out_ptr, K, N, R: tl.constexpr
 
 
 # columns per program and warps, by tile_rows (H200 sweep, benchmarks/NOTES.md: 64 columns x 4 warps
-# for R = 32, 32 x 4 for R = 64/128; wider blocks and 8 warps were slower everywhere)
+# for R = 32, 32 x 4 for R = 64; wider blocks and 8 warps were slower everywhere; R = 128 not swept)
 DECODE_WARPS = 4
 
 
