@@ -214,6 +214,13 @@ static at::Tensor finish(const at::Tensor& y, const at::Tensor& x) {
 // Tokens at or above this count use a dense GEMM on the gathered active rows (prefill).
 constexpr int64_t kGemmTokens = 32;
 
+// Split the active channels (not the columns) between threads when column chunks would cut every
+// weight row into short segments: fp32 rows of at most 4096 columns (16 KiB), one token, enough rows.
+static bool split_channels(const Prepared& p, int64_t N, WType wt) {
+  return wt == WType::F32 && p.T == 1 && N <= 4096 && at::get_num_threads() > 1 &&
+         p.nnz >= 64 * at::get_num_threads();
+}
+
 static at::Tensor teal_run(const at::Tensor& x, const Prepared& p, const at::Tensor& w_t) {
   const int64_t N = w_t.size(1);
   if (p.nnz == 0 || p.T == 0) return at::zeros(out_shape(x, N), x.options());
@@ -222,6 +229,23 @@ static at::Tensor teal_run(const at::Tensor& x, const Prepared& p, const at::Ten
     const at::Tensor xa = p.xa.view({p.nnz, p.T});
     const at::Tensor rows = w_t.index_select(0, p.idx.slice(0, 0, p.nnz).to(at::kLong)).to(at::kFloat);
     y = at::mm(xa.t(), rows);
+  } else if (split_channels(p, N, wtype_of(w_t))) {
+    // few output columns: each part takes a run of the active channels over all N columns (whole
+    // rows of w_t stream best) into its own accumulators, then the parts are summed
+    const int64_t threads = at::get_num_threads(), parts = 2 * threads;
+    at::Tensor partial = at::empty({parts, p.T, N}, x.options().dtype(at::kFloat));
+    const Kernels& k = kernels();
+    const Active a = p.active();
+    const int64_t per = (p.nnz + parts - 1) / parts;
+    dynamic_for(parts, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t c0 = std::min(p.nnz, b * per), c1 = std::min(p.nnz, (b + 1) * per);
+        const Active sub{a.xa + c0 * p.T, a.idx + c0, c1 - c0, p.T};
+        const TealArgs args{sub, w_t.data_ptr(), wtype_of(w_t), N, partial[b].data_ptr<float>()};
+        k.teal(args, 0, N);
+      }
+    });
+    y = partial.sum(0);
   } else {
     y = at::empty({p.T, N}, x.options().dtype(at::kFloat));
     const TealArgs args{p.active(), w_t.data_ptr(), wtype_of(w_t), N, y.data_ptr<float>()};
