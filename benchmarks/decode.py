@@ -50,6 +50,7 @@ def _args(argv=None):
     ap.add_argument("--device", default="cuda", help="cuda (the targets), or cpu for a smoke test")
     ap.add_argument("--no-compile", action="store_true", help="time the decode step uncompiled (ablation)")
     ap.add_argument("--no-fuse", action="store_true", help="one launch per projection (ablation)")
+    ap.add_argument("--tune", default="", help="CUDA kernel knobs for the whole run, e.g. pdl=1 (sparsekit_cuda.tune)")
     ap.add_argument("--child", help=argparse.SUPPRESS)  # dtype handled by this child process
     ap.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
     ap.add_argument("--skip", default="", help=argparse.SUPPRESS)
@@ -83,6 +84,11 @@ def child(a) -> int:
     dtype_name = a.child
     dtype = getattr(torch, dtype_name)
     out = Path(a.out) / "decode.jsonl"
+    import sparsekit.ops  # noqa: F401 - loads the extension (and its tune op)
+
+    for item in filter(None, a.tune.split(",")):
+        key, _, value = item.partition("=")
+        torch.ops.sparsekit_cuda.tune(key.strip(), int(value))
     skip = set(filter(None, a.skip.split(",")))
     batches = [int(b) for b in a.batches.split(",")]
     formats = [f for f in FORMATS if f in a.formats.split(",")]
@@ -246,7 +252,8 @@ def parent(a) -> int:
                    "--model", a.model, "--batches", a.batches, "--formats", a.formats, "--input-tokens",
                    str(a.input_tokens), "--max-new-tokens", str(a.max_new_tokens), "--warmup", str(a.warmup),
                    "--repeat", str(a.repeat), "--out", str(out), "--device", a.device] + (["--hf"] if a.hf else []) \
-                + (["--no-compile"] if a.no_compile else []) + (["--no-fuse"] if a.no_fuse else [])
+                + (["--no-compile"] if a.no_compile else []) + (["--no-fuse"] if a.no_fuse else []) \
+                + (["--tune", a.tune] if a.tune else [])
             rc = subprocess.run(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}).returncode
             if rc == 0:
                 break
@@ -259,7 +266,7 @@ def parent(a) -> int:
 
     result = {"model": a.model, "input_tokens": a.input_tokens, "max_new_tokens": a.max_new_tokens,
               "warmup": a.warmup, "repeat": a.repeat, "formats": {f: FORMATS[f] for f in a.formats.split(",")},
-              "targets": TARGETS, "rows": list(rows.values()), "checks": checks,
+              "targets": TARGETS, "tune": a.tune, "rows": list(rows.values()), "checks": checks,
               "environment": environment() if torch.cuda.is_available() else {}}
     tmp = out / ".decode.json.tmp"
     tmp.write_text(json.dumps(result, indent=2, default=str))
