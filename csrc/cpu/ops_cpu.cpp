@@ -215,10 +215,10 @@ static at::Tensor finish(const at::Tensor& y, const at::Tensor& x) {
 constexpr int64_t kGemmTokens = 32;
 
 // Split the active channels (not the columns) between threads when column chunks would cut every
-// weight row into short segments: fp32 rows of at most 4096 columns (16 KiB), one token, enough rows.
-static bool split_channels(const Prepared& p, int64_t N, WType wt) {
-  return wt == WType::F32 && p.T == 1 && N <= 4096 && at::get_num_threads() > 1 &&
-         p.nnz >= 64 * at::get_num_threads();
+// weight row into short segments: rows of at most 4096 columns, one token, enough rows (2-core box,
+// 11008->4096 at 50%: fp32 1.59x -> 1.74x, bf16 2.29x -> 2.58x over torch's dense matvec).
+static bool split_channels(const Prepared& p, int64_t N) {
+  return p.T == 1 && N <= 4096 && at::get_num_threads() > 1 && p.nnz >= 64 * at::get_num_threads();
 }
 
 static at::Tensor teal_run(const at::Tensor& x, const Prepared& p, const at::Tensor& w_t) {
@@ -229,7 +229,7 @@ static at::Tensor teal_run(const at::Tensor& x, const Prepared& p, const at::Ten
     const at::Tensor xa = p.xa.view({p.nnz, p.T});
     const at::Tensor rows = w_t.index_select(0, p.idx.slice(0, 0, p.nnz).to(at::kLong)).to(at::kFloat);
     y = at::mm(xa.t(), rows);
-  } else if (split_channels(p, N, wtype_of(w_t))) {
+  } else if (split_channels(p, N)) {
     // few output columns: each part takes a run of the active channels over all N columns (whole
     // rows of w_t stream best) into its own accumulators, then the parts are summed
     const int64_t threads = at::get_num_threads(), parts = 2 * threads;

@@ -132,21 +132,22 @@ def test_mixed_dtypes_follow_x():
     assert rel_err(ops.spinfer_matmul(x, s, backend="cpu"), ref.spinfer_matmul(x, s)) <= TOL[torch.float32]
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_teal_channel_split_matches_reference(isa, threads):
-    """One fp32 token with few output columns: the active channels are split between threads (each
-    part accumulates whole rows, then the parts are summed); any thread count gives the reference."""
+def test_teal_channel_split_matches_reference(isa, threads, dtype):
+    """One token with few output columns: the active channels are split between threads (each part
+    accumulates whole rows, then the parts are summed); any thread count gives the reference."""
     g = torch.Generator().manual_seed(3)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         for k, n, s2 in [(1001, 301, 0.5), (700, 4096, 0.0), (513, 67, 0.9), (300, 4097, 0.5)]:
-            w_t = weight(n, k, torch.float32, 0.0, g).t().contiguous()
-            x = torch.randn(1, k, generator=g)
+            w_t = weight(n, k, dtype, 0.0, g).t().contiguous()
+            x = torch.randn(1, k, generator=g).to(dtype)
             thr = threshold_for(x, s2)
             r = ref.teal_matvec(x, w_t, thr)
             y = ops.teal_matvec(x, w_t, thr, backend="cpu")
-            assert rel_err(y, r) <= TOL[torch.float32], (isa, threads, k, n, s2)
+            assert rel_err(y, r) <= TOL[dtype], (isa, threads, dtype, k, n, s2)
             assert torch.equal(y, ops.teal_matvec(x, w_t, thr, backend="cpu"))  # deterministic
     finally:
         torch.set_num_threads(before)
