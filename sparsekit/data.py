@@ -75,7 +75,8 @@ def _hf_dataset(name: str, config: str | None, split: str, **kwargs):
 
 def tokenize(text: str, tokenizer) -> torch.Tensor:
     """All tokens of ``text`` as a 1-D LongTensor (a BOS first if the tokenizer adds one)."""
-    ids = tokenizer(text, return_tensors="pt", add_special_tokens=True).input_ids[0]
+    # the text is one long stream, cut into windows later: the "longer than the model" warning is noise
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=True, verbose=False).input_ids[0]
     return ids.long()
 
 

@@ -74,7 +74,7 @@ def test_default_seqlen_respects_model_max():
 class _CharTokenizer:
     """Byte-level stand-in tokenizer: enough for data.py's contract."""
 
-    def __call__(self, text, return_tensors="pt", add_special_tokens=True):
+    def __call__(self, text, return_tensors="pt", add_special_tokens=True, verbose=True):
         class Out:
             pass
 
@@ -176,3 +176,20 @@ def test_atomic_dir_and_manifest_verification(tmp_path):
     with pytest.raises(BadInput):
         checkpoint.check_out_dir(other, "prune")
     assert json.loads((out / checkpoint.MANIFEST).read_text())["kind"] == "prune"
+
+
+def test_tokenizing_a_long_text_does_not_warn(capfd):
+    """A corpus is one long stream cut into windows later: no "longer than the model" warning."""
+    from transformers.utils import logging as hf_logging
+
+    _, tok = models.load_model("demo", device="cpu")
+    before = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_warning()
+    try:
+        capfd.readouterr()
+        ids = data.tokenize("to be or not to be " * 2000, tok)
+        err = capfd.readouterr().err
+    finally:
+        hf_logging.set_verbosity(before)
+    assert ids.numel() > tok.model_max_length
+    assert "longer than the specified maximum" not in err
