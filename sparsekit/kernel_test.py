@@ -23,7 +23,7 @@ from sparsekit.errors import BadInput
 from sparsekit.formats import spdp, spinfer
 from sparsekit.kernels import reference
 
-OPS = ("select", "teal_matvec", "teal_matvec_sel", "spdp_matvec", "spdp_matvec_sel", "spinfer_matmul")
+OPS = ("select", "teal_matvec", "teal_matvec_sel", "spdp_matvec", "spdp_matvec_sel", "spinfer_matmul", "spdp_decode")
 SHAPES = {  # (K inputs, N outputs)
     "tiny": [(37, 29), (130, 67), (5, 300), (256, 192)],
     "llama2-7b": [(4096, 4096), (4096, 11008), (11008, 4096)],
@@ -155,6 +155,14 @@ def check_case(op: str, backend: str, dtype, k: int, n: int, t: int, device, gen
         m = int(sel[2][0])
         ok = torch.equal(xs, sel[0]) and int(nnz[0]) == m and torch.equal(idx[:m].cpu(), sel[1][:m].cpu())
         return Check(op, backend, _name(dtype), f"{k}->{n}", t, detail, 0.0 if ok else float("inf"), 0.0, ok)
+    if op == "spdp_decode":  # the prefill path: bit-exact dense weight from the packed one
+        packed = {key: v.to(device) for key, v in spdp.encode(w, tile_rows).items()}
+        packed["shape"] = packed["shape"].cpu()
+        _poison((n, k), dtype, device)
+        y = ops.spdp_decode(packed, backend=backend)
+        ok = y.shape == w.shape and y.dtype == w.dtype and torch.equal(y, w)
+        return Check(op, backend, _name(dtype), f"{k}->{n}", t, f"R={tile_rows} s1=0.5", 0.0 if ok else float("inf"),
+                     0.0, ok)
     if op.startswith("teal"):
         w_t = w.t().contiguous()
         ref = reference.teal_matvec(x, w_t, thr)
@@ -197,7 +205,7 @@ def correctness(device, shapes, dtypes, backends, seed: int, progress=None) -> l
         for t in ((1,) if big else (1, 3, 17)):
             for dtype in dtypes:
                 for backend in backends:
-                    cases += [(op, backend, dtype, k, n, t) for op in OPS]
+                    cases += [(op, backend, dtype, k, n, t) for op in OPS if op != "spdp_decode" or t == 1]
         if big:
             cases += [("spinfer_matmul", b, d, k, n, 16) for d in dtypes for b in backends]
     task = progress.add_task("checking kernels", total=len(cases)) if progress else None

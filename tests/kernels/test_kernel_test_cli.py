@@ -36,8 +36,10 @@ def test_tiny_cpu_passes_and_prints_json(capsys):
     checks = res["checks"]
     backend = BACKEND
     ops_seen = {c["op"] for c in checks if c["backend"] == backend}
-    assert ops_seen == {"select", "teal_matvec", "teal_matvec_sel", "spdp_matvec", "spdp_matvec_sel", "spinfer_matmul"}
+    assert ops_seen == {"select", "teal_matvec", "teal_matvec_sel", "spdp_matvec", "spdp_matvec_sel", "spinfer_matmul",
+                        "spdp_decode"}
     assert all(c["passed"] for c in checks) and {c["tokens"] for c in checks} == {1, 3, 17}
+    assert {c["tokens"] for c in checks if c["op"] == "spdp_decode"} == {1}  # one check per shape and dtype
     assert "checks passed" in err and res["bench"] == []
 
 
@@ -59,6 +61,19 @@ def test_a_wrong_kernel_fails_with_exit_1(capsys, monkeypatch, one_tiny_shape):
     monkeypatch.setattr(ops, "teal_matvec", broken)
     code, _, err = _run(["kernel-test", "--shapes", "tiny", "--device", "cpu", "--dtype", "float32", "--backend", "reference"], capsys)
     assert code == 1 and "teal_matvec" in err and "failed" in err
+
+
+def test_a_wrong_decode_fails_with_exit_1(capsys, monkeypatch, one_tiny_shape):
+    real = ops.spdp_decode
+
+    def broken(packed, *, backend=None):  # one element off by one ulp: the decode must be bit-exact
+        w = real(packed, backend=backend)
+        w.view(-1)[0] = torch.nextafter(w.view(-1)[0], torch.tensor(float("inf"), dtype=w.dtype))
+        return w
+
+    monkeypatch.setattr(ops, "spdp_decode", broken)
+    code, _, err = _run(["kernel-test", "--shapes", "tiny", "--device", "cpu", "--dtype", "float32", "--backend", "reference"], capsys)
+    assert code == 1 and "spdp_decode" in err and "failed" in err
 
 
 def test_unwritten_output_is_caught(capsys, monkeypatch, one_tiny_shape):
