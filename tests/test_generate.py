@@ -197,3 +197,24 @@ def test_compiled_graph_replay_gives_the_eager_tokens(fmt, dtype):
         torch.testing.assert_close(logits[1], logits[0], rtol=tol, atol=tol)
         assert torch.equal(replayed[:, 0], eager[:, 0])  # the prefill is not compiled
     torch._dynamo.reset()
+
+
+def test_a_failing_compile_falls_back_to_the_uncompiled_step(monkeypatch):
+    """No C compiler, an op inductor cannot lower...: the step runs uncompiled and says why."""
+    model = tiny_model("llama", seed=6)
+    ids = torch.randint(0, 128, (1, 5), generator=torch.Generator().manual_seed(4))
+    eager = greedy_generate(model, ids, 6)
+
+    def broken_compile(fn, **kwargs):
+        def run(*a, **k):
+            raise RuntimeError("inductor: no working C++ compiler found")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    with torch.inference_mode():
+        sess = DecodeSession(model, batch_size=1, prompt_len=5, max_new_tokens=6, compile=True)
+        assert not sess.compiled
+        assert any("uncompiled" in n and "no working C++ compiler" in n for n in sess.notes), sess.notes
+        sess.set_prompt(ids)
+        sess.run()
+        assert torch.equal(sess.tokens(), eager)
