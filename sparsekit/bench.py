@@ -222,21 +222,13 @@ def _jsonable(obj):
 
 def densify_(model) -> int:
     """Replace every SparseLinear by an nn.Linear holding its decoded weight; returns how many."""
-    import torch
-    from torch import nn
-
-    from sparsekit.runtime.linear import SparseLinear
+    from sparsekit.runtime.linear import SparseLinear, dense_linear
 
     swaps = [(name, m) for name, m in model.named_modules() if isinstance(m, SparseLinear)]
     for name, m in swaps:
-        w = m.dense_weight()
-        lin = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, device=w.device, dtype=w.dtype)
-        with torch.no_grad():
-            lin.weight.copy_(w)
-            if m.bias is not None:
-                lin.bias.copy_(m.bias)
+        lin = dense_linear(m.dense_weight(), None if m.bias is None else m.bias.detach())
         parent_name, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, attr, lin.requires_grad_(False))
+        setattr(model.get_submodule(parent_name) if parent_name else model, attr, lin)
     return len(swaps)
 
 

@@ -140,6 +140,11 @@ def _rel_err(y: torch.Tensor, r: torch.Tensor) -> float:
     return float(d.max()) / scale if scale > 0 else float(d.max()) if d.numel() else 0.0
 
 
+def _on_device(packed: dict, device) -> dict:
+    """A packed weight's tensors on ``device``, its ``shape`` kept on the CPU (read without a sync)."""
+    return {key: v.cpu() if key == "shape" else v.to(device) for key, v in packed.items()}
+
+
 # --------------------------------------------------------------------------------- correctness
 def check_case(op: str, backend: str, dtype, k: int, n: int, t: int, device, gen) -> Check:
     x = _input(t, k, dtype, device, gen)
@@ -156,8 +161,7 @@ def check_case(op: str, backend: str, dtype, k: int, n: int, t: int, device, gen
         ok = torch.equal(xs, sel[0]) and int(nnz[0]) == m and torch.equal(idx[:m].cpu(), sel[1][:m].cpu())
         return Check(op, backend, _name(dtype), f"{k}->{n}", t, detail, 0.0 if ok else float("inf"), 0.0, ok)
     if op == "spdp_decode":  # the prefill path: bit-exact dense weight from the packed one
-        packed = {key: v.to(device) for key, v in spdp.encode(w, tile_rows).items()}
-        packed["shape"] = packed["shape"].cpu()
+        packed = _on_device(spdp.encode(w, tile_rows), device)
         _poison((n, k), dtype, device)
         y = ops.spdp_decode(packed, backend=backend)
         ok = y.shape == w.shape and y.dtype == w.dtype and torch.equal(y, w)
@@ -169,15 +173,13 @@ def check_case(op: str, backend: str, dtype, k: int, n: int, t: int, device, gen
         run = (lambda: ops.teal_matvec(x, w_t, thr, backend=backend)) if op == "teal_matvec" else (
             lambda: ops.teal_matvec_sel(*sel, w_t, backend=backend))
     elif op.startswith("spdp"):
-        packed = {key: v.to(device) for key, v in spdp.encode(w, tile_rows).items()}
-        packed["shape"] = packed["shape"].cpu()
+        packed = _on_device(spdp.encode(w, tile_rows), device)
         detail += f" R={tile_rows} s1=0.5"
         ref = reference.spdp_matvec(x, packed, thr)
         run = (lambda: ops.spdp_matvec(x, packed, thr, backend=backend)) if op == "spdp_matvec" else (
             lambda: ops.spdp_matvec_sel(*sel, packed, backend=backend))
     else:
-        packed = {key: v.to(device) for key, v in spinfer.encode(w).items()}
-        packed["shape"] = packed["shape"].cpu()
+        packed = _on_device(spinfer.encode(w), device)
         detail = "s1=0.5"
         ref = reference.spinfer_matmul(x, packed)
         run = lambda: ops.spinfer_matmul(x, packed, backend=backend)  # noqa: E731
@@ -287,8 +289,7 @@ def _spdp_touched(packed: dict, idx: torch.Tensor, nnz: int, elt: int) -> int:
 
 
 def _packed_copies(packed: dict, device, copies: int) -> list[dict]:
-    on = {key: v.to(device) for key, v in packed.items()}
-    on["shape"] = packed["shape"].cpu()
+    on = _on_device(packed, device)
     return [on] + [{key: (v.clone() if key != "shape" else v) for key, v in on.items()} for _ in range(copies - 1)]
 
 

@@ -9,8 +9,8 @@ benchmarks/NOTES.md "CUDA kernels"), which one bigger call pays once.
 
 The member modules (``q_proj`` ...) become ``ProjectionSlice`` views: the first one to see a new
 input computes the stacked output, every member returns its columns, and the cached output is
-dropped once all members have read it (the same pattern as ``SharedSelection``, and it traces
-under ``torch.compile``). Attention and MLP code of transformers stays untouched.
+dropped once all members have read it (``SharedCall``, the mechanism ``SharedSelection`` uses; it
+traces under ``torch.compile``). Attention and MLP code of transformers stays untouched.
 
 Members fuse only when they are all ``nn.Linear`` or all ``SparseLinear`` of one format with one
 threshold (greedy allocations give q/k/v different thresholds: those stay separate). A fused model
@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from sparsekit.models import ROLES, SITES, decoder_layers
-from sparsekit.runtime.linear import SparseLinear
+from sparsekit.runtime.linear import SharedCall, SparseLinear, dense_linear
 
 FUSED_SITES = ("attn", "mlp")
 
@@ -35,20 +35,7 @@ class FusedProjection(nn.Module):
         self.inner = inner
         self.sizes = [int(s) for s in sizes]
         self.starts = [sum(self.sizes[:i]) for i in range(len(self.sizes))]
-        self._x = None
-        self._y = None
-        self._uses = 0
-
-    def output(self, x: torch.Tensor) -> torch.Tensor:
-        if self._x is not x:
-            self._y = self.inner(x)
-            self._x = x
-            self._uses = 0
-        y = self._y
-        self._uses += 1
-        if self._uses >= len(self.sizes):
-            self._x = self._y = None
-        return y
+        self.output = SharedCall(inner, len(self.sizes))  # one launch per input, every member reads it
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # the whole stacked output
         return self.inner(x)
@@ -67,7 +54,7 @@ class ProjectionSlice(nn.Module):
         self.index = int(index)
         self.start = group.starts[index]
         self.stop = self.start + group.sizes[index]
-        self.in_features = _in_features(group.inner)
+        self.in_features = int(group.inner.in_features)
         self.out_features = group.sizes[index]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -77,23 +64,10 @@ class ProjectionSlice(nn.Module):
         return f"member {self.index} of {len(self.group.sizes)}, columns [{self.start}, {self.stop})"
 
 
-def _in_features(m: nn.Module) -> int:
-    return int(m.in_features)
-
-
 def _encode_kwargs(m: SparseLinear) -> dict:
     if m.fmt == "spdp":
         return {"tile_rows": int(m._dims[2])}
     return {}
-
-
-def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
-    lin = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device, dtype=weight.dtype)
-    with torch.no_grad():
-        lin.weight.copy_(weight)
-        if bias is not None:
-            lin.bias.copy_(bias)
-    return lin.requires_grad_(False)
 
 
 def _stack(mods: list[nn.Module]) -> nn.Module | None:
@@ -103,7 +77,7 @@ def _stack(mods: list[nn.Module]) -> nn.Module | None:
         return None
     bias = None if biases[0] is None else torch.cat([b.detach() for b in biases])
     if all(type(m) is nn.Linear for m in mods):
-        return _linear(torch.cat([m.weight.detach() for m in mods]), bias)
+        return dense_linear(torch.cat([m.weight.detach() for m in mods]), bias)
     if not all(isinstance(m, SparseLinear) for m in mods):
         return None
     fmts = {m.fmt for m in mods}
@@ -115,21 +89,11 @@ def _stack(mods: list[nn.Module]) -> nn.Module | None:
     sizes = [m.out_features for m in mods]
     if fmt == "teal":  # w_t is [in, out]: stack columns
         w_t = torch.cat([m.w_t for m in mods], dim=1)
-        specs = {"w_t": (tuple(w_t.shape), w_t.dtype)}
-        new = SparseLinear("teal", first.in_features, sum(sizes), bias=bias is not None, specs=specs,
-                           threshold=t is not None, device=w_t.device, dtype=w_t.dtype)
-        with torch.no_grad():
-            new.w_t.copy_(w_t)
-            if t is not None:
-                new.threshold.fill_(t)
-            if bias is not None:
-                new.bias.copy_(bias)
-        new.finalize()
-        return new
+        return SparseLinear.from_packed("teal", {"w_t": w_t}, first.in_features, sum(sizes), t, bias)
     kwargs = _encode_kwargs(first)
     if fmt == "spdp" and len({_encode_kwargs(m)["tile_rows"] for m in mods}) != 1:
         return None
-    return SparseLinear.from_linear(_linear(torch.cat([m.dense_weight() for m in mods]), bias), fmt, t, **kwargs)
+    return SparseLinear.from_linear(dense_linear(torch.cat([m.dense_weight() for m in mods]), bias), fmt, t, **kwargs)
 
 
 def fuse_projections(model: nn.Module, sites=FUSED_SITES) -> int:
@@ -170,11 +134,12 @@ def unfuse_projections(model: nn.Module) -> int:
                 a, b = group.starts[i], group.starts[i] + group.sizes[i]
                 bi = None if bias is None else bias[a:b]
                 if isinstance(inner, nn.Linear):
-                    member = _linear(inner.weight.detach()[a:b], bi)
+                    member = dense_linear(inner.weight.detach()[a:b], bi)
                 elif inner.fmt == "teal":
-                    member = _teal_member(inner, a, b, bi)
+                    member = SparseLinear.from_packed("teal", {"w_t": inner.w_t[:, a:b]}, inner.in_features, b - a,
+                                                      inner.threshold_value, bi)
                 else:
-                    member = SparseLinear.from_linear(_linear(inner.dense_weight()[a:b], bi), inner.fmt,
+                    member = SparseLinear.from_linear(dense_linear(inner.dense_weight()[a:b], bi), inner.fmt,
                                                       inner.threshold_value, **_encode_kwargs(inner))
                 parent, _, child = p.rpartition(".")
                 setattr(layer.get_submodule(parent), child, member)
@@ -183,22 +148,6 @@ def unfuse_projections(model: nn.Module) -> int:
 
     link_shared_selections(model)
     return count
-
-
-def _teal_member(inner: SparseLinear, a: int, b: int, bias) -> SparseLinear:
-    w_t = inner.w_t[:, a:b].contiguous()
-    t = inner.threshold_value
-    new = SparseLinear("teal", inner.in_features, b - a, bias=bias is not None,
-                       specs={"w_t": (tuple(w_t.shape), w_t.dtype)}, threshold=t is not None,
-                       device=w_t.device, dtype=w_t.dtype)
-    with torch.no_grad():
-        new.w_t.copy_(w_t)
-        if t is not None:
-            new.threshold.fill_(t)
-        if bias is not None:
-            new.bias.copy_(bias)
-    new.finalize()
-    return new
 
 
 def fused_groups(model: nn.Module) -> int:

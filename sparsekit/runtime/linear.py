@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sparsekit.kernels.reference import mask_activations
+
 FORMATS = ("dense", "teal", "spdp", "spinfer", "bitmask", "2:4")
 _MODULES = {"dense": "dense", "teal": "teal", "spdp": "spdp", "spinfer": "spinfer", "bitmask": "bitmask", "2:4": "semi24"}
 THRESHOLD_KEY = "threshold"
@@ -79,28 +81,47 @@ def _ops():
     return ops
 
 
-class SharedSelection:
-    """One ``ops.select`` per input site, shared by the linears that read the same input (q/k/v,
-    gate/up). The first member to see a new ``x`` computes it; the cache is dropped once every
-    member has used it, so no activation outlives its forward."""
+class SharedCall:
+    """``fn(x)`` computed once per input and handed to the ``members`` callers that read the same
+    input (q/k/v; gate/up). The first caller to see a new ``x`` computes it; the cached result is
+    dropped once every member has had it, so no activation outlives its forward. Traces under
+    ``torch.compile`` (the identity check is resolved at trace time)."""
 
-    def __init__(self, threshold: float, members: int):
-        self.threshold = float(threshold)
+    def __init__(self, fn, members: int):
+        self.fn = fn
         self.members = int(members)
         self._x = None
-        self._sel = None
+        self._out = None
         self._uses = 0
 
     def __call__(self, x: torch.Tensor):
         if self._x is not x:
-            self._sel = _ops().select(x, self.threshold)
+            self._out = self.fn(x)
             self._x = x
             self._uses = 0
-        sel = self._sel
+        out = self._out
         self._uses += 1
         if self._uses >= self.members:
-            self._x = self._sel = None
-        return sel
+            self._x = self._out = None
+        return out
+
+
+class SharedSelection(SharedCall):
+    """One ``ops.select`` per input site, shared by the linears that read the same input."""
+
+    def __init__(self, threshold: float, members: int):
+        self.threshold = float(threshold)
+        super().__init__(lambda x: _ops().select(x, self.threshold), members)
+
+
+def dense_linear(weight: torch.Tensor, bias: torch.Tensor | None = None) -> nn.Linear:
+    """A frozen ``nn.Linear`` holding ``weight`` ([out, in]) and ``bias``, on their device and dtype."""
+    lin = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        lin.weight.copy_(weight)
+        if bias is not None:
+            lin.bias.copy_(bias)
+    return lin.requires_grad_(False)
 
 
 class SparseLinear(nn.Module):
@@ -135,19 +156,26 @@ class SparseLinear(nn.Module):
     @classmethod
     def from_linear(cls, linear: nn.Linear, fmt: str, threshold: float | None = None, **encode_kwargs) -> "SparseLinear":
         """Pack ``linear.weight`` into ``fmt`` (kept on the linear's device and dtype)."""
-        mod = format_module(fmt)
         w = linear.weight.detach()
-        packed = mod.encode(w, **encode_kwargs)
+        packed = format_module(fmt).encode(w, **encode_kwargs)
+        bias = None if linear.bias is None else linear.bias.detach()
+        return cls.from_packed(fmt, packed, linear.in_features, linear.out_features, threshold, bias)
+
+    @classmethod
+    def from_packed(cls, fmt: str, packed: dict[str, torch.Tensor], in_features: int, out_features: int,
+                    threshold: float | None = None, bias: torch.Tensor | None = None) -> "SparseLinear":
+        """A layer holding already-packed tensors (copied), on the device and dtype of their values."""
+        values = packed[float_keys(fmt)[0]]
         specs = {k: (tuple(v.shape), v.dtype) for k, v in packed.items()}
-        new = cls(fmt, linear.in_features, linear.out_features, bias=linear.bias is not None, specs=specs,
-                  threshold=threshold is not None, device=w.device, dtype=w.dtype)
+        new = cls(fmt, in_features, out_features, bias=bias is not None, specs=specs,
+                  threshold=threshold is not None, device=values.device, dtype=values.dtype)
         with torch.no_grad():
             for k, v in packed.items():
                 getattr(new, k).copy_(v)
             if threshold is not None:
                 new.threshold.fill_(float(threshold))
-            if linear.bias is not None:
-                new.bias.copy_(linear.bias.detach())
+            if bias is not None:
+                new.bias.copy_(bias)
         new.finalize()
         return new
 
@@ -225,8 +253,6 @@ class SparseLinear(nn.Module):
 
     def _mask(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` where ``|x| > t`` (plain torch ops: ``torch.compile`` fuses it into x's producer)."""
-        from sparsekit.kernels.reference import mask_activations
-
         return mask_activations(x, self._t)
 
     def _select(self, x: torch.Tensor):
