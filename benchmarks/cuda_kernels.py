@@ -9,6 +9,7 @@ bitmaps/offsets, x) and write (y); GB/s = bytes / time, next to the measured dev
     python benchmarks/cuda_kernels.py [--quick] [--json OUT.json]
     python benchmarks/cuda_kernels.py --teal [--json OUT.json]   # teal at T=1: kernels, variants, sanity
     python benchmarks/cuda_kernels.py --quick --fused             # the launches of a fused layer
+    python benchmarks/cuda_kernels.py --spdp [--fused]            # spdp at T=1: tile rows x variants x splits
 
 `--teal` times teal_matvec for one token on the three shapes: the default (matvec.cuh), the opt-in
 one-token kernel (teal1.cuh, `teal1=1`) and its geometries, split and other variants, cuBLAS, the
@@ -246,6 +247,51 @@ def teal_sweep(tune, record) -> None:
         torch.cuda.empty_cache()
 
 
+def spdp_touched(packed: dict, mask: torch.Tensor, n: int, k: int, r: int) -> int:
+    """Bytes an spdp matvec must touch: active columns' values, bitmaps and offsets, x and y (fp16/bf16)."""
+    nt = -(-n // r)
+    counts = (packed["offsets"][1:] - packed["offsets"][:-1]).reshape(nt, k).to(torch.int64)
+    return int((counts[:, mask].sum() * 2).item()) + int(mask.sum()) * nt * (r // 8 + 4) + 2 * (n + k)
+
+
+def spdp_sweep(tune, record) -> None:
+    """spdp_matvec at T = 1: tile rows 32/64/128 x the default and deep variants x forced splits, cuBLAS."""
+    from sparsekit import ops
+    from sparsekit.formats import spdp
+    from sparsekit.kernels import reference
+
+    for name, (n, k) in SHAPES.items():
+        w16 = [rand_weight(n, k, 0.0, seed=s) for s in range(COPIES)]
+        for s1 in (0.5, 0.7):
+            wsp = rand_weight(n, k, s1, seed=100)
+            for dtype in (torch.float16, torch.bfloat16):
+                ws = [w.to(dtype) for w in w16]
+                x = torch.randn((1, k), device="cuda").to(dtype)
+                dense_us, sp = time_graph([lambda w=w: F.linear(x, w) for w in ws])
+                if s1 == 0.5:
+                    record(name, dtype, "dense", "cuBLAS F.linear T=1", dense_us, sp, 2 * n * k + 2 * (n + k), dense_us)
+                thr = threshold(x, 0.5)
+                mask = (x.abs() > thr).flatten()
+                for r in (32, 64, 128):
+                    packed = to_dev(spdp.encode(wsp, r), dtype)
+                    touched = spdp_touched(packed, mask, n, k, r)
+                    cps = clones(packed)
+                    expect = reference.spdp_matvec(x, packed, thr)
+                    grid = [{}, {"spdp_deep": 1}]
+                    if dtype == torch.float16 and s1 == 0.5:
+                        grid += [{"spdp_deep": d, "split": sv} for d in (0, 1) for sv in (1, 2, 3, 4)]
+                    for knobs in grid:
+                        with tuned(tune, knobs):
+                            check(ops.spdp_matvec(x, packed, thr), expect, f"spdp {name} R={r} {fmt(knobs)}")
+                            us, sp = time_graph([lambda p=p: ops.spdp_matvec(x, p, thr) for p in cps])
+                            record(name, dtype, "spdp_matvec", f"s1={s1} s2=0.5 R={r} {fmt(knobs)}".strip(), us, sp,
+                                   touched, dense_us, variant="split" in knobs)
+                    del cps
+                del ws
+        del w16
+        torch.cuda.empty_cache()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fp16 only, no variant sweeps")
@@ -253,6 +299,7 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="write every row here")
     ap.add_argument("--ncu", action="store_true", help="only launch teal and spdp twice each (for ncu)")
     ap.add_argument("--fused", action="store_true", help="the shapes of a fused layer (q/k/v and gate/up as one)")
+    ap.add_argument("--spdp", action="store_true", help="only spdp at T=1: tile rows x variants x splits")
     args = ap.parse_args()
     if args.fused:
         SHAPES.clear()
@@ -290,6 +337,15 @@ def main() -> None:
     us, sp = time_graph([lambda w=w: F.linear(xs_small, w) for w in wt_small])
     record("diag", torch.float16, "dense", "cuBLAS 64x64", us, sp, 8192, None, variant=True)
 
+    if args.spdp:
+        spdp_sweep(tune, record)
+        dump(args.json, gpu, bw, rows)
+        print(f"\n## forced splits (fp16, s1=0.5, T=1), {gpu}", flush=True)
+        for r in rows:
+            if r["variant"]:
+                print(f"{r['shape']:18s} {r['config']:34s} {r['us']:8.2f} x{r['speedup'] or 0:5.2f} {r['pct_bw']:5.1f}%")
+        print_table(gpu, bw, rows)
+        return
     if args.teal:
         teal_sweep(tune, record)
         dump(args.json, gpu, bw, rows)
@@ -356,9 +412,7 @@ def main() -> None:
             mask = (x.abs() > thr).flatten()
             for r in (32, 64, 128):
                 packed = to_dev(enc_spdp[r], dtype)
-                nt = -(-n // r)
-                counts = (packed["offsets"][1:] - packed["offsets"][:-1]).reshape(nt, k).to(torch.int64)
-                touched = int((counts[:, mask].sum() * 2).item()) + int(mask.sum()) * nt * (r // 8 + 4) + 2 * (n + k)
+                touched = spdp_touched(packed, mask, n, k, r)
                 check(ops.spdp_matvec(x, packed, thr), reference.spdp_matvec(x, packed, thr), f"spdp {name}")
                 cps = clones(packed)
                 us, sp = time_graph([lambda p=p: ops.spdp_matvec(x, p, thr) for p in cps])

@@ -38,12 +38,19 @@ struct MatvecParams {
 };
 
 // Compile-time configuration of one kernel instantiation. R == 0: TEAL, else SPDP with R-row tiles.
-// PIPE (TEAL only): stream weights through a cp.async ring in shared memory (tune("pipe", 1)); the
-// default instantiation (PIPE = false) reserves no ring, so it keeps its shared memory small.
-template <typename T, int TC, int R, bool PIPE = false>
+// V selects a variant of one instantiation:
+// - TEAL, V = 1 (PIPE): stream weights through a cp.async ring in shared memory (tune("pipe", 1)); the
+//   default instantiation (V = 0) reserves no ring, so it keeps its shared memory small.
+// - SPDP, V = 1 (DEEP): blocks of 256 threads (two per SM, so the same resident slots as the
+//   default's 512) with up to 128 registers, spent on 2-4x more columns in flight per lane, and
+//   every staging load of a thread in flight at once (tune("spdp_deep", 1)). The one-token spdp
+//   kernel is latency-bound: a column of a tile is only R/16 bytes of values.
+template <typename T, int TC, int R, int V = 0>
 struct MvCfg {
   static constexpr bool SPDP = R > 0;
-  static constexpr int NTHREADS = SPDP ? 512 : 256;
+  static constexpr bool PIPE = !SPDP && V == 1;
+  static constexpr bool DEEP = SPDP && V == 1;
+  static constexpr int NTHREADS = (SPDP && !DEEP) ? 512 : 256;
   static constexpr int NW = NTHREADS / 32;
   static constexpr int MINB = (SPDP && TC > 1) ? 1 : 2;             // resident blocks asked of ptxas
   static constexpr int VEC = Vec<T>::N;
@@ -53,7 +60,10 @@ struct MvCfg {
   static constexpr int CH = TC == 1 ? 2048 : 1024;                  // list capacity per pass
   static constexpr int PER = CH / NTHREADS;                         // channels per thread (fused build)
   // loads in flight per lane in the batch loops (SPDP: columns, each R/32 values)
-  static constexpr int U = SPDP ? (TC == 1 ? 8 : (TC == 4 ? 4 : 2)) : (TC == 1 ? 8 : 4);
+  static constexpr int U = SPDP ? (DEEP ? (TC == 1 ? (W == 4 ? 12 : 32) : (TC == 4 ? 8 : 4))
+                                        : (TC == 1 ? 8 : (TC == 4 ? 4 : 2)))
+                                : (TC == 1 ? 8 : 4);
+  static constexpr int SG = DEEP ? 4 : 2;                            // SPDP staging: entries in flight per thread
   static constexpr int D = 8;                                        // TEAL cp.async ring depth (rows per lane)
   // shared memory carve-up (bytes, each piece 16-byte aligned)
   static constexpr size_t BM_BYTES = SPDP ? size_t(CH) * W * 4 : 0;
@@ -62,7 +72,7 @@ struct MvCfg {
   static constexpr size_t X_BYTES = size_t(TC) * CH * 4;
   static constexpr size_t RED_BYTES = size_t(NW) * TILE_MAX * 4;
   static constexpr size_t PART_BYTES = size_t(TC) * TILE_MAX * 4;
-  static constexpr size_t RING_BYTES = (SPDP || !PIPE) ? 0 : size_t(NW) * D * 32 * 16;
+  static constexpr size_t RING_BYTES = !PIPE ? 0 : size_t(NW) * D * 32 * 16;
   static constexpr size_t SMEM = BM_BYTES + OFF_BYTES + J_BYTES + X_BYTES + RED_BYTES + PART_BYTES + RING_BYTES;
 };
 
@@ -75,10 +85,10 @@ template <> __device__ __forceinline__ uint32_t ld_val_bits<__nv_bfloat16>(const
 template <typename T> __device__ __forceinline__ float val_bits_to_f(uint32_t b) { return bits16_to_f<T>(b); }
 template <> __device__ __forceinline__ float val_bits_to_f<float>(uint32_t b) { return __uint_as_float(b); }
 
-template <typename T, int TC, int R, bool PIPE = false>
-__global__ void __launch_bounds__(MvCfg<T, TC, R, PIPE>::NTHREADS, MvCfg<T, TC, R, PIPE>::MINB)
+template <typename T, int TC, int R, int V = 0>
+__global__ void __launch_bounds__(MvCfg<T, TC, R, V>::NTHREADS, MvCfg<T, TC, R, V>::MINB)
     matvec_kernel(const MatvecParams p) {
-  using C = MvCfg<T, TC, R, PIPE>;
+  using C = MvCfg<T, TC, R, V>;
   constexpr int NT = C::NTHREADS, NW = C::NW, CH = C::CH, VEC = C::VEC, W = C::W, ACC = C::ACC, U = C::U;
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ int s_warp[NW + 1];
@@ -182,7 +192,7 @@ __global__ void __launch_bounds__(MvCfg<T, TC, R, PIPE>::NTHREADS, MvCfg<T, TC, 
     __syncthreads();
     if constexpr (C::SPDP) {
       // stage each active column's bitmap words and the value index of each word's first bit
-      constexpr int SG = 2;  // entries per thread per round (all their loads in flight)
+      constexpr int SG = C::SG;  // entries per thread per round (all their loads in flight)
 #pragma unroll
       for (int i0 = 0; i0 < C::PER; i0 += SG) {
         uint32_t m[SG][W];
@@ -228,11 +238,11 @@ __global__ void __launch_bounds__(MvCfg<T, TC, R, PIPE>::NTHREADS, MvCfg<T, TC, 
       const int slot = warp * rpw + g, nslots = NW * rpw;
       const int col = tile * tile_out + li * VEC;
       const T* wt = static_cast<const T*>(p.w);
-      if (PIPE && p.vec) {
+      if (C::PIPE && p.vec) {
         // D rows in flight per lane at all times through a shared-memory ring filled by cp.async:
         // wait for row i, consume it, refill its slot with row i + D. Completion is tracked by
         // async-copy groups (one per row, per thread), not by register scoreboards.
-        if constexpr (PIPE) {
+        if constexpr (C::PIPE) {
           constexpr int D = C::D;
           const bool colok = col < N;  // N % VEC == 0 on this path
           const T* wcol = wt + col;
@@ -388,28 +398,28 @@ __global__ void __launch_bounds__(MvCfg<T, TC, R, PIPE>::NTHREADS, MvCfg<T, TC, 
 }
 
 // ---- host side (no torch) -----------------------------------------------------------------------
-template <typename T, int TC, int R, bool PIPE = false>
+template <typename T, int TC, int R, int V = 0>
 inline cudaError_t matvec_prepare(int device) {
   static bool done[64] = {false};
   if (device < 0 || device >= 64) return cudaErrorInvalidDevice;
   if (done[device]) return cudaSuccess;
-  const cudaError_t e = cudaFuncSetAttribute(matvec_kernel<T, TC, R, PIPE>,
+  const cudaError_t e = cudaFuncSetAttribute(matvec_kernel<T, TC, R, V>,
                                              cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                             static_cast<int>(MvCfg<T, TC, R, PIPE>::SMEM));
+                                             static_cast<int>(MvCfg<T, TC, R, V>::SMEM));
   if (e == cudaSuccess) done[device] = true;
   return e;
 }
 
 // Resident blocks per multiprocessor of this instantiation (cached per device).
-template <typename T, int TC, int R, bool PIPE = false>
+template <typename T, int TC, int R, int V = 0>
 inline int matvec_blocks_per_sm(int device) {
   static int cache[64] = {0};
   if (device < 0 || device >= 64) return 1;
   if (cache[device] == 0) {
     int n = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, matvec_kernel<T, TC, R, PIPE>,
-                                                      MvCfg<T, TC, R, PIPE>::NTHREADS,
-                                                      MvCfg<T, TC, R, PIPE>::SMEM) != cudaSuccess || n < 1)
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, matvec_kernel<T, TC, R, V>,
+                                                      MvCfg<T, TC, R, V>::NTHREADS,
+                                                      MvCfg<T, TC, R, V>::SMEM) != cudaSuccess || n < 1)
       n = 1;
     cache[device] = n;
   }
@@ -419,12 +429,12 @@ inline int matvec_blocks_per_sm(int device) {
 // Clusters of S blocks of this instantiation that can be resident at once (cached per device and S);
 // -1 when the runtime cannot say (S == 1, or the query failed). A cluster must fit in one GPC, so
 // this can be fewer than blocks_per_sm * SMs / S.
-template <typename T, int TC, int R, bool PIPE = false>
+template <typename T, int TC, int R, int V = 0>
 inline int matvec_max_clusters(int device, int S) {
   static int cache[64][9] = {};
   if (device < 0 || device >= 64 || S < 2 || S > 8) return -1;
   if (cache[device][S] == 0) {
-    using C = MvCfg<T, TC, R, PIPE>;
+    using C = MvCfg<T, TC, R, V>;
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = dim3(1, static_cast<unsigned>(S), 1);
     cfg.blockDim = dim3(C::NTHREADS, 1, 1);
@@ -433,7 +443,7 @@ inline int matvec_max_clusters(int device, int S) {
     cfg.numAttrs = launch_attrs(attr, S, false);
     cfg.attrs = attr;
     int n = 0;
-    if (cudaOccupancyMaxActiveClusters(&n, matvec_kernel<T, TC, R, PIPE>, &cfg) != cudaSuccess || n < 1) {
+    if (cudaOccupancyMaxActiveClusters(&n, matvec_kernel<T, TC, R, V>, &cfg) != cudaSuccess || n < 1) {
       (void)cudaGetLastError();  // clear the sticky-free error of a failed query
       n = -1;
     }
@@ -442,9 +452,9 @@ inline int matvec_max_clusters(int device, int S) {
   return cache[device][S];
 }
 
-template <typename T, int TC, int R, bool PIPE = false>
+template <typename T, int TC, int R, int V = 0>
 inline cudaError_t matvec_launch(const MatvecParams& p, int tiles, int tchunks, cudaStream_t stream, bool pdl) {
-  using C = MvCfg<T, TC, R, PIPE>;
+  using C = MvCfg<T, TC, R, V>;
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(p.S), static_cast<unsigned>(tchunks));
   cfg.blockDim = dim3(C::NTHREADS, 1, 1);
@@ -453,7 +463,7 @@ inline cudaError_t matvec_launch(const MatvecParams& p, int tiles, int tchunks, 
   cudaLaunchAttribute attr[2];
   cfg.numAttrs = launch_attrs(attr, p.S, pdl);
   cfg.attrs = attr;
-  return cudaLaunchKernelEx(&cfg, matvec_kernel<T, TC, R, PIPE>, p);
+  return cudaLaunchKernelEx(&cfg, matvec_kernel<T, TC, R, V>, p);
 }
 
 }  // namespace sk

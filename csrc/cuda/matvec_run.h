@@ -37,37 +37,40 @@ inline std::vector<int64_t> out_shape(const at::Tensor& x, int64_t n) {
 // Tokens per block: 1, 4 or 8 (T > 8 runs in chunks of 8 along grid z).
 inline int token_chunk(int64_t T) { return T == 1 ? 1 : (T <= 4 ? 4 : 8); }
 
-template <typename T, int TC, int R, bool PIPE>
+template <typename T, int TC, int R, int V>
 void matvec_dispatch_tc(sk::MatvecParams& p, int tiles, int device, cudaStream_t stream, int min_per_slice) {
   const int tchunks = (p.T + TC - 1) / TC;
-  const cudaError_t prep = sk::matvec_prepare<T, TC, R, PIPE>(device);
+  const cudaError_t prep = sk::matvec_prepare<T, TC, R, V>(device);
   C10_CUDA_CHECK(prep);
-  const int bps = sk::matvec_blocks_per_sm<T, TC, R, PIPE>(device);
+  const int bps = sk::matvec_blocks_per_sm<T, TC, R, V>(device);
   p.S = choose_split(device, tiles * tchunks, bps, std::max(1, p.K / min_per_slice));
   if (tuning().split == 0) {
     // Every tile's cluster must be resident in the first wave: a cluster of S blocks needs S free
     // slots in one GPC, so a split that fills the SMs by block count can still leave a second wave
     // of a few clusters (H200, teal 4096->12288: 96 tiles, S = 4 took 24.0 us, S = 3 17.4 us).
     while (p.S > 1) {
-      const int mc = sk::matvec_max_clusters<T, TC, R, PIPE>(device, p.S);
+      const int mc = sk::matvec_max_clusters<T, TC, R, V>(device, p.S);
       if (mc < 0 || mc >= tiles * tchunks) break;
       --p.S;
     }
     tuning().last_split = p.S;
   }
-  p.pipe = PIPE ? 1 : 0;
+  p.pipe = sk::MvCfg<T, TC, R, V>::PIPE ? 1 : 0;
   const bool pdl = tuning().pdl != 0 && cc_major(device) >= 9;
-  const cudaError_t err = sk::matvec_launch<T, TC, R, PIPE>(p, tiles, tchunks, stream, pdl);
+  const cudaError_t err = sk::matvec_launch<T, TC, R, V>(p, tiles, tchunks, stream, pdl);
   C10_CUDA_CHECK(err);
 }
 
-// PIPE instantiations (a cp.async ring in shared memory) exist for TEAL only, behind tune("pipe", 1).
+// Variant 1 instantiations: TEAL's cp.async ring (tune("pipe", 1)); SPDP's deep one-token kernel
+// (tune("spdp_deep", 1); T = 1 only, where the kernel is latency-bound).
 template <typename T, int TC, int R>
 void matvec_dispatch_pipe(sk::MatvecParams& p, int tiles, int device, cudaStream_t stream, int min_per_slice) {
   if constexpr (R == 0) {
-    if (tuning().pipe != 0 && p.vec) return matvec_dispatch_tc<T, TC, R, true>(p, tiles, device, stream, min_per_slice);
+    if (tuning().pipe != 0 && p.vec) return matvec_dispatch_tc<T, TC, R, 1>(p, tiles, device, stream, min_per_slice);
+  } else if constexpr (TC == 1) {
+    if (tuning().spdp_deep != 0) return matvec_dispatch_tc<T, TC, R, 1>(p, tiles, device, stream, min_per_slice);
   }
-  matvec_dispatch_tc<T, TC, R, false>(p, tiles, device, stream, min_per_slice);
+  matvec_dispatch_tc<T, TC, R, 0>(p, tiles, device, stream, min_per_slice);
 }
 
 template <typename T, int R>

@@ -110,13 +110,14 @@ static int64_t tune(const std::string& key, int64_t value) {
   else if (key == "pipe") slot = &tuning().pipe;
   else if (key == "pdl") slot = &tuning().pdl;
   else if (key == "spinfer_warps") slot = &tuning().spinfer_warps;
+  else if (key == "spdp_deep") slot = &tuning().spdp_deep;
   else if (key == "teal1") slot = &tuning().teal1;
   else if (key == "teal1_threads") slot = &tuning().teal1_threads;
   else if (key == "teal1_lpr") slot = &tuning().teal1_lpr;
   else if (key == "last_split") slot = &tuning().last_split;
   else if (key == "last_teal1") slot = &tuning().last_teal1;
   TORCH_CHECK(slot != nullptr, "sparsekit_cuda.tune: unknown key '", key,
-              "' (split, teal_lpr, pipe, pdl, spinfer_warps, teal1, teal1_threads, teal1_lpr, last_split, last_teal1)");
+              "' (split, teal_lpr, pipe, pdl, spdp_deep, spinfer_warps, teal1, teal1_threads, teal1_lpr, last_split, last_teal1)");
   const int old = *slot;
   if (value >= 0) {
     TORCH_CHECK(key != "last_split" && key != "last_teal1", "sparsekit_cuda.tune: ", key, " is read-only");
@@ -129,7 +130,7 @@ static int64_t tune(const std::string& key, int64_t value) {
                 "sparsekit_cuda.tune: teal_lpr must be 0, 8, 16 or 32");
     TORCH_CHECK(key != "split" || value <= 8, "sparsekit_cuda.tune: split must be 0..8");
     TORCH_CHECK(key != "spinfer_warps" || value == 4 || value == 8, "sparsekit_cuda.tune: spinfer_warps must be 4 or 8");
-    TORCH_CHECK((key != "pipe" && key != "pdl") || value <= 1, "sparsekit_cuda.tune: ", key, " must be 0 or 1");
+    TORCH_CHECK((key != "pipe" && key != "pdl" && key != "spdp_deep") || value <= 1, "sparsekit_cuda.tune: ", key, " must be 0 or 1");
     *slot = static_cast<int>(value);
   }
   return old;
