@@ -133,8 +133,8 @@ def check(out: torch.Tensor, ref: torch.Tensor, what: str) -> None:
 
 
 def ncu_launches() -> None:
-    """fp16, 4096 -> 11008, 50% activation (and 50% weight) sparsity: teal (batch loop, then cp.async
-    ring) and spdp, two launches each."""
+    """fp16, 4096 -> 11008, 50% activation (and 50% weight) sparsity, two launches each: teal, spdp
+    (tile rows 64) as by default, spdp with the deep variant (tune("spdp_deep", 1))."""
     from sparsekit import ops
     from sparsekit.formats import spdp
 
@@ -143,15 +143,15 @@ def ncu_launches() -> None:
     x = torch.randn((1, k), device="cuda").half()
     thr = threshold(x, 0.5)
     wt = w.t().contiguous()
-    packed = to_dev(spdp.encode(rand_weight(n, k, 0.5, seed=1), 128), torch.float16)
+    packed = to_dev(spdp.encode(rand_weight(n, k, 0.5, seed=1), 64), torch.float16)
     tune = torch.ops.sparsekit_cuda.tune
-    for pipe in (0, 1):
-        tune("pipe", pipe)
-        for _ in range(2):
-            ops.teal_matvec(x, wt, thr)
-    tune("pipe", 0)
     for _ in range(2):
-        ops.spdp_matvec(x, packed, thr)
+        ops.teal_matvec(x, wt, thr)
+    for deep in (0, 1):
+        tune("spdp_deep", deep)
+        for _ in range(2):
+            ops.spdp_matvec(x, packed, thr)
+    tune("spdp_deep", 0)
     torch.cuda.synchronize()
 
 
