@@ -240,12 +240,12 @@ def parent(a) -> int:
     out.mkdir(parents=True, exist_ok=True)
     jsonl = out / "decode.jsonl"
     if jsonl.exists():
-        jsonl.unlink()
+        jsonl.unlink(missing_ok=True)
     deadline = time.time() + a.budget_s
     for dtype in a.dtypes.split(","):
         for attempt in range(4):
             done = _rows(jsonl)
-            if time.time() > deadline - 60:
+            if time.time() > deadline - min(60.0, 0.5 * a.budget_s):  # too little left to start a child
                 break
             skip = ",".join(k for k in done if k.startswith(dtype + "/"))
             cmd = [sys.executable, __file__, "--child", dtype, "--deadline", str(deadline), "--skip", skip,
@@ -271,7 +271,7 @@ def parent(a) -> int:
     tmp = out / ".decode.json.tmp"
     tmp.write_text(json.dumps(result, indent=2, default=str))
     os.replace(tmp, out / "decode.json")
-    jsonl.unlink()
+    jsonl.unlink(missing_ok=True)
     text = table(rows, checks)
     (out / "decode.txt").write_text(text + "\n")
     print(text)

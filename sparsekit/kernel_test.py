@@ -33,7 +33,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
 ACT_SPARSITIES = (0.0, 0.25, 0.5, 0.7, 0.9)
 WEIGHT_SPARSITIES = (0.0, 0.5, 0.7)
-SPDP_TILE_ROWS = 32
+SPDP_TILE_ROWS = 64
 
 
 @dataclass

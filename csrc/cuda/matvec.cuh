@@ -43,8 +43,8 @@ struct MatvecParams {
 //   default instantiation (V = 0) reserves no ring, so it keeps its shared memory small.
 // - SPDP, V = 1 (DEEP): blocks of 256 threads (two per SM, so the same resident slots as the
 //   default's 512) with up to 128 registers, spent on 2-4x more columns in flight per lane, and
-//   every staging load of a thread in flight at once (tune("spdp_deep", 1)). The one-token spdp
-//   kernel is latency-bound: a column of a tile is only R/16 bytes of values.
+//   every staging load of a thread in flight at once (tune("spdp_deep"); the default for R = 128,
+//   where the V = 0 instantiation spills).
 template <typename T, int TC, int R, int V = 0>
 struct MvCfg {
   static constexpr bool SPDP = R > 0;

@@ -62,13 +62,16 @@ void matvec_dispatch_tc(sk::MatvecParams& p, int tiles, int device, cudaStream_t
 }
 
 // Variant 1 instantiations: TEAL's cp.async ring (tune("pipe", 1)); SPDP's deep one-token kernel
-// (tune("spdp_deep", 1); T = 1 only, where the kernel is latency-bound).
+// (T = 1 only). spdp_deep 0 (automatic) takes it for 128-row tiles only: there it takes 15-19% less
+// time (the V = 0 instantiation spills at 64 registers), while at 32 and 64 rows it takes 13-37% more
+// (16 warps per SM against 32; H200, benchmarks/NOTES.md). 1: always, 2: never.
 template <typename T, int TC, int R>
 void matvec_dispatch_pipe(sk::MatvecParams& p, int tiles, int device, cudaStream_t stream, int min_per_slice) {
   if constexpr (R == 0) {
     if (tuning().pipe != 0 && p.vec) return matvec_dispatch_tc<T, TC, R, 1>(p, tiles, device, stream, min_per_slice);
   } else if constexpr (TC == 1) {
-    if (tuning().spdp_deep != 0) return matvec_dispatch_tc<T, TC, R, 1>(p, tiles, device, stream, min_per_slice);
+    const int deep = tuning().spdp_deep;
+    if (deep == 1 || (deep == 0 && R == 128)) return matvec_dispatch_tc<T, TC, R, 1>(p, tiles, device, stream, min_per_slice);
   }
   matvec_dispatch_tc<T, TC, R, 0>(p, tiles, device, stream, min_per_slice);
 }

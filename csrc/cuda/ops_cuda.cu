@@ -130,7 +130,8 @@ static int64_t tune(const std::string& key, int64_t value) {
                 "sparsekit_cuda.tune: teal_lpr must be 0, 8, 16 or 32");
     TORCH_CHECK(key != "split" || value <= 8, "sparsekit_cuda.tune: split must be 0..8");
     TORCH_CHECK(key != "spinfer_warps" || value == 4 || value == 8, "sparsekit_cuda.tune: spinfer_warps must be 4 or 8");
-    TORCH_CHECK((key != "pipe" && key != "pdl" && key != "spdp_deep") || value <= 1, "sparsekit_cuda.tune: ", key, " must be 0 or 1");
+    TORCH_CHECK(key != "spdp_deep" || value <= 2, "sparsekit_cuda.tune: spdp_deep must be 0, 1 or 2");
+    TORCH_CHECK((key != "pipe" && key != "pdl") || value <= 1, "sparsekit_cuda.tune: ", key, " must be 0 or 1");
     *slot = static_cast<int>(value);
   }
   return old;

@@ -295,20 +295,20 @@ def test_spdp_matches_reference(ops, ref, dtype, tile_rows, lead, k, n, s1, s2):
     _check(ops.spdp_matvec_sel(xs, idx, nnz, packed, backend="cuda"), ref.spdp_matvec_sel(xs, idx, nnz, packed), dtype)
 
 
-SPDP_DEEP_CASES = [(dtype, r, k, n) for dtype in DTYPES for r in (32, 64, 128)
-                   for k, n in ((2048, 1024), (301, 100), (4096, 11008), (11008, 4096))]
+SPDP_ONE_TOKEN_CASES = [(dtype, r, k, n, deep) for dtype in DTYPES for r in (32, 64, 128)
+                        for k, n in ((2048, 1024), (301, 100), (4096, 11008), (11008, 4096)) for deep in (1, 2)]
 
 
-@pytest.mark.parametrize("dtype,tile_rows,k,n", SPDP_DEEP_CASES)
-def test_spdp_deep_variant_matches_reference(ops, ref, tune, dtype, tile_rows, k, n):
-    """The one-token deep instantiation (256 threads, more columns in flight), fused and from select."""
+@pytest.mark.parametrize("dtype,tile_rows,k,n,deep", SPDP_ONE_TOKEN_CASES)
+def test_spdp_one_token_variants_match_reference(ops, ref, tune, dtype, tile_rows, k, n, deep):
+    """T = 1 with the deep instantiation forced on (1: 256 threads, more columns in flight) or off (2)."""
     from sparsekit.formats import spdp
 
     seed = hash(("deep", k, n, tile_rows)) % 1000
     x, thr = _x((1, k), dtype, seed, 0.5)
     w = _weight(n, k, dtype, seed + 3, 0.5)
     packed = {key: (v.cuda() if key != "shape" else v) for key, v in spdp.encode(w, tile_rows).items()}
-    tune("spdp_deep", 1)
+    tune("spdp_deep", deep)
     _poison((1, n), dtype=dtype)
     _check(ops.spdp_matvec(x, packed, thr, backend="cuda"), ref.spdp_matvec(x, packed, thr), dtype)
     xs, idx, nnz = ops.select(x, thr, backend="cuda")
@@ -439,7 +439,7 @@ def test_sanitizer_smoke(ops, ref, tune, tokens):
     "knobs",
     [{"pipe": 1}, {"pipe": 1, "pdl": 1}, {"pdl": 1}, {"spinfer_warps": 8}, {"teal_lpr": 32, "split": 2}, {"teal_lpr": 8},
      {"teal1": 1}, {"teal1": 1, "pdl": 1}, {"teal1": 1, "teal1_threads": 512, "teal1_lpr": 8},
-     {"spdp_deep": 1}, {"spdp_deep": 1, "split": 2}],
+     {"spdp_deep": 1}, {"spdp_deep": 1, "split": 2}, {"spdp_deep": 2}],
 )
 def test_variants_compute_the_same_function(ops, tune, knobs, tokens):
     """Every code path behind the tuning knobs agrees with the default one (checked against the reference above)."""
