@@ -35,6 +35,9 @@ if [ -n "${CALIB_ARGS:-}" ]; then
   step calibrate 300 python3 benchmarks/calibrate_7b.py $CALIB_ARGS --json "$OUT/calibrate_7b.json"
   tail -12 "$OUT/calibrate.log" >>"$S"
 fi
-(cd "$OUT" && tar czf all.tgz --exclude=all.tgz --exclude=summary.txt . && find . -type f ! -name all.tgz ! -name summary.txt -delete)
+# two files come back: the archive of every log, and the summary
+tar czf /tmp/gpu_spdp_all.tgz -C "$OUT" --exclude=./summary.txt . || true
+find "$OUT" -mindepth 1 ! -name summary.txt -delete
+mv /tmp/gpu_spdp_all.tgz "$OUT/all.tgz"
 echo "================ summary"
 cat "$S"
