@@ -2,6 +2,7 @@
 # One GPU-machine call for the one-token spdp work (run from the repository root, OUT=dir):
 # build, the spdp kernel sweep (cuda_kernels.py --spdp), every CUDA test, ncu of the default and deep
 # spdp launches, decode with DECODE_ARGS, then calibrate_7b.py with what is left of LIMIT seconds.
+# KERNELS=0 / NCU=0 skip the sweep / the profile; TESTS picks the test paths (default: tests).
 # Everything lands in $OUT/all.tgz; summary.txt (short) is printed last.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
@@ -19,11 +20,13 @@ step() {  # step NAME MAX_SECONDS CMD...: run with the smaller of MAX and what i
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee -a "$S"
 step build 240 python3 setup.py build_ext --inplace || true
 grep -q "rc=0" <(tail -1 "$S") || { tail -30 "$OUT/build.log"; exit 1; }
-step kernels 150 python3 benchmarks/cuda_kernels.py --spdp ${KERNELS_EXTRA:-} --json "$OUT/cuda_kernels.json"
-sed -n '/^## /,$p' "$OUT/kernels.log" >>"$S"
+if [ "${KERNELS:-1}" = 1 ]; then
+  step kernels 150 python3 benchmarks/cuda_kernels.py --spdp ${KERNELS_EXTRA:-} --json "$OUT/cuda_kernels.json"
+  sed -n '/^## /,$p' "$OUT/kernels.log" >>"$S"
+fi
 step tests 200 python3 -m pytest -q -p no:cacheprovider -m cuda ${TESTS:-tests}
 tail -3 "$OUT/tests.log" >>"$S"
-step ncu 90 ncu --clock-control none -k regex:matvec_kernel -c 6 --section SpeedOfLight --section Occupancy \
+[ "${NCU:-1}" = 1 ] && step ncu 90 ncu --clock-control none -k regex:matvec_kernel -c 6 --section SpeedOfLight --section Occupancy \
   --section LaunchStats --section WarpStateStats --section SchedulerStats python3 benchmarks/cuda_kernels.py --ncu
 if [ -n "${DECODE_ARGS:-}" ]; then
   # shellcheck disable=SC2086
