@@ -30,7 +30,7 @@ tail -3 "$OUT/tests.log" >>"$S"
   --section LaunchStats --section WarpStateStats --section SchedulerStats python3 benchmarks/cuda_kernels.py --ncu
 if [ -n "${DECODE_ARGS:-}" ]; then
   # shellcheck disable=SC2086
-  step decode 240 python3 benchmarks/decode.py --out "$OUT/decode" $DECODE_ARGS
+  step decode "${DECODE_LIMIT:-240}" python3 benchmarks/decode.py --out "$OUT/decode" $DECODE_ARGS
   tail -20 "$OUT/decode.log" >>"$S"
 fi
 if [ -n "${CALIB_ARGS:-}" ]; then
