@@ -31,31 +31,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shape", default="llama-2-7b", help="a sparsekit.synthetic shape")
-    ap.add_argument("--layers", type=int, default=None, help="decoder layers to build [default: all]; time is extrapolated")
-    ap.add_argument("--nsamples", type=int, default=128)
-    ap.add_argument("--seqlen", type=int, default=2048)
-    ap.add_argument("--greedy", action="store_true", help="also run the greedy allocation")
-    ap.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
-    ap.add_argument("--device", default="cuda")
-    ap.add_argument("--json", type=Path, help="also write the results here")
-    args = ap.parse_args()
+    from prune_7b import add_model_args, setup
 
-    from prune_7b import build, shape_config
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_model_args(ap, "a sparsekit.synthetic shape", "decoder layers to build [default: all]; time is extrapolated",
+                   ["float16", "bfloat16", "float32"])
+    ap.add_argument("--greedy", action="store_true", help="also run the greedy allocation")
+    args = ap.parse_args()
 
     from sparsekit.activation import calibrate_model
     from sparsekit.env import environment
 
-    dtype = getattr(torch, args.dtype)
-    device = torch.device(args.device)
-    full_layers = shape_config(args.shape).num_hidden_layers
-    args.layers = args.layers or full_layers
-    t0 = time.perf_counter()
-    model = build(args.shape, args.layers, dtype)
+    model, dtype, device, full_layers, built_s = setup(args)
     cfg = model.config
-    print(f"built {args.shape} with {args.layers} of {full_layers} layers on the CPU in {time.perf_counter() - t0:.1f} s",
-          flush=True)
+    print(f"built {args.shape} with {args.layers} of {full_layers} layers on the CPU in {built_s:.1f} s", flush=True)
     samples = torch.randint(0, cfg.vocab_size, (args.nsamples, args.seqlen), generator=torch.Generator().manual_seed(0))
     if device.type == "cuda":
         torch.cuda.empty_cache()

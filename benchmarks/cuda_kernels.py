@@ -337,26 +337,22 @@ def main() -> None:
     us, sp = time_graph([lambda w=w: F.linear(xs_small, w) for w in wt_small])
     record("diag", torch.float16, "dense", "cuBLAS 64x64", us, sp, 8192, None, variant=True)
 
-    if args.spdp:
-        spdp_sweep(tune, record)
+    def finish(title: str) -> None:
+        """JSON, then the variants one line each, then the short table last."""
         dump(args.json, gpu, bw, rows)
-        print(f"\n## forced splits (fp16, s1=0.5, T=1), {gpu}", flush=True)
-        for r in rows:
-            if r["variant"]:
-                print(f"{r['shape']:18s} {r['config']:34s} {r['us']:8.2f} x{r['speedup'] or 0:5.2f} {r['pct_bw']:5.1f}%")
-        print_table(gpu, bw, rows)
-        return
-    if args.teal:
-        teal_sweep(tune, record)
-        dump(args.json, gpu, bw, rows)
-        # variants first (one line each), then the short table last
-        print(f"\n## variants (fp16, T=1), {gpu}", flush=True)
+        print(f"\n## {title}, {gpu}", flush=True)
         for r in rows:
             if r["variant"]:
                 print(f"{r['shape']:18s} {r['op']:16s} {r['config']:34s} {r['us']:8.2f} x{r['speedup'] or 0:5.2f} "
-                      f"{r['pct_bw']:5.1f}% S={r['split']} teal1={r.get('teal1')}")
+                      f"{r['pct_bw']:5.1f}% S={r['split']}" + (f" teal1={r['teal1']}" if "teal1" in r else ""))
         print_table(gpu, bw, rows)
-        return
+
+    if args.spdp:
+        spdp_sweep(tune, record)
+        return finish("forced splits (fp16, s1=0.5, T=1)")
+    if args.teal:
+        teal_sweep(tune, record)
+        return finish("variants (fp16, T=1)")
 
     dtypes = [torch.float16] if args.quick else [torch.float16, torch.bfloat16]
     for name, (n, k) in SHAPES.items():

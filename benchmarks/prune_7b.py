@@ -85,33 +85,46 @@ def fill(model, seed: int) -> None:
             pos += take
 
 
+def add_model_args(ap: argparse.ArgumentParser, shape_help: str, layers_help: str, dtypes: list[str]) -> None:
+    """The arguments every 7B-shaped timing script shares (prune_7b.py, calibrate_7b.py)."""
+    ap.add_argument("--shape", default="llama-2-7b", help=shape_help)
+    ap.add_argument("--layers", type=int, default=None, help=layers_help)
+    ap.add_argument("--nsamples", type=int, default=128)
+    ap.add_argument("--seqlen", type=int, default=2048)
+    ap.add_argument("--dtype", default="float16", choices=dtypes)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--json", type=Path, help="also write the results here")
+
+
+def setup(args) -> tuple[torch.nn.Module, torch.dtype, torch.device, int, float]:
+    """Build the model of ``args`` on the CPU: (model, dtype, device, layers of the full shape, seconds).
+    Sets ``args.layers`` to all layers when not given."""
+    dtype = getattr(torch, args.dtype)
+    full_layers = shape_config(args.shape).num_hidden_layers
+    args.layers = args.layers or full_layers
+    t0 = time.perf_counter()
+    model = build(args.shape, args.layers, dtype)
+    return model, dtype, torch.device(args.device), full_layers, time.perf_counter() - t0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shape", default="llama-2-7b", help="a sparsekit.synthetic shape (llama-2-7b, llama-2-13b, ...) or llama-2-70b")
-    ap.add_argument("--layers", type=int, default=None, help="decoder layers to build and prune [default: all]; time is extrapolated to all")
+    add_model_args(ap, "a sparsekit.synthetic shape (llama-2-7b, llama-2-13b, ...) or llama-2-70b",
+                   "decoder layers to build and prune [default: all]; time is extrapolated to all",
+                   ["float16", "bfloat16"])
     ap.add_argument("--methods", default="wanda,sparsegpt,magnitude")
     ap.add_argument("--structure", default="unstructured")
     ap.add_argument("--sparsity", type=float, default=0.5)
-    ap.add_argument("--nsamples", type=int, default=128)
-    ap.add_argument("--seqlen", type=int, default=2048)
-    ap.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"])
-    ap.add_argument("--device", default="cuda")
-    ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
 
     from sparsekit.env import environment
     from sparsekit.pruning import prune_model
     from sparsekit.pruning.memory import peak_estimate
 
-    dtype = getattr(torch, args.dtype)
-    device = torch.device(args.device)
-    full_layers = shape_config(args.shape).num_hidden_layers
-    args.layers = args.layers or full_layers
-    t0 = time.perf_counter()
-    model = build(args.shape, args.layers, dtype)
+    model, dtype, device, full_layers, built_s = setup(args)
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     print(f"built {args.shape} with {args.layers} of {full_layers} layers on the CPU ({weights / 2**30:.1f} GiB of weights) "
-          f"in {time.perf_counter() - t0:.1f} s", flush=True)
+          f"in {built_s:.1f} s", flush=True)
     if torch.device(args.device).type == "cuda":
         total = torch.cuda.get_device_properties(args.device).total_memory
         print(f"the model is {weights / total:.2f}x the GPU's {total / 2**30:.1f} GiB", flush=True)
