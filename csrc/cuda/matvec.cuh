@@ -60,8 +60,8 @@ struct MvCfg {
   static constexpr int CH = TC == 1 ? 2048 : 1024;                  // list capacity per pass
   static constexpr int PER = CH / NTHREADS;                         // channels per thread (fused build)
   // loads in flight per lane in the batch loops (SPDP: columns, each R/32 values)
-  static constexpr int U = SPDP ? (DEEP ? (TC == 1 ? (W == 4 ? 12 : 32) : (TC == 4 ? 8 : 4))
-                                        : (TC == 1 ? 8 : (TC == 4 ? 4 : 2)))
+  static_assert(!DEEP || TC == 1, "the deep spdp variant exists for one token only");
+  static constexpr int U = SPDP ? (DEEP ? (W == 4 ? 12 : 32) : (TC == 1 ? 8 : (TC == 4 ? 4 : 2)))
                                 : (TC == 1 ? 8 : 4);
   static constexpr int SG = DEEP ? 4 : 2;                            // SPDP staging: entries in flight per thread
   static constexpr int D = 8;                                        // TEAL cp.async ring depth (rows per lane)
