@@ -49,6 +49,7 @@ def _args(argv=None):
     ap.add_argument("--budget-s", type=float, default=540.0, help="start no configuration after this many seconds")
     ap.add_argument("--device", default="cuda", help="cuda (the targets), or cpu for a smoke test")
     ap.add_argument("--no-compile", action="store_true", help="time the decode step uncompiled (ablation)")
+    ap.add_argument("--eager-prefill", action="store_true", help="compile the decode step only, not the prefill (ablation)")
     ap.add_argument("--no-fuse", action="store_true", help="one launch per projection (ablation)")
     ap.add_argument("--tune", default="", help="CUDA kernel knobs for the whole run, e.g. pdl=1 (sparsekit_cuda.tune)")
     ap.add_argument("--child", help=argparse.SUPPRESS)  # dtype handled by this child process
@@ -71,7 +72,7 @@ def _append(path: Path, row: dict) -> None:
 KEEP = ("mean_ttft_ms", "median_ttft_ms", "p90_ttft_ms", "p99_ttft_ms", "mean_tpot_ms", "median_tpot_ms",
         "p90_tpot_ms", "p99_tpot_ms", "std_tpot_ms", "output_throughput", "decode_throughput", "bandwidth_gbs",
         "floor_tpot_ms", "pct_of_floor", "bytes_per_step", "weight_bytes_per_step", "mode", "decode_graph",
-        "prefill_graph", "notes", "tokens_identical_across_repeats", "compiled", "fused_groups")
+        "prefill_graph", "notes", "tokens_identical_across_repeats", "compiled", "prefill_compiled", "fused_groups")
 
 
 # ----------------------------------------------------------------------------------- the child
@@ -132,7 +133,8 @@ def child(a) -> int:
     def settings(b):
         return bench.Settings(model=a.model, input_tokens=a.input_tokens, max_new_tokens=a.max_new_tokens,
                               batch_size=b, warmup=a.warmup, repeat=a.repeat, mode=mode,
-                              compile=False if a.no_compile else None, fuse=not a.no_fuse)
+                              compile=False if a.no_compile else None, compile_prefill=not a.eager_prefill,
+                              fuse=not a.no_fuse)
 
     def timed(name, b, s2=0.0, harness="owned"):
         def fn():
@@ -253,6 +255,7 @@ def parent(a) -> int:
                    str(a.input_tokens), "--max-new-tokens", str(a.max_new_tokens), "--warmup", str(a.warmup),
                    "--repeat", str(a.repeat), "--out", str(out), "--device", a.device] + (["--hf"] if a.hf else []) \
                 + (["--no-compile"] if a.no_compile else []) + (["--no-fuse"] if a.no_fuse else []) \
+                + (["--eager-prefill"] if a.eager_prefill else []) \
                 + (["--tune", a.tune] if a.tune else [])
             rc = subprocess.run(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}).returncode
             if rc == 0:

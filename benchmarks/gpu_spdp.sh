@@ -2,7 +2,8 @@
 # One GPU-machine call for the one-token spdp work (run from the repository root, OUT=dir):
 # build, the spdp kernel sweep (cuda_kernels.py --spdp), every CUDA test, ncu of the default and deep
 # spdp launches, decode with DECODE_ARGS, then calibrate_7b.py with what is left of LIMIT seconds.
-# KERNELS=0 / NCU=0 skip the sweep / the profile; TESTS picks the test paths (default: tests).
+# KERNELS=0 / NCU=0 skip the sweep / the profile; TESTS picks the test paths (default: tests);
+# DECODE_ARGS2 runs a second decode.py (an ablation) into $OUT/decode2.
 # Everything lands in $OUT/all.tgz; summary.txt (short) is printed last.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
@@ -32,6 +33,11 @@ if [ -n "${DECODE_ARGS:-}" ]; then
   # shellcheck disable=SC2086
   step decode "${DECODE_LIMIT:-240}" python3 benchmarks/decode.py --out "$OUT/decode" $DECODE_ARGS
   tail -20 "$OUT/decode.log" >>"$S"
+fi
+if [ -n "${DECODE_ARGS2:-}" ]; then
+  # shellcheck disable=SC2086
+  step decode2 "${DECODE_LIMIT:-240}" python3 benchmarks/decode.py --out "$OUT/decode2" $DECODE_ARGS2
+  tail -20 "$OUT/decode2.log" >>"$S"
 fi
 if [ -n "${CALIB_ARGS:-}" ]; then
   # shellcheck disable=SC2086

@@ -45,7 +45,8 @@ class Settings:
     dtype: str = "auto"
     seed: int = 0
     fuse: bool = True  # one launch for q/k/v and one for gate/up (owned harness)
-    compile: bool | None = None  # torch.compile the decode step; None: on in graph mode
+    compile: bool | None = None  # torch.compile the decode step (and the prefill); None: on in graph mode
+    compile_prefill: bool = True  # with compile: the prefill forward too (False: eager prefill, an ablation)
 
 
 def parse_baselines(value: str | None) -> tuple[str, ...]:
@@ -332,7 +333,8 @@ def _time_session(model, prompt, s: Settings, mode: str, progress: Progress | No
 
     with torch.inference_mode():
         sess = DecodeSession(model, batch_size=s.batch_size, prompt_len=s.input_tokens,
-                             max_new_tokens=s.max_new_tokens, mode=mode, compile=compile_enabled(s, mode))
+                             max_new_tokens=s.max_new_tokens, mode=mode, compile=compile_enabled(s, mode),
+                             compile_prefill=s.compile_prefill)
         sess.set_prompt(prompt)
         total = s.warmup + s.repeat
         runs, tokens = [], []
@@ -343,7 +345,8 @@ def _time_session(model, prompt, s: Settings, mode: str, progress: Progress | No
                 tokens.append(sess.tokens())
             if progress:
                 progress(label, i + 1, total)
-        facts = {"mode": mode, "compiled": sess.compiled, "prefill_graph": sess.prefill_graph is not None,
+        facts = {"mode": mode, "compiled": sess.compiled, "prefill_compiled": sess.prefill_compiled,
+                 "prefill_graph": sess.prefill_graph is not None,
                  "decode_graph": sess.decode_graph is not None, "notes": list(sess.notes),
                  "tokens_identical_across_repeats": all(torch.equal(tokens[0], t) for t in tokens),
                  "first_tokens": tokens[0][0, :8].tolist()}

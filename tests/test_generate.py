@@ -147,13 +147,14 @@ def test_compiled_fused_decode_gives_the_eager_tokens(fmt):
     with torch.inference_mode():
         sess = DecodeSession(model, batch_size=2, prompt_len=6, max_new_tokens=8, compile=True,
                              compile_backend="aot_eager")
-        assert sess.compiled, sess.notes
+        assert sess.compiled and sess.prefill_compiled, sess.notes
         sess.set_prompt(ids)
         for _ in range(2):
             sess.run()
             assert torch.equal(sess.tokens(), eager)
     assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
-    assert counters["stats"]["unique_graphs"] == 1  # one graph, no recompiles over 14 steps
+    # two graphs (the prefill and the decode step), no recompiles over 2 prefills and 14 steps
+    assert counters["stats"]["unique_graphs"] == 2
     torch._dynamo.reset()
 
 
@@ -186,16 +187,20 @@ def test_compiled_graph_replay_gives_the_eager_tokens(fmt, dtype):
         for _ in range(9):
             sess.step(eager=True)  # the compiled step, launched without the graph
         assert torch.equal(sess.tokens(), replayed)
+        assert sess.prefill_compiled, sess.notes
         logits = []
-        for forward in (sess._decode_forward_eager, sess._decode_forward):
+        for prefill, forward in ((sess._prefill_forward_eager, sess._decode_forward_eager),
+                                 (sess._prefill_forward, sess._decode_forward)):
             sess.reset()
-            sess.prefill()
-            logits.append(forward().float())
+            first = prefill().float()
+            sess._emit(first)
+            logits.append((first, forward().float()))
         # inductor fuses RMSNorm/rotary/SiLU and rounds their intermediates differently: a few
         # half-precision ulps at logit scale (bf16: 2^-8 relative)
         tol = 2e-2 if dtype == torch.float16 else 6e-2
-        torch.testing.assert_close(logits[1], logits[0], rtol=tol, atol=tol)
-        assert torch.equal(replayed[:, 0], eager[:, 0])  # the prefill is not compiled
+        for eager_logits, compiled_logits in zip(logits[0], logits[1]):
+            torch.testing.assert_close(compiled_logits, eager_logits, rtol=tol, atol=tol)
+        assert torch.equal(replayed[:, 0], eager[:, 0])  # the compiled prefill picks the eager first token
     torch._dynamo.reset()
 
 

@@ -11,9 +11,11 @@ step runs as plain PyTorch (CPU, or GPU for comparison).
 ``compile=True`` runs the decode step's model forward through ``torch.compile`` (inductor, no
 graphs of its own) before it is captured: the decoder-layer glue (RMSNorm, rotary, residual adds,
 SiLU product, cache writes) becomes a few fused kernels instead of hundreds of small ones, the way
-gpt-fast and TEAL's own benchmark run. The sparse ops enter the compiled graph as opaque custom
-ops (their fake implementations are registered in ``sparsekit.ops``). If compiling fails, the step
-runs uncompiled and ``notes`` says why.
+gpt-fast and TEAL's own benchmark run. The prefill forward (fixed prompt length) is compiled the
+same way unless ``compile_prefill=False``: at a short prompt its glue costs as much as the weight
+reads. The sparse ops enter the compiled graphs as opaque custom ops (their fake implementations
+are registered in ``sparsekit.ops``). If compiling fails, that forward runs uncompiled and
+``notes`` says why.
 
 Greedy decoding; EOS is ignored, so every run generates exactly ``max_new_tokens`` tokens.
 """
@@ -52,7 +54,7 @@ class DecodeSession:
 
     def __init__(self, model: nn.Module, *, batch_size: int, prompt_len: int, max_new_tokens: int,
                  mode: str = "eager", graph_prefill: bool = True, compile: bool = False,
-                 compile_backend: str = "inductor"):
+                 compile_backend: str = "inductor", compile_prefill: bool = True):
         from transformers import StaticCache
 
         if mode not in MODES:
@@ -78,10 +80,12 @@ class DecodeSession:
         self.decode_graph: torch.cuda.CUDAGraph | None = None
         self.notes: list[str] = []
         self._steps_done = 0
-        self.compiled = False
+        self.compiled = False  # the decode step runs compiled
+        self.prefill_compiled = False
         self._decode_forward = self._decode_forward_eager
+        self._prefill_forward = self._prefill_forward_eager
         if compile:
-            self._compile(compile_backend)
+            self._compile(compile_backend, compile_prefill)
         if mode == "graph":
             self._capture()
 
@@ -106,11 +110,13 @@ class DecodeSession:
         self.out.index_copy_(1, self.pos, nxt)
         self.pos.add_(1)
 
-    def _prefill_body(self) -> None:
+    def _prefill_forward_eager(self) -> torch.Tensor:
         kwargs = {"attention_mask": self._prefill_mask} if self._prefill_mask is not None else {}
-        logits = self.model(input_ids=self.prompt, past_key_values=self.cache, use_cache=True,
-                            logits_to_keep=1, **kwargs).logits
-        self._emit(logits)
+        return self.model(input_ids=self.prompt, past_key_values=self.cache, use_cache=True,
+                          logits_to_keep=1, **kwargs).logits
+
+    def _prefill_body(self) -> None:
+        self._emit(self._prefill_forward())
 
     def _decode_forward_eager(self) -> torch.Tensor:
         return self.model(input_ids=self.token, past_key_values=self.cache, use_cache=True).logits
@@ -118,20 +124,32 @@ class DecodeSession:
     def _decode_body(self) -> None:
         self._emit(self._decode_forward())
 
-    def _compile(self, backend: str) -> None:
-        """Compile the decode forward and run it once (that is when compiling happens)."""
-        compiled = torch.compile(self._decode_forward_eager, backend=backend, dynamic=False)
+    def _compile(self, backend: str, prefill: bool) -> None:
+        """Compile the decode (and prefill) forward and run each once (that is when compiling happens)."""
+        def attempt(fn, what: str):
+            compiled = torch.compile(fn, backend=backend, dynamic=False)
+            try:
+                logits = compiled()
+                _sync(self.device)
+            except Exception as exc:  # an op inductor cannot handle here: keep that forward uncompiled
+                _sync(self.device)
+                self.notes.append(f"{what} runs uncompiled (torch.compile failed: {str(exc).splitlines()[0][:160]})")
+                return None, fn()
+            return compiled, logits
+
         self._reset_state()
-        try:
-            self._prefill_body()
-            self._emit(compiled())
-            _sync(self.device)
-        except Exception as exc:  # an op inductor cannot handle here: keep the step uncompiled
-            _sync(self.device)
-            self.notes.append(f"decode runs uncompiled (torch.compile failed: {str(exc).splitlines()[0][:160]})")
+        self._prefill_forward_eager()  # transformers allocates the cache layers lazily: not inside the graph
+        self._reset_state()
+        if prefill:
+            compiled, logits = attempt(self._prefill_forward_eager, "prefill")
+            if compiled is not None:
+                self._prefill_forward, self.prefill_compiled = compiled, True
         else:
-            self._decode_forward = compiled
-            self.compiled = True
+            logits = self._prefill_forward_eager()
+        self._emit(logits)
+        compiled, logits = attempt(self._decode_forward_eager, "decode")
+        if compiled is not None:
+            self._decode_forward, self.compiled = compiled, True
         self._reset_state()
 
     # ---- capture -------------------------------------------------------------------------------
@@ -249,11 +267,12 @@ class DecodeSession:
         """Drop graphs, cache and compiled code so the memory can go to the next model."""
         self.prefill_graph = self.decode_graph = None
         self.cache = None  # type: ignore[assignment]
-        if self.compiled:
+        if self.compiled or self.prefill_compiled:
             # dynamo keys compiled code by the step's code object, shared by every session: drop it
             # so the next session compiles afresh instead of piling up guards (and hitting the limit)
             self._decode_forward = self._decode_forward_eager
-            self.compiled = False
+            self._prefill_forward = self._prefill_forward_eager
+            self.compiled = self.prefill_compiled = False
             torch._dynamo.reset()
 
 
