@@ -21,6 +21,8 @@ TORCH_LIBRARY(sparsekit, m) {
   m.def(
       "spdp_matvec_sel(Tensor xs, Tensor idx, Tensor nnz, Tensor values, Tensor bitmap, "
       "Tensor offsets, int n, int tile_rows) -> Tensor");
+  // the prefill path: the dense [n, k] weight of an spdp-packed one, bit for bit
+  m.def("spdp_decode(Tensor values, Tensor bitmap, Tensor offsets, int n, int k, int tile_rows) -> Tensor");
   m.def(
       "spinfer_matmul(Tensor x, Tensor values, Tensor bitmaps, Tensor tile_offsets, "
       "Tensor group_offsets, int n, int k) -> Tensor");

@@ -174,17 +174,17 @@ def spdp_matvec_sel(xs, idx, nnz, packed: dict, *, backend: str | None = None) -
 
 def spdp_decode(packed: dict, *, backend: str | None = None) -> torch.Tensor:
     """The dense ``[N, K]`` weight of an spdp-packed one, bit for bit: the prefill path (decode
-    once, then one dense matmul for all tokens). On a GPU the kernel is Triton for the ``cuda``
-    backend too (a scatter of the packed values; nothing to gain from a second implementation);
-    elsewhere the reference."""
+    once, then one dense matmul for all tokens)."""
     from sparsekit.formats import spdp
 
     values = packed["values"]
     b = _choose(_dev(values), backend)
-    if b in ("triton", "cuda") and _triton_usable(_dev(values)):
-        n, k, tile_rows = spdp.dims(packed)
+    if b == "reference":
+        return reference.spdp_decode(packed)
+    n, k, tile_rows = spdp.dims(packed)
+    if b == "triton":
         return _triton().spdp_decode(values, packed["bitmap"], packed["offsets"], n, k, tile_rows)
-    return reference.spdp_decode(packed)
+    return torch.ops.sparsekit.spdp_decode(values, packed["bitmap"], packed["offsets"], n, k, tile_rows)
 
 
 def spinfer_matmul(x: torch.Tensor, packed: dict, *, backend: str | None = None) -> torch.Tensor:
@@ -231,6 +231,10 @@ def _register_fakes() -> None:
     @reg("sparsekit::spdp_matvec_sel")
     def _spdp_sel(xs, idx, nnz, values, bitmap, offsets, n, tile_rows):
         return _out(xs, n)
+
+    @reg("sparsekit::spdp_decode")
+    def _spdp_decode(values, bitmap, offsets, n, k, tile_rows):
+        return values.new_empty((n, k))
 
     @reg("sparsekit::spinfer_matmul")
     def _spinfer(x, values, bitmaps, tile_offsets, group_offsets, n, k):

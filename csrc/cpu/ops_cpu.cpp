@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -339,6 +340,55 @@ at::Tensor spdp_matvec_sel(const at::Tensor& xs, const at::Tensor& idx, const at
   return spdp_run(xs, prepare_sel(x2, idx, nnz), values, bitmap, offsets, n, tile_rows);
 }
 
+// The dense [n, k] weight of an spdp-packed one, bit for bit (values are copied as raw bytes).
+at::Tensor spdp_decode(const at::Tensor& values, const at::Tensor& bitmap, const at::Tensor& offsets, int64_t n,
+                       int64_t k, int64_t tile_rows) {
+  TORCH_CHECK_VALUE(tile_rows == 32 || tile_rows == 64 || tile_rows == 128, "tile_rows must be 32, 64 or 128, got ",
+                    tile_rows);
+  TORCH_CHECK_VALUE(n >= 0 && k >= 0, "n and k must be >= 0");
+  const int64_t W = tile_rows / 32, NT = (n + tile_rows - 1) / tile_rows;
+  TORCH_CHECK_VALUE(bitmap.scalar_type() == at::kInt && bitmap.numel() == NT * k * W, "bitmap must be int32 with ",
+                    NT * k * W, " words for n = ", n, ", k = ", k, ", tile_rows = ", tile_rows, " (got ",
+                    bitmap.numel(), ")");
+  TORCH_CHECK_VALUE(offsets.scalar_type() == at::kInt && offsets.numel() == NT * k + 1, "offsets must be int32 with ",
+                    NT * k + 1, " entries (got ", offsets.numel(), ")");
+  const at::Tensor off = offsets.reshape({-1}).contiguous();
+  const at::Tensor vals = values.reshape({-1}).contiguous();
+  const at::Tensor bm = bitmap.reshape({-1}).contiguous();
+  const int32_t* o = off.data_ptr<int32_t>();
+  const uint32_t* b = reinterpret_cast<const uint32_t*>(bm.data_ptr<int32_t>());
+  const int64_t nv = vals.numel();
+  TORCH_CHECK_VALUE(o[0] >= 0 && o[NT * k] <= nv, "offsets point outside values");
+  at::Tensor out = at::zeros({n, k}, values.options());
+  if (n == 0 || k == 0) return out;
+  const size_t es = static_cast<size_t>(vals.element_size());
+  const char* src = static_cast<const char*>(vals.data_ptr());
+  char* dst = static_cast<char*>(out.data_ptr());
+  std::atomic<bool> bad{false};
+  at::parallel_for(0, NT, 1, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t j = 0; j < k; ++j) {
+        const int64_t pos = r * k + j;
+        int64_t v = o[pos];
+        for (int64_t w = 0; w < W; ++w) {
+          uint32_t m = b[pos * W + w];
+          if (v + __builtin_popcount(m) > nv) {  // a corrupt offset: never read past values
+            bad = true;
+            m = 0;
+          }
+          while (m != 0u) {
+            const int64_t row = r * tile_rows + 32 * w + __builtin_ctz(m);
+            m &= m - 1u;
+            if (row < n) std::memcpy(dst + (row * k + j) * es, src + v * es, es);
+            ++v;
+          }
+        }
+      }
+  });
+  TORCH_CHECK_VALUE(!bad.load(), "offsets and bitmap point past the end of values");
+  return out;
+}
+
 // ------------------------------------------------------------------------------------- spinfer
 at::Tensor spinfer_matmul(const at::Tensor& x, const at::Tensor& values, const at::Tensor& bitmaps,
                           const at::Tensor& tile_offsets, const at::Tensor& group_offsets, int64_t n, int64_t k) {
@@ -379,5 +429,6 @@ TORCH_LIBRARY_IMPL(sparsekit, CPU, m) {
   m.impl("teal_matvec_sel", &sparsekit::cpu::teal_matvec_sel);
   m.impl("spdp_matvec", &sparsekit::cpu::spdp_matvec);
   m.impl("spdp_matvec_sel", &sparsekit::cpu::spdp_matvec_sel);
+  m.impl("spdp_decode", &sparsekit::cpu::spdp_decode);
   m.impl("spinfer_matmul", &sparsekit::cpu::spinfer_matmul);
 }

@@ -145,6 +145,7 @@ TORCH_LIBRARY_IMPL(sparsekit, CUDA, m) {
   m.impl("teal_matvec_sel", &sparsekit::cuda::teal_matvec_sel);
   m.impl("spdp_matvec", &sparsekit::cuda::spdp_matvec);
   m.impl("spdp_matvec_sel", &sparsekit::cuda::spdp_matvec_sel);
+  m.impl("spdp_decode", &sparsekit::cuda::spdp_decode);
   m.impl("spinfer_matmul", &sparsekit::cuda::spinfer_matmul);
 }
 

@@ -40,6 +40,8 @@ at::Tensor spdp_matvec(const at::Tensor& x, const at::Tensor& values, const at::
 at::Tensor spdp_matvec_sel(const at::Tensor& xs, const at::Tensor& idx, const at::Tensor& nnz,
                            const at::Tensor& values, const at::Tensor& bitmap, const at::Tensor& offsets, int64_t n,
                            int64_t tile_rows);
+at::Tensor spdp_decode(const at::Tensor& values, const at::Tensor& bitmap, const at::Tensor& offsets, int64_t n,
+                       int64_t k, int64_t tile_rows);
 at::Tensor spinfer_matmul(const at::Tensor& x, const at::Tensor& values, const at::Tensor& bitmaps,
                           const at::Tensor& tile_offsets, const at::Tensor& group_offsets, int64_t n, int64_t k);
 

@@ -1,5 +1,7 @@
-// spdp_matvec / spdp_matvec_sel on CUDA (kernel: matvec.cuh with R = tile_rows).
+// spdp_matvec / spdp_matvec_sel on CUDA (kernel: matvec.cuh with R = tile_rows), and spdp_decode
+// (kernel: spdp_decode.cuh), the prefill path.
 #include "matvec_run.h"
+#include "spdp_decode.cuh"
 
 namespace sparsekit::cuda {
 
@@ -76,7 +78,51 @@ at::Tensor spdp_run(const at::Tensor& x, const at::Tensor* idx, const at::Tensor
   return y;
 }
 
+template <typename E>
+cudaError_t decode_dispatch_r(const at::Tensor& v, const at::Tensor& b, const at::Tensor& o, at::Tensor& out, int N,
+                              int K, int64_t R, cudaStream_t stream) {
+  const int* bp = b.data_ptr<int>();
+  const int* op = o.data_ptr<int>();
+  switch (R) {
+    case 32: return sk::spdp_decode_launch<E, 32>(v.data_ptr(), bp, op, out.data_ptr(), N, K, stream);
+    case 64: return sk::spdp_decode_launch<E, 64>(v.data_ptr(), bp, op, out.data_ptr(), N, K, stream);
+    default: return sk::spdp_decode_launch<E, 128>(v.data_ptr(), bp, op, out.data_ptr(), N, K, stream);
+  }
+}
+
 }  // namespace
+
+at::Tensor spdp_decode(const at::Tensor& values, const at::Tensor& bitmap, const at::Tensor& offsets, int64_t n,
+                       int64_t k, int64_t tile_rows) {
+  const char* op = "spdp_decode";
+  TORCH_CHECK(tile_rows == 32 || tile_rows == 64 || tile_rows == 128, op, ": tile_rows must be 32, 64 or 128, got ",
+              tile_rows);
+  TORCH_CHECK(n >= 0 && k >= 0, op, ": n and k must be >= 0");
+  for (const at::Tensor* t : {&bitmap, &offsets})
+    TORCH_CHECK(t->is_cuda() && t->device() == values.device(), op, ": the packed tensors must be on one CUDA device");
+  const int64_t es = values.element_size();
+  TORCH_CHECK(es == 2 || es == 4, op, ": values must have 2- or 4-byte elements, got ", values.scalar_type());
+  TORCH_CHECK(bitmap.scalar_type() == at::kInt && offsets.scalar_type() == at::kInt, op,
+              ": bitmap and offsets must be int32");
+  const int64_t NT = (n + tile_rows - 1) / tile_rows;
+  TORCH_CHECK(bitmap.numel() == NT * k * (tile_rows / 32), op, ": bitmap has ", bitmap.numel(), " words, expected ",
+              NT * k * (tile_rows / 32), " for n=", n, ", k=", k, ", tile_rows=", tile_rows);
+  TORCH_CHECK(offsets.numel() == NT * k + 1, op, ": offsets has ", offsets.numel(), " entries, expected ", NT * k + 1);
+  TORCH_CHECK(NT * k + 1 < (int64_t(1) << 31) && k <= int64_t(INT32_MAX) - sk::kDecodeCols, op, ": sizes too large");
+  c10::cuda::CUDAGuard guard(values.device());
+  auto out = at::empty({n, k}, values.options());
+  if (n == 0 || k == 0) return out;
+  const at::Tensor vc = values.reshape({-1}).contiguous();
+  const at::Tensor bc = bitmap.reshape({-1}).contiguous();
+  const at::Tensor oc = offsets.reshape({-1}).contiguous();
+  auto stream = at::cuda::getCurrentCUDAStream();
+  const cudaError_t e = es == 2 ? decode_dispatch_r<uint16_t>(vc, bc, oc, out, static_cast<int>(n), static_cast<int>(k),
+                                                              tile_rows, stream)
+                                : decode_dispatch_r<uint32_t>(vc, bc, oc, out, static_cast<int>(n), static_cast<int>(k),
+                                                              tile_rows, stream);
+  TORCH_CHECK(e == cudaSuccess, op, ": kernel launch failed: ", cudaGetErrorString(e));
+  return out;
+}
 
 at::Tensor spdp_matvec(const at::Tensor& x, const at::Tensor& values, const at::Tensor& bitmap,
                        const at::Tensor& offsets, int64_t n, int64_t tile_rows, double threshold) {

@@ -114,9 +114,47 @@ def test_fakes_and_schemas():
         (sk.spdp_matvec.default, (x, p["values"], p["bitmap"], p["offsets"], 24, 32, 0.5)),
         (sk.spdp_matvec_sel.default, (xs, idx, nnz, p["values"], p["bitmap"], p["offsets"], 24, 32)),
         (sk.spinfer_matmul.default, (x, s["values"], s["bitmaps"], s["tile_offsets"], s["group_offsets"], 24, 40)),
+        (sk.spdp_decode.default, (p["values"], p["bitmap"], p["offsets"], 24, 40, 32)),
     ]
     for op, args in cases:
         torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor"))
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.view({2: torch.int16, 4: torch.int32}[t.element_size()])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("tile_rows", (32, 64, 128))
+def test_spdp_decode_is_bit_exact(dtype, tile_rows):
+    """The prefill path's decode gives W back bit for bit: -0.0, NaN and subnormal payloads included."""
+    gen = torch.Generator().manual_seed(tile_rows)
+    for n, k, s1 in ((1, 1, 0.0), (37, 29, 0.5), (130, 67, 0.9), (200, 5, 0.3), (64, 128, 1.0)):
+        w = weight(n, k, dtype, s1, gen)
+        if n * k > 4:
+            flat = w.view(-1)
+            flat[0], flat[1] = float("nan"), -0.0
+            flat[2] = torch.finfo(dtype).tiny / 4  # subnormal
+        p = spdp.encode(w, tile_rows)
+        got = ops.spdp_decode(p, backend="cpu")
+        assert got.dtype == dtype and got.shape == (n, k)
+        assert torch.equal(_bits(got), _bits(w)), (n, k, s1)
+    for n, k in ((0, 5), (6, 0)):
+        p = spdp.encode(torch.zeros(n, k, dtype=dtype), tile_rows)
+        assert ops.spdp_decode(p, backend="cpu").shape == (n, k)
+
+
+def test_spdp_decode_rejects_offsets_past_values():
+    p = spdp.encode(weight(40, 9, torch.float32, 0.5), 32)
+    sk = torch.ops.sparsekit
+    with pytest.raises(ValueError, match="offsets"):
+        sk.spdp_decode(p["values"][:-3], p["bitmap"], p["offsets"], 40, 9, 32)
+    bad = p["offsets"].clone()
+    bad[5] += 1000  # one column's run points far past the values (the last offset is intact)
+    with pytest.raises(ValueError, match="past the end"):
+        sk.spdp_decode(p["values"], p["bitmap"], bad, 40, 9, 32)
+    with pytest.raises(ValueError, match="bitmap must be int32"):
+        sk.spdp_decode(p["values"], p["bitmap"][:-1], p["offsets"], 40, 9, 32)
 
 
 def test_mixed_dtypes_follow_x():
