@@ -3,7 +3,8 @@
 # build, the spdp kernel sweep (cuda_kernels.py --spdp), every CUDA test, ncu of the default and deep
 # spdp launches, decode with DECODE_ARGS, then calibrate_7b.py with what is left of LIMIT seconds.
 # KERNELS=0 / NCU=0 skip the sweep / the profile; TESTS picks the test paths (default: tests);
-# DECODE_ARGS2 runs a second decode.py (an ablation) into $OUT/decode2.
+# DECODE_ARGS2 runs a second decode.py (an ablation) into $OUT/decode2; DECODE_SWEEP=1 times spdp_decode
+# (CUDA against Triton, prefill_paths.py --decode-sweep).
 # Everything lands in $OUT/all.tgz; summary.txt (short) is printed last.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
@@ -27,6 +28,10 @@ if [ "${KERNELS:-1}" = 1 ]; then
 fi
 step tests 200 python3 -m pytest -q -p no:cacheprovider -m cuda ${TESTS:-tests}
 tail -3 "$OUT/tests.log" >>"$S"
+if [ "${DECODE_SWEEP:-0}" = 1 ]; then
+  step decode_sweep 120 python3 benchmarks/prefill_paths.py --decode-sweep --json "$OUT/decode_sweep.json"
+  grep -E "^(##|[0-9])" "$OUT/decode_sweep.log" >>"$S"
+fi
 [ "${NCU:-1}" = 1 ] && step ncu 90 ncu --clock-control none -k regex:matvec_kernel -c 6 --section SpeedOfLight --section Occupancy \
   --section LaunchStats --section WarpStateStats --section SchedulerStats python3 benchmarks/cuda_kernels.py --ncu
 if [ -n "${DECODE_ARGS:-}" ]; then

@@ -29,7 +29,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tokens", default="8,32,128")
     ap.add_argument("--json", default=None)
-    ap.add_argument("--decode-sweep", action="store_true", help="only time spdp_decode's block configurations")
+    ap.add_argument("--decode-sweep", action="store_true", help="only time spdp_decode, CUDA against Triton")
     a = ap.parse_args()
     if a.decode_sweep:
         return decode_sweep(a)
@@ -77,25 +77,24 @@ def main() -> None:
 
 
 def decode_sweep(a) -> None:
-    """spdp_decode (Triton) per (columns per program, warps), R = 32/64, checked bit-exact each time."""
+    """spdp_decode: the CUDA kernel against the Triton one (its default block configuration), R = 32/64/128,
+    fp16, each checked bit-exact first. GB/s on the bytes read (packed) + written (dense)."""
+    from sparsekit import ops
     from sparsekit.formats import spdp
-    from sparsekit.kernels.triton import spdp as tspdp
 
     rows = []
-    print(f"## spdp_decode configurations, fp16, {torch.cuda.get_device_name()} (µs; GB/s on bytes read + written)")
+    print(f"## spdp_decode, fp16, 50% weights, {torch.cuda.get_device_name()} (µs; GB/s on bytes read + written)")
     for name, (n, k) in SHAPES.items():
         w = [rand_weight(n, k, 0.5, seed=s) for s in range(COPIES)]
-        for r in (32, 64):
-            sp = [{key: v.cuda() for key, v in spdp.encode(x, r).items() if key != "shape"} for x in w]
-            nbytes = sum(v.numel() * v.element_size() for v in sp[0].values()) + 2 * n * k
-            for bj, nw in ((32, 4), (64, 4), (64, 8), (128, 4), (128, 8), (256, 8)):
-                def call(p, bj=bj, nw=nw):
-                    return tspdp.spdp_decode(p["values"], p["bitmap"], p["offsets"], n, k, r, bj, nw)
-                assert torch.equal(call(sp[0]), w[0]), (name, r, bj, nw)
-                us, _ = time_graph([lambda p=p: call(p) for p in sp])
-                rows.append({"shape": name, "R": r, "block_j": bj, "warps": nw, "us": us, "gbs": nbytes / us / 1e3})
-                print(f"{name:12s} R={r:<3d} BLOCK_J={bj:<4d} warps={nw}  {us:8.2f} µs  {nbytes / us / 1e3:7.0f} GB/s",
-                      flush=True)
+        for r in (32, 64, 128):
+            sp = [{key: (v.cuda() if key != "shape" else tuple(v.tolist())) for key, v in spdp.encode(x, r).items()}
+                  for x in w]
+            nbytes = sum(v.numel() * v.element_size() for key, v in sp[0].items() if key != "shape") + 2 * n * k
+            for backend in ("triton", "cuda"):
+                assert torch.equal(ops.spdp_decode(sp[0], backend=backend), w[0]), (name, r, backend)
+                us, _ = time_graph([lambda p=p, b=backend: ops.spdp_decode(p, backend=b) for p in sp])
+                rows.append({"shape": name, "R": r, "backend": backend, "us": us, "gbs": nbytes / us / 1e3})
+                print(f"{name:12s} R={r:<3d} {backend:6s}  {us:8.2f} µs  {nbytes / us / 1e3:7.0f} GB/s", flush=True)
     if a.json:
         Path(a.json).write_text(json.dumps({"gpu": torch.cuda.get_device_name(), "decode_sweep": rows}, indent=1))
 
