@@ -21,6 +21,8 @@ Greedy decoding; EOS is ignored, so every run generates exactly ``max_new_tokens
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -42,6 +44,20 @@ class RunTiming:
     @property
     def tpot_ms(self) -> float:
         return (self.latency_ms - self.ttft_ms) / max(self.new_tokens - 1, 1)
+
+
+def inductor_options() -> dict:
+    """Inductor settings for the compiled forwards from env ``SPARSEKIT_INDUCTOR`` ("name=value,...",
+    for experiments such as ``combo_kernels=1``; a value is cast to the setting's type). Empty by default."""
+    import torch._inductor.config as cfg
+
+    out = {}
+    for item in os.environ.get("SPARSEKIT_INDUCTOR", "").split(","):
+        name, _, value = (p.strip() for p in item.partition("="))
+        if name:
+            kind = type(getattr(cfg, name, ""))
+            out[name] = bool(int(value)) if kind is bool else kind(value)
+    return out
 
 
 def _sync(device: torch.device) -> None:
@@ -126,10 +142,13 @@ class DecodeSession:
 
     def _compile(self, backend: str, prefill: bool) -> None:
         """Compile the decode (and prefill) forward and run each once (that is when compiling happens)."""
+        options = inductor_options() if backend == "inductor" else {}
+
         def attempt(fn, what: str):
             compiled = torch.compile(fn, backend=backend, dynamic=False)
             try:
-                logits = compiled()
+                with torch._inductor.config.patch(options) if options else contextlib.nullcontext():
+                    logits = compiled()
                 _sync(self.device)
             except Exception as exc:  # an op inductor cannot handle here: keep that forward uncompiled
                 _sync(self.device)
