@@ -223,3 +223,15 @@ def test_a_failing_compile_falls_back_to_the_uncompiled_step(monkeypatch):
         sess.set_prompt(ids)
         sess.run()
         assert torch.equal(sess.tokens(), eager)
+
+
+def test_inductor_options_from_env(monkeypatch):
+    from sparsekit.runtime.generate import inductor_options
+
+    monkeypatch.setenv("SPARSEKIT_INDUCTOR", "combo_kernels=1, coordinate_descent_tuning=0")
+    assert inductor_options() == {"combo_kernels": True, "coordinate_descent_tuning": False}
+    monkeypatch.setenv("SPARSEKIT_INDUCTOR", "")
+    assert inductor_options() == {}
+    monkeypatch.setenv("SPARSEKIT_INDUCTOR", "combo_kernels=yes")
+    with pytest.raises(ValueError, match="combo_kernels='yes' is not a bool"):
+        inductor_options()

@@ -56,7 +56,10 @@ def inductor_options() -> dict:
         name, _, value = (p.strip() for p in item.partition("="))
         if name:
             kind = type(getattr(cfg, name, ""))
-            out[name] = bool(int(value)) if kind is bool else kind(value)
+            try:
+                out[name] = bool(int(value)) if kind is bool else kind(value)
+            except ValueError:
+                raise ValueError(f"{name}={value!r} is not a {kind.__name__}") from None
     return out
 
 
@@ -142,7 +145,11 @@ class DecodeSession:
 
     def _compile(self, backend: str, prefill: bool) -> None:
         """Compile the decode (and prefill) forward and run each once (that is when compiling happens)."""
-        options = inductor_options() if backend == "inductor" else {}
+        try:
+            options = inductor_options() if backend == "inductor" else {}
+        except ValueError as exc:  # a malformed experiment setting: compile with inductor's defaults
+            self.notes.append(f"SPARSEKIT_INDUCTOR ignored ({exc})")
+            options = {}
 
         def attempt(fn, what: str):
             compiled = torch.compile(fn, backend=backend, dynamic=False)
