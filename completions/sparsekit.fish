@@ -21,7 +21,7 @@ complete -c sparsekit -n '__fish_seen_subcommand_from bench' -l mode -r -d 'grap
 complete -c sparsekit -n '__fish_seen_subcommand_from bench' -l weight-sparsity -r -d 'Synthetic models: weight sparsity S1.'
 complete -c sparsekit -n '__fish_seen_subcommand_from bench' -l activation-sparsity -r -d 'Synthetic models: activation sparsity S2.'
 complete -c sparsekit -n '__fish_seen_subcommand_from bench' -l format -r -d 'Synthetic models: weight format.'
-complete -c sparsekit -n '__fish_seen_subcommand_from bench' -l compile -d 'torch.compile the decode step (default: on in graph mode).'
+complete -c sparsekit -n '__fish_seen_subcommand_from bench' -l compile -d 'torch.compile the prefill and the decode step (default: on in graph mode).'
 complete -c sparsekit -n '__fish_seen_subcommand_from bench' -l fuse -d 'One launch for q/k/v and one for gate/up.'
 complete -c sparsekit -n '__fish_seen_subcommand_from bench' -l save-per-iter -d 'Keep every repeats timings in the JSON.'
 complete -c sparsekit -n '__fish_seen_subcommand_from bench' -l outdir -r -F -d 'Write bench.json here.'

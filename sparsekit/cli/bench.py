@@ -24,7 +24,7 @@ def command(
     weight_sparsity: Annotated[float, typer.Option("--weight-sparsity", help="Synthetic models: weight sparsity S1.")] = 0.0,
     activation_sparsity: Annotated[float, typer.Option("--activation-sparsity", help="Synthetic models: activation sparsity S2.")] = 0.0,
     format: Annotated[str, typer.Option("--format", help="Synthetic models: weight format.")] = "dense",
-    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the decode step (default: on in graph mode).")] = None,
+    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the prefill and the decode step (default: on in graph mode).")] = None,
     fuse: Annotated[bool, typer.Option("--fuse/--no-fuse", help="One launch for q/k/v and one for gate/up.")] = True,
     save_per_iter: Annotated[bool, typer.Option("--save-per-iter", help="Keep every repeat's timings in the JSON.")] = False,
     outdir: Annotated[Optional[Path], typer.Option(help="Write bench.json here.")] = None,
