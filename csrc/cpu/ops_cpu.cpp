@@ -297,21 +297,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> select(const at::Tensor& x, doubl
 }
 
 // ---------------------------------------------------------------------------------------- spdp
+// The spdp tensors of an [n, k] weight in R-row tiles: tile size, int32 types, sizes, and a last
+// offset inside `values`. Returns the number of row tiles.
+static int64_t check_packed(const at::Tensor& values, const at::Tensor& bitmap, const at::Tensor& offsets, int64_t n,
+                            int64_t k, int64_t tile_rows) {
+  TORCH_CHECK_VALUE(tile_rows == 32 || tile_rows == 64 || tile_rows == 128, "tile_rows must be 32, 64 or 128, got ",
+                    tile_rows);
+  TORCH_CHECK_VALUE(n >= 0 && k >= 0, "n and k must be >= 0");
+  const int64_t NT = (n + tile_rows - 1) / tile_rows;
+  TORCH_CHECK_VALUE(bitmap.scalar_type() == at::kInt && bitmap.numel() == NT * k * (tile_rows / 32),
+                    "bitmap must be int32 with ", NT * k * (tile_rows / 32), " words for n = ", n, ", K = ", k,
+                    ", tile_rows = ", tile_rows, " (got ", bitmap.numel(), ")");
+  TORCH_CHECK_VALUE(offsets.scalar_type() == at::kInt && offsets.numel() == NT * k + 1, "offsets must be int32 with ",
+                    NT * k + 1, " entries (got ", offsets.numel(), ")");
+  const at::Tensor off = offsets.reshape({-1}).contiguous();
+  const int32_t* o = off.data_ptr<int32_t>();
+  TORCH_CHECK_VALUE(o[0] >= 0 && o[NT * k] <= values.numel(), "offsets point past the end of values");
+  return NT;
+}
+
 static at::Tensor spdp_run(const at::Tensor& x, const Prepared& p, const at::Tensor& values, const at::Tensor& bitmap,
                            const at::Tensor& offsets, int64_t n, int64_t tile_rows) {
   const int64_t K = x.size(-1);
   check_float(values, "values");
-  TORCH_CHECK_VALUE(tile_rows == 32 || tile_rows == 64 || tile_rows == 128, "tile_rows must be 32, 64 or 128, got ",
-                    tile_rows);
-  TORCH_CHECK_VALUE(n >= 0, "n must be >= 0");
-  const int64_t NT = (n + tile_rows - 1) / tile_rows;
-  TORCH_CHECK_VALUE(bitmap.scalar_type() == at::kInt && bitmap.numel() == NT * K * (tile_rows / 32),
-                    "bitmap must be int32 with ", NT * K * (tile_rows / 32), " words for n = ", n, ", K = ", K,
-                    ", tile_rows = ", tile_rows, " (got ", bitmap.numel(), ")");
-  TORCH_CHECK_VALUE(offsets.scalar_type() == at::kInt && offsets.numel() == NT * K + 1, "offsets must be int32 with ",
-                    NT * K + 1, " entries (got ", offsets.numel(), ")");
+  const int64_t NT = check_packed(values, bitmap, offsets, n, K, tile_rows);
   const at::Tensor off = offsets.reshape({-1}).contiguous();
-  TORCH_CHECK_VALUE(off.data_ptr<int32_t>()[NT * K] <= values.numel(), "offsets point past the end of values");
   if (p.nnz == 0 || p.T == 0 || n == 0) return at::zeros(out_shape(x, n), x.options());
   at::Tensor y = at::empty({p.T, n}, x.options().dtype(at::kFloat));
   const at::Tensor vals = values.reshape({-1}).contiguous();
@@ -343,22 +353,13 @@ at::Tensor spdp_matvec_sel(const at::Tensor& xs, const at::Tensor& idx, const at
 // The dense [n, k] weight of an spdp-packed one, bit for bit (values are copied as raw bytes).
 at::Tensor spdp_decode(const at::Tensor& values, const at::Tensor& bitmap, const at::Tensor& offsets, int64_t n,
                        int64_t k, int64_t tile_rows) {
-  TORCH_CHECK_VALUE(tile_rows == 32 || tile_rows == 64 || tile_rows == 128, "tile_rows must be 32, 64 or 128, got ",
-                    tile_rows);
-  TORCH_CHECK_VALUE(n >= 0 && k >= 0, "n and k must be >= 0");
-  const int64_t W = tile_rows / 32, NT = (n + tile_rows - 1) / tile_rows;
-  TORCH_CHECK_VALUE(bitmap.scalar_type() == at::kInt && bitmap.numel() == NT * k * W, "bitmap must be int32 with ",
-                    NT * k * W, " words for n = ", n, ", k = ", k, ", tile_rows = ", tile_rows, " (got ",
-                    bitmap.numel(), ")");
-  TORCH_CHECK_VALUE(offsets.scalar_type() == at::kInt && offsets.numel() == NT * k + 1, "offsets must be int32 with ",
-                    NT * k + 1, " entries (got ", offsets.numel(), ")");
+  const int64_t W = tile_rows / 32, NT = check_packed(values, bitmap, offsets, n, k, tile_rows);
   const at::Tensor off = offsets.reshape({-1}).contiguous();
   const at::Tensor vals = values.reshape({-1}).contiguous();
   const at::Tensor bm = bitmap.reshape({-1}).contiguous();
   const int32_t* o = off.data_ptr<int32_t>();
   const uint32_t* b = reinterpret_cast<const uint32_t*>(bm.data_ptr<int32_t>());
   const int64_t nv = vals.numel();
-  TORCH_CHECK_VALUE(o[0] >= 0 && o[NT * k] <= nv, "offsets point outside values");
   at::Tensor out = at::zeros({n, k}, values.options());
   if (n == 0 || k == 0) return out;
   const size_t es = static_cast<size_t>(vals.element_size());

@@ -24,23 +24,32 @@ at::Tensor aligned(const at::Tensor& t, int align) {
   return c;
 }
 
+// The spdp tensors of an [n, k] weight in R-row tiles: tile size, int32 types, sizes, and on `dev`.
+// Returns the number of row tiles.
+int64_t check_packed(const at::Tensor& bitmap, const at::Tensor& offsets, const at::Device& dev, int64_t n, int64_t k,
+                     int64_t R, const char* op) {
+  TORCH_CHECK(R == 32 || R == 64 || R == 128, op, ": tile_rows must be 32, 64 or 128, got ", R);
+  TORCH_CHECK(n >= 0 && k >= 0, op, ": n and k must be >= 0");
+  for (const at::Tensor* t : {&bitmap, &offsets})
+    TORCH_CHECK(t->is_cuda() && t->device() == dev, op, ": the packed tensors must be on one CUDA device");
+  TORCH_CHECK(bitmap.scalar_type() == at::kInt && offsets.scalar_type() == at::kInt, op,
+              ": bitmap and offsets must be int32");
+  const int64_t NT = (n + R - 1) / R;
+  TORCH_CHECK(bitmap.numel() == NT * k * (R / 32), op, ": bitmap has ", bitmap.numel(), " words, expected ",
+              NT * k * (R / 32), " for n=", n, ", k=", k, ", tile_rows=", R);
+  TORCH_CHECK(offsets.numel() == NT * k + 1, op, ": offsets has ", offsets.numel(), " entries, expected ", NT * k + 1);
+  return NT;
+}
+
 at::Tensor spdp_run(const at::Tensor& x, const at::Tensor* idx, const at::Tensor* nnz, const at::Tensor& values,
                     const at::Tensor& bitmap, const at::Tensor& offsets, int64_t n, int64_t R, double threshold,
                     const char* op) {
   check_x(x, op);
-  TORCH_CHECK(R == 32 || R == 64 || R == 128, op, ": tile_rows must be 32, 64 or 128, got ", R);
-  TORCH_CHECK(n >= 0, op, ": n must be >= 0");
-  for (const at::Tensor* t : {&values, &bitmap, &offsets})
-    TORCH_CHECK(t->is_cuda() && t->device() == x.device(), op, ": the packed tensors must be on x's device");
+  TORCH_CHECK(values.is_cuda() && values.device() == x.device(), op, ": the packed tensors must be on x's device");
   TORCH_CHECK(values.scalar_type() == x.scalar_type(), op, ": values must have x's dtype");
-  TORCH_CHECK(bitmap.scalar_type() == at::kInt && offsets.scalar_type() == at::kInt, op,
-              ": bitmap and offsets must be int32");
-  c10::cuda::CUDAGuard guard(x.device());
   const int64_t K = x.size(-1), N = n;
-  const int64_t NT = (N + R - 1) / R;
-  TORCH_CHECK(bitmap.numel() == NT * K * (R / 32), op, ": bitmap has ", bitmap.numel(), " words, expected ",
-              NT * K * (R / 32), " for n=", N, ", k=", K, ", tile_rows=", R);
-  TORCH_CHECK(offsets.numel() == NT * K + 1, op, ": offsets has ", offsets.numel(), " entries, expected ", NT * K + 1);
+  const int64_t NT = check_packed(bitmap, offsets, x.device(), N, K, R, op);
+  c10::cuda::CUDAGuard guard(x.device());
   const int64_t T = K > 0 ? x.numel() / K : 0;
   auto y = at::empty(out_shape(x, N), x.options());
   if (T == 0 || N == 0) return y;
@@ -95,19 +104,9 @@ cudaError_t decode_dispatch_r(const at::Tensor& v, const at::Tensor& b, const at
 at::Tensor spdp_decode(const at::Tensor& values, const at::Tensor& bitmap, const at::Tensor& offsets, int64_t n,
                        int64_t k, int64_t tile_rows) {
   const char* op = "spdp_decode";
-  TORCH_CHECK(tile_rows == 32 || tile_rows == 64 || tile_rows == 128, op, ": tile_rows must be 32, 64 or 128, got ",
-              tile_rows);
-  TORCH_CHECK(n >= 0 && k >= 0, op, ": n and k must be >= 0");
-  for (const at::Tensor* t : {&bitmap, &offsets})
-    TORCH_CHECK(t->is_cuda() && t->device() == values.device(), op, ": the packed tensors must be on one CUDA device");
+  const int64_t NT = check_packed(bitmap, offsets, values.device(), n, k, tile_rows, op);
   const int64_t es = values.element_size();
   TORCH_CHECK(es == 2 || es == 4, op, ": values must have 2- or 4-byte elements, got ", values.scalar_type());
-  TORCH_CHECK(bitmap.scalar_type() == at::kInt && offsets.scalar_type() == at::kInt, op,
-              ": bitmap and offsets must be int32");
-  const int64_t NT = (n + tile_rows - 1) / tile_rows;
-  TORCH_CHECK(bitmap.numel() == NT * k * (tile_rows / 32), op, ": bitmap has ", bitmap.numel(), " words, expected ",
-              NT * k * (tile_rows / 32), " for n=", n, ", k=", k, ", tile_rows=", tile_rows);
-  TORCH_CHECK(offsets.numel() == NT * k + 1, op, ": offsets has ", offsets.numel(), " entries, expected ", NT * k + 1);
   TORCH_CHECK(NT * k + 1 < (int64_t(1) << 31) && k <= int64_t(INT32_MAX) - sk::kDecodeCols, op, ": sizes too large");
   c10::cuda::CUDAGuard guard(values.device());
   auto out = at::empty({n, k}, values.options());

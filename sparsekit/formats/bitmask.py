@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from sparsekit.formats import packed_shape
+
 KEYS = ("compressed", "bitmask", "shape", "row_offsets")
 FLOAT_KEYS = ("compressed",)
 
@@ -53,8 +55,7 @@ def encode(weight: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def decode(packed: dict[str, torch.Tensor]) -> torch.Tensor:
-    shape = packed["shape"]
-    n, k = (int(v) for v in (shape.tolist() if isinstance(shape, torch.Tensor) else shape))
+    n, k = packed_shape(packed)
     values = packed["compressed"]
     mask = unpack_rows(packed["bitmask"].to(values.device), k)
     out = torch.zeros((n, k), dtype=values.dtype, device=values.device)

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import torch
 
+from sparsekit.formats import packed_shape
+
 KEYS = ("values", "indices", "shape")
 FLOAT_KEYS = ("values",)
 
@@ -75,8 +77,7 @@ def kept_positions(indices: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def decode(packed: dict[str, torch.Tensor]) -> torch.Tensor:
-    shape = packed["shape"]
-    n, k = (int(v) for v in (shape.tolist() if isinstance(shape, torch.Tensor) else shape))
+    n, k = packed_shape(packed)
     values = packed["values"]
     kept = kept_positions(packed["indices"].to(values.device), k)
     out = torch.zeros((n, k // 4, 4), dtype=values.dtype, device=values.device)

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import torch
 
+from sparsekit.formats import packed_shape
+
 KEYS = ("values", "bitmap", "offsets", "shape")
 _INT_VIEW = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
@@ -33,8 +35,7 @@ def _nonzero_bits(t: torch.Tensor) -> torch.Tensor:
 
 def dims(packed: dict) -> tuple[int, int, int]:
     """(n, k, tile_rows); ``shape`` may be a tensor (kept on the CPU: no sync) or a sequence."""
-    shape = packed["shape"]
-    n, k, r = (int(v) for v in (shape.tolist() if isinstance(shape, torch.Tensor) else shape))
+    n, k, r = packed_shape(packed)
     return n, k, r
 
 

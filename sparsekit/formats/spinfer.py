@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import torch
 
+from sparsekit.formats import packed_shape
+
 KEYS = ("values", "bitmaps", "tile_offsets", "group_offsets", "shape")
 GROUP = 64
 ALIGN = 8  # values per group are padded to a multiple of this
@@ -118,8 +120,7 @@ def encode(weight: torch.Tensor) -> dict[str, torch.Tensor]:
 
 def dims(packed: dict) -> tuple[int, int]:
     """(N, K) of a packed weight; ``shape`` may be a tensor (kept on the CPU: no sync) or a sequence."""
-    shape = packed["shape"]
-    n, k = (int(v) for v in (shape.tolist() if isinstance(shape, torch.Tensor) else shape))
+    n, k = packed_shape(packed)
     return n, k
 
 
