@@ -51,6 +51,8 @@ def _args(argv=None):
     ap.add_argument("--no-compile", action="store_true", help="time the decode step uncompiled (ablation)")
     ap.add_argument("--eager-prefill", action="store_true", help="compile the decode step only, not the prefill (ablation)")
     ap.add_argument("--no-fuse", action="store_true", help="one launch per projection (ablation)")
+    ap.add_argument("--threshold-rule", default="relative", choices=("relative", "absolute"),
+                    help="the o/down thresholds' rule (calibrate's default is relative; absolute: the ablation)")
     ap.add_argument("--tune", default="", help="CUDA kernel knobs for the whole run, e.g. pdl=1 (sparsekit_cuda.tune)")
     ap.add_argument("--child", help=argparse.SUPPRESS)  # dtype handled by this child process
     ap.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
@@ -153,7 +155,7 @@ def child(a) -> int:
             continue
         try:
             synthetic.apply_weight_sparsity(model, s1, seed=0)
-            thresholds = synthetic.calibrate_thresholds(model, s2, seed=0) if s2 > 0 else None
+            thresholds = synthetic.calibrate_thresholds(model, s2, seed=0, rule=a.threshold_rule) if s2 > 0 else None
             t0 = time.time()
             report = convert_model(model, fmt, thresholds)
             conv = {"convert_seconds": round(time.time() - t0, 1), "weight_sparsity": report["weight_sparsity"],
@@ -255,7 +257,7 @@ def parent(a) -> int:
                    str(a.input_tokens), "--max-new-tokens", str(a.max_new_tokens), "--warmup", str(a.warmup),
                    "--repeat", str(a.repeat), "--out", str(out), "--device", a.device] + (["--hf"] if a.hf else []) \
                 + (["--no-compile"] if a.no_compile else []) + (["--no-fuse"] if a.no_fuse else []) \
-                + (["--eager-prefill"] if a.eager_prefill else []) \
+                + (["--eager-prefill"] if a.eager_prefill else []) + ["--threshold-rule", a.threshold_rule] \
                 + (["--tune", a.tune] if a.tune else [])
             rc = subprocess.run(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}).returncode
             if rc == 0:

@@ -116,16 +116,22 @@ def apply_weight_sparsity(model: nn.Module, sparsity: float, seed: int = 0, stru
 
 @torch.no_grad()
 def calibrate_thresholds(model: nn.Module, sparsity: float, seed: int = 0, tokens: int = 128,
-                         max_samples: int = 1 << 20) -> dict[str, float]:
+                         max_samples: int = 1 << 20, rule: str = "relative"):
     """Per-linear thresholds so that each input site drops a ``sparsity`` fraction of |x| on random tokens.
 
     Linears that share an input (q/k/v; gate/up) get the same threshold. Keys are the full module
-    names, the form ``sparsekit.runtime.patch.convert_model`` takes.
+    names, the form ``sparsekit.runtime.patch.convert_model`` takes. With ``rule="relative"`` (what
+    ``sparsekit calibrate`` records by default) the o and down sites get relative thresholds, so a
+    benchmark runs the same masking a calibrated model does. Returns a ``Thresholds``.
     """
+    from sparsekit.activation.sparsify import Thresholds
+    from sparsekit.activation.thresholds import relative_sites
+    from sparsekit.kernels.reference import relative_magnitude
     from sparsekit.models import SITES, decoder_layers, layer_linears, ROLES
 
     if not 0 <= sparsity < 1:
         raise BadInput(f"activation sparsity must be in [0, 1), got {sparsity}.")
+    relative = relative_sites(rule)
     device = next(model.parameters()).device
     gen = _generator(device, seed + 2)
     site_inputs: dict[tuple[int, str], torch.Tensor] = {}
@@ -134,7 +140,8 @@ def calibrate_thresholds(model: nn.Module, sparsity: float, seed: int = 0, token
         linears = layer_linears(layer)
         for site, roles in SITES.items():
             def hook(_mod, args, i=i, site=site):
-                site_inputs[(i, site)] = args[0].detach().reshape(-1)
+                x = args[0].detach()
+                site_inputs[(i, site)] = (relative_magnitude(x) if site in relative else x).reshape(-1)
             handles.append(linears[roles[0]].register_forward_pre_hook(hook))
     try:
         ids = torch.randint(0, model.config.vocab_size, (1, tokens), generator=gen, device=device)
@@ -142,7 +149,8 @@ def calibrate_thresholds(model: nn.Module, sparsity: float, seed: int = 0, token
     finally:
         for h in handles:
             h.remove()
-    thresholds: dict[str, float] = {}
+    thresholds = Thresholds(relative={f"model.layers.{i}.{ROLES[r]}" for i in range(len(decoder_layers(model)))
+                                      for site in relative for r in SITES[site]})
     for (i, site), x in site_inputs.items():
         mags = x.abs().float()
         if mags.numel() > max_samples:

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sparsekit.activation.sparsify import apply_thresholds, floor_to, mask, measure_sparsity
+from sparsekit.activation.sparsify import Thresholds, apply_thresholds, floor_to, mask, measure_sparsity
+from sparsekit.kernels.reference import mask_relative, relative_magnitude, token_scale
 from sparsekit.errors import BadInput
 from sparsekit.models import linear_refs
 from sparsekit.testing import tiny_model
@@ -20,6 +21,42 @@ def test_mask_keeps_strictly_greater_and_compares_exactly_in_low_precision():
     assert mask(xb, 1.002).tolist() == [0.0, 1.0078125, 0.0]
     assert floor_to(1.0, torch.bfloat16) == 1.0
     assert mask(xb, 1.0).tolist() == [0.0, 1.0078125, 0.0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_relative_rule_keeps_x_above_t_times_the_tokens_mean_abs(dtype):
+    x = torch.tensor([[1.0, -2.0, 3.0, -6.0], [0.25, 0.5, -0.75, 0.5], [0.0, 0.0, 0.0, 0.0]], dtype=dtype)
+    assert token_scale(x).flatten().tolist() == [3.0, 0.5, 0.0]
+    # row 0: keep |x| > 0.9 * 3 = 2.7; row 1: |x| > 0.45; row 2: nothing (all zero)
+    assert mask_relative(x, 0.9).float().tolist() == [[0, 0, 3, -6], [0, 0.5, -0.75, 0.5], [0, 0, 0, 0]]
+    want = torch.tensor([[1 / 3, 2 / 3, 1, 2], [0.5, 1, 1.5, 1], [0, 0, 0, 0]])
+    assert relative_magnitude(x).dtype == torch.float32
+    assert torch.allclose(relative_magnitude(x), want, rtol=1e-6, atol=0)
+    assert mask_relative(x, 0.0).dtype == dtype
+
+
+def test_relative_rule_ignores_the_tokens_scale():
+    """Scaling a token by any power of two changes nothing the relative rule keeps (the absolute one does)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 37, generator=gen)
+    scaled = x * (2.0 ** torch.arange(-3, 3).float())[:, None]
+    assert torch.equal(mask_relative(scaled, 0.8) != 0, mask_relative(x, 0.8) != 0)
+    assert not torch.equal(mask(scaled, 0.8) != 0, mask(x, 0.8) != 0)
+
+
+def test_hooks_apply_the_relative_rule_to_the_names_it_lists():
+    m = _Probe()
+    x = torch.tensor([[[4.0, 1.0, 1.0, 2.0]], [[40.0, 10.0, 10.0, 20.0]]])  # mean |x| 2 and 20
+    for th, want in ((Thresholds({"lin": 0.9}, relative={"lin"}), [[4, 0, 0, 2], [40, 0, 0, 20]]),
+                     ({"lin": 1.5}, [[4, 0, 0, 2], [40, 10, 10, 20]])):
+        with apply_thresholds(m, th, prefill="all", count=True) as handle:
+            got = []
+            h = m.lin.register_forward_pre_hook(lambda mod, a: got.append(a[0].clone()))
+            m(x)
+            h.remove()
+            achieved = handle.achieved()["lin"]
+        assert got[0].flatten(1).tolist() == want
+        assert achieved == sum(v == 0 for row in want for v in row) / 8
 
 
 class _Probe(torch.nn.Module):

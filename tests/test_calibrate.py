@@ -9,7 +9,7 @@ import torch
 from sparsekit.activation import Calibration, calibrate_model, measure_sparsity
 from sparsekit.activation.greedy import GreedySettings, effective
 from sparsekit.activation.probe import LayerProbe
-from sparsekit.activation.thresholds import HIST_FILE, META_FILE, SITE_NAMES
+from sparsekit.activation.thresholds import HIST_FILE, META_FILE, SITE_NAMES, relative_sites
 from sparsekit.errors import BadInput
 from sparsekit.models import ROLES, decoder_layers, layer_linears, linear_refs
 from sparsekit.testing import tiny_model
@@ -33,6 +33,24 @@ def cal(model):
                            correction_tokens=48 * 64)
 
 
+@pytest.fixture(scope="module")
+def cal_abs(model):
+    """TEAL's rule at every site (|x| > t), no greedy tables."""
+    return calibrate_model(model, _tokens(1, 48), device=CPU, correction_tokens=48 * 64, rule="absolute")
+
+
+def test_the_default_rule_is_relative_at_o_and_down_only(cal, cal_abs):
+    assert cal.rule == "relative" and cal_abs.rule == "absolute"
+    th = cal.thresholds(0.5)
+    assert th.relative == {layer[r] for layer in cal.names for r in ("o", "down")}
+    assert th.relative == cal.thresholds(0.5, greedy=True).relative
+    assert cal_abs.thresholds(0.5).relative == frozenset()
+    # the attn and mlp sites record the same statistic under both rules
+    for site in ("attn", "mlp"):
+        k = SITE_NAMES.index(site)
+        assert torch.equal(cal.counts[:, k], cal_abs.counts[:, k])
+
+
 def test_histograms_cover_every_input_entry(model, cal):
     n_tokens = 48 * 64
     widths = {"attn": 64, "o": 64, "mlp": 64, "down": 160}
@@ -44,15 +62,17 @@ def test_histograms_cover_every_input_entry(model, cal):
     assert sorted(cal.thresholds(0.5)) == sorted(names)
 
 
+@pytest.mark.parametrize("rule", ["relative", "absolute"])
 @pytest.mark.parametrize("s2", [0.25, 0.5, 0.7])
-def test_achieved_sparsity_on_held_out_tokens_is_within_001_at_every_site(model, cal, s2):
-    thresholds = cal.thresholds(s2)
+def test_achieved_sparsity_on_held_out_tokens_is_within_001_at_every_site(model, cal, cal_abs, s2, rule):
+    thresholds = (cal if rule == "relative" else cal_abs).thresholds(s2)
     achieved = measure_sparsity(model, thresholds, _tokens(99, 64), seqlen=64)  # never seen in calibration
     worst = max(achieved, key=lambda n: abs(achieved[n] - s2))
     assert abs(achieved[worst] - s2) <= 0.01, (worst, achieved[worst])
 
 
-def test_in_use_correction_lowers_o_and_down_thresholds(model, cal):
+def test_in_use_correction_lowers_o_and_down_thresholds(model, cal_abs):
+    cal = cal_abs
     corrected, teal = cal.thresholds(0.6), cal.thresholds(0.6, corrected=False)
     for layer in cal.names:
         assert corrected[layer["o"]] < teal[layer["o"]]
@@ -97,7 +117,7 @@ def test_greedy_is_no_worse_than_uniform_on_the_layer_objective(model, cal):
     x, kwargs = capture_inputs(model, _tokens(1, 48)[:8], CPU)  # the first layer's calibration inputs
     layer = decoder_layers(model)[0]
     lin = layer_linears(layer)
-    probe = LayerProbe(layer, lin, x, kwargs)
+    probe = LayerProbe(layer, lin, x, kwargs, relative_sites(cal.rule))
     try:
         names = cal.names[0]
         uni = cal.thresholds(0.5)
@@ -143,8 +163,10 @@ def test_save_load_roundtrip(tmp_path, model, cal):
     per_site = (out / HIST_FILE).stat().st_size / (2 * 4)
     assert per_site < 300_000
     back = Calibration.load(out, model)
+    assert back.rule == "relative"
     for s2 in (0.3, 0.6):
         assert back.thresholds(s2) == cal.thresholds(s2)
+        assert back.thresholds(s2).relative == cal.thresholds(s2).relative
         assert back.thresholds(s2, greedy=True) == cal.thresholds(s2, greedy=True)
     assert json.loads((out / "sparsekit.json").read_text())["kind"] == "calibrate"
 
@@ -174,6 +196,41 @@ def test_missing_or_corrupt_histogram_file_is_bad_input(tmp_path, cal):
         Calibration.load(out)
     with pytest.raises(BadInput, match="does not exist"):
         Calibration.load(tmp_path / "nowhere")
+
+
+def _rewrite_meta(out, edit) -> None:
+    """Edit calibration.json and re-sign the manifest, as an older or a foreign writer would have."""
+    from sparsekit.formats.checkpoint import MANIFEST, sha256_file
+
+    meta = json.loads((out / META_FILE).read_text())
+    edit(meta)
+    (out / META_FILE).write_text(json.dumps(meta))
+    manifest = json.loads((out / MANIFEST).read_text())
+    manifest["sha256"][META_FILE] = sha256_file(out / META_FILE)
+    (out / MANIFEST).write_text(json.dumps(manifest))
+
+
+def test_a_version_1_calibration_reads_as_absolute(tmp_path, model, cal_abs):
+    out = cal_abs.save(tmp_path / "cal")
+
+    def to_v1(meta):
+        del meta["rule"]
+        meta["version"] = 1
+
+    _rewrite_meta(out, to_v1)
+    back = Calibration.load(out, model)
+    assert back.rule == "absolute" and back.thresholds(0.5).relative == frozenset()
+    assert back.thresholds(0.5) == cal_abs.thresholds(0.5)
+
+
+def test_an_unknown_rule_or_version_is_bad_input(tmp_path, cal_abs):
+    out = cal_abs.save(tmp_path / "cal")
+    _rewrite_meta(out, lambda meta: meta.update(rule="sideways"))
+    with pytest.raises(BadInput, match="incompatible sparsekit version"):
+        Calibration.load(out)
+    _rewrite_meta(out, lambda meta: meta.update(rule="absolute", version=99))
+    with pytest.raises(BadInput, match="incompatible sparsekit version"):
+        Calibration.load(out)
 
 
 def test_uniform_only_calibration_refuses_greedy(model):

@@ -16,6 +16,7 @@ from sparsekit.formats.convert import run_convert, write_tensors
 from sparsekit.models import DEMO_DIR, linear_refs
 from sparsekit.runtime import linear as rl
 from sparsekit.runtime.linear import FORMATS, SparseLinear
+from sparsekit.runtime.patch import sparse_linears
 from sparsekit.testing import tiny_model
 
 from test_runtime import _reference_with_thresholds, masked, prune_  # noqa: F401
@@ -331,6 +332,10 @@ def test_convert_with_calibration_dir_stores_its_thresholds(tmp_path, capsys):
     with safe_open(out / "model.safetensors", "pt") as f:
         for name, t in expected.items():
             assert f.get_tensor(f"{name}.threshold").item() == pytest.approx(t, rel=1e-6)
+        # the default rule: o_proj and down_proj thresholds are relative to the token's mean |x|
+        marked = {k.removesuffix(".threshold_relative") for k in f.keys() if k.endswith(".threshold_relative")}
+    assert marked == set(expected.relative) == {n for n in expected if n.endswith(("o_proj", "down_proj"))}
+    assert json.loads((out / "config.json").read_text())["quantization_config"]["threshold_rule"] == "relative"
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["activation_sparsity"] == 0.5 and manifest["settings"]["calibration"] == str(tmp_path / "cal")
     assert all(row["activation_sparsity"] == pytest.approx(0.5) for row in manifest["per_layer"])
@@ -338,6 +343,20 @@ def test_convert_with_calibration_dir_stores_its_thresholds(tmp_path, capsys):
         expected["model.layers.1.mlp.down_proj"])
     loaded, _ = sparsekit.load(out, device="cpu")
     assert loaded.model.layers[1].mlp.gate_proj.threshold_value == pytest.approx(expected["model.layers.1.mlp.gate_proj"], rel=1e-6)
+    assert {n for n, m in sparse_linears(loaded).items() if m.relative} == set(expected.relative)
+    # the converted model decodes exactly as the calibrated HF model with the same thresholds on
+    from sparsekit.activation import apply_thresholds
+
+    ids = torch.randint(0, 128, (2, 5), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        warm = loaded(ids, use_cache=True)
+        nxt = warm.logits[:, -1:].argmax(-1)
+        got = loaded(nxt, past_key_values=warm.past_key_values, use_cache=True).logits
+        pruned = AutoModelForCausalLM.from_pretrained(src).eval()
+        with apply_thresholds(pruned, expected, prefill="none"):
+            ref = pruned(ids, use_cache=True)
+            want = pruned(nxt, past_key_values=ref.past_key_values, use_cache=True).logits
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     with pytest.raises(BadInput, match="different model"):
         other = tmp_path / "other"
         tiny_model("llama", seed=0, hidden_size=32, intermediate_size=64).save_pretrained(other)

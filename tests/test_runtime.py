@@ -7,6 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import sparsekit.ops as ops
+from sparsekit.activation.sparsify import Thresholds
+from sparsekit.kernels.reference import mask_relative
 from sparsekit.models import linear_refs
 from sparsekit.runtime import linear as rl
 from sparsekit.runtime.linear import FORMATS, SparseLinear
@@ -102,30 +104,36 @@ def test_weight_bytes_and_bytes_read():
 
 def _reference_with_thresholds(model, thresholds):
     handles = []
+    relative = getattr(thresholds, "relative", ())
     for ref in linear_refs(model):
         t = thresholds[ref.name]
 
-        def hook(_m, args, t=t):
+        def hook(_m, args, t=t, rel=ref.name in relative):
             x = args[0]
             if x.shape[-2] == 1 or rl.prefill_sparsity():
-                return (masked(x, t),)
+                return (mask_relative(x, t) if rel else masked(x, t),)
         handles.append(ref.module.register_forward_pre_hook(hook))
     return handles
 
 
-def _thresholds(model, value=0.5):
-    return {ref.name: value * (1 + 0.1 * ref.layer) for ref in linear_refs(model)}
+def _thresholds(model, value=0.5, rule="absolute"):
+    """Thresholds growing with depth; ``relative``: the o/down ones under the relative rule."""
+    refs = linear_refs(model)
+    relative = {r.name for r in refs if r.role in ("o", "down")} if rule == "relative" else ()
+    return Thresholds({ref.name: value * (1 + 0.1 * ref.layer) for ref in refs}, relative)
 
 
+@pytest.mark.parametrize("rule", ["absolute", "relative"])
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_convert_model_logits_equal_masked_pruned_dense(fmt):
+def test_convert_model_logits_equal_masked_pruned_dense(fmt, rule):
     model = tiny_model("llama", seed=0)
     for ref in linear_refs(model):
         prune_(ref.module.weight, fmt, seed=ref.layer)
     dense = tiny_model("llama", seed=0)
     dense.load_state_dict(model.state_dict())
-    thresholds = _thresholds(model)
+    thresholds = _thresholds(model, rule=rule)
     report = convert_model(model, fmt, thresholds)
+    assert {n for n, row in report["per_linear"].items() if row["relative"]} == set(thresholds.relative)
     assert len(sparse_linears(model)) == len(linear_refs(dense)) == report["per_linear"].__len__()
     assert 0.49 < report["weight_sparsity"] < 0.51
     handles = _reference_with_thresholds(dense, thresholds)
@@ -211,15 +219,16 @@ def test_convert_twice_is_refused():
 
 @cuda
 @needs_cuda
+@pytest.mark.parametrize("rule", ["absolute", "relative"])
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_cuda_logits_equal_masked_pruned_dense(fmt):
+def test_cuda_logits_equal_masked_pruned_dense(fmt, rule):
     dtype = torch.float16
     model = tiny_model("llama", seed=0, dtype=dtype, hidden_size=128, intermediate_size=256).cuda()
     for ref in linear_refs(model):
         prune_(ref.module.weight, fmt, seed=ref.layer)
     dense = tiny_model("llama", seed=0, dtype=dtype, hidden_size=128, intermediate_size=256).cuda()
     dense.load_state_dict(model.state_dict())
-    thresholds = _thresholds(model, 0.3)
+    thresholds = _thresholds(model, 0.3, rule)
     convert_model(model, fmt, thresholds)
     handles = _reference_with_thresholds(dense, thresholds)
     ids = torch.randint(0, 128, (2, 8), device="cuda")

@@ -2,7 +2,8 @@
 
 - ``calibrate_model(model, samples, device=..., greedy=False) -> Calibration``
 - ``Calibration.save(dir)`` / ``Calibration.load(dir, model=None)`` / ``Calibration.thresholds(s2, greedy)``
-- ``apply_thresholds(model, thresholds, prefill="all") -> handle`` and ``measure_sparsity(...)``
+- ``apply_thresholds(model, thresholds, prefill="all") -> handle`` and ``measure_sparsity(...)``;
+  ``Thresholds`` (a dict name -> t whose ``relative`` names use |x| > t * mean|x|)
 
 Names load on first use, so ``sparsekit.activation.run`` can check its arguments before torch is imported.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import importlib
 
 _WHERE = {"Calibration": "thresholds", "calibrate_model": "calibrate", "apply_thresholds": "sparsify",
-          "measure_sparsity": "sparsify"}
+          "measure_sparsity": "sparsify", "Thresholds": "sparsify"}
 
 __all__ = sorted(_WHERE)
 

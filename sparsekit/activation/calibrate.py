@@ -5,7 +5,8 @@ sample through it; the visitor here never changes the layer (returns False). Whi
 the device it
 
 1. records the dense histogram of |x| at the four input sites (forward-pre hooks on q, o, gate,
-   down; q/k/v and gate/up share their input), and keeps the inputs of the first few samples
+   down; q/k/v and gate/up share their input; with the relative rule the o and down histograms
+   hold |x| / mean|x| per token, ``thresholds.py``), and keeps the inputs of the first few samples
    (the *subset*) plus the dense o/down histograms of the subset;
 2. measures the in-use correction of every site on the subset (``probe.corrections``), carrying
    the subset's hidden states through the layers once per level (every earlier layer sparsified
@@ -29,7 +30,8 @@ from torch import nn
 from sparsekit.activation import greedy as greedy_mod
 from sparsekit.activation.histograms import NBINS, STATS, Accumulator, Quantiles
 from sparsekit.activation.probe import LayerProbe, corrections
-from sparsekit.activation.thresholds import LEVELS, SITE_INDEX, SITE_NAMES, Calibration
+from sparsekit.activation.thresholds import LEVELS, SITE_INDEX, SITE_NAMES, Calibration, relative_sites
+from sparsekit.kernels.reference import relative_magnitude
 from sparsekit.models import ROLES, SITE_OF_ROLE, SITES, decoder_layers, layer_linears, linear_refs, signature
 from sparsekit.pruning.sequential import input_hooks, run_layerwise
 
@@ -61,8 +63,8 @@ class _Capture:
 
 
 def _greedy_layer(layer: nn.Module, lin: dict[str, nn.Linear], x: torch.Tensor, kwargs: dict, full: Quantiles,
-                  params: dict[str, int], settings: greedy_mod.GreedySettings) -> tuple[torch.Tensor, int]:
-    probe = LayerProbe(layer, lin, x, kwargs)
+                  params: dict[str, int], settings: greedy_mod.GreedySettings, relative=()) -> tuple[torch.Tensor, int]:
+    probe = LayerProbe(layer, lin, x, kwargs, relative)
     cache: dict[float, torch.Tensor] = {}
 
     def error(alloc: dict[str, float], changed: str | None):
@@ -82,8 +84,12 @@ def _greedy_layer(layer: nn.Module, lin: dict[str, nn.Linear], x: torch.Tensor, 
 @torch.no_grad()
 def calibrate_model(model: nn.Module, samples: torch.Tensor, *, device: torch.device, greedy: bool = False,
                     progress=None, settings: greedy_mod.GreedySettings | None = None,
-                    correction_tokens: int = CORRECTION_TOKENS, levels=LEVELS) -> Calibration:
-    """Histograms of every linear input site, the in-use correction (and the greedy tables)."""
+                    correction_tokens: int = CORRECTION_TOKENS, levels=LEVELS, rule: str = "relative") -> Calibration:
+    """Histograms of every linear input site, the in-use correction (and the greedy tables).
+
+    ``rule``: "relative" (the o and down sites record |x| / mean|x|) or "absolute" (|x| everywhere).
+    """
+    relative = relative_sites(rule)
     settings = settings or greedy_mod.GreedySettings()
     if settings.tokens is None:
         settings = dataclasses.replace(settings, tokens=4096 if device.type == "cuda" else 1024)
@@ -119,6 +125,8 @@ def calibrate_model(model: nn.Module, samples: torch.Tensor, *, device: torch.de
         cap = _Capture(layer, max(n_corr, n_greedy if greedy else 0))
 
         def record(site: str, x: torch.Tensor) -> None:
+            if site in relative:
+                x = relative_magnitude(x)
             acc.add(SITE_INDEX[site], x)
             if cap.current < n_corr:
                 acc.add(n_sites + SITE_INDEX[site], x)
@@ -138,10 +146,11 @@ def calibrate_model(model: nn.Module, samples: torch.Tensor, *, device: torch.de
         lap("histograms")
         if i == 0:
             states[:] = [cap.batch(n_corr)] * len(levels)
-        compound[i], states[:] = corrections(layer, lin, states, cap.kwargs, full, subset, SITE_INDEX, levels)
+        compound[i], states[:] = corrections(layer, lin, states, cap.kwargs, full, subset, SITE_INDEX, levels, relative)
         lap("correction")
         if greedy:
-            tables[i], evals[i] = _greedy_layer(layer, lin, cap.batch(n_greedy), cap.kwargs, full, params, settings)
+            tables[i], evals[i] = _greedy_layer(layer, lin, cap.batch(n_greedy), cap.kwargs, full, params, settings,
+                                                relative)
             lap("greedy")
         return False
 
@@ -157,4 +166,5 @@ def calibrate_model(model: nn.Module, samples: torch.Tensor, *, device: torch.de
     if greedy:
         info["greedy"] = settings.as_dict() | {"samples": n_greedy, "evaluations": evals}
     return Calibration(signature=signature(model), names=names, counts=counts, stats=stats, params=params,
-                       compound=compound, levels=tuple(levels), greedy=tables if greedy else None, info=info)
+                       compound=compound, levels=tuple(levels), greedy=tables if greedy else None, info=info,
+                       rule=rule)

@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from sparsekit.activation.histograms import Accumulator, Quantiles
-from sparsekit.activation.sparsify import Handle, floor_to
+from sparsekit.activation.sparsify import Handle, Thresholds, floor_to
+from sparsekit.kernels.reference import relative_magnitude
 from sparsekit.models import SITES
 
 ATTN_ROLES = ("q", "k", "v")
@@ -33,9 +34,13 @@ def _hidden(out):
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
+def relative_roles(relative_sites) -> frozenset[str]:
+    return frozenset(r for site in relative_sites for r in SITES[site])
+
+
 @torch.no_grad()
 def corrections(layer: nn.Module, lin: dict[str, nn.Linear], states: list[torch.Tensor], kwargs: dict,
-                full: Quantiles, subset: Quantiles, site_index: dict[str, int], levels
+                full: Quantiles, subset: Quantiles, site_index: dict[str, int], levels, relative_sites=()
                 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Run the layer once per level g on that level's hidden states, every site made g-sparse in use.
 
@@ -44,9 +49,10 @@ def corrections(layer: nn.Module, lin: dict[str, nn.Linear], states: list[torch.
     threshold for sparsity g, which is stored as a quantile of the *dense* histogram of the same
     samples (``subset``, rows by ``site_index``) and applied through the all-sample dense histogram
     ``full``. Returns ``[sites, len(levels)]`` of those quantiles and the layer's outputs per level.
+    The histograms of ``relative_sites`` hold |x| / mean|x| and their linears mask by that rule.
     """
     out = torch.tensor(levels, dtype=torch.float64).repeat(len(site_index), 1)
-    thr: dict[str, float] = {}
+    thr = Thresholds(relative=relative_roles(relative_sites))
     done: set[str] = set()
     level = {}
 
@@ -56,7 +62,7 @@ def corrections(layer: nn.Module, lin: dict[str, nn.Linear], states: list[torch.
                 return None
             done.add(site)
             acc = Accumulator(1, args[0].device)
-            acc.add(0, args[0])
+            acc.add(0, relative_magnitude(args[0]) if site in relative_sites else args[0])
             c, st = acc.result()
             k = site_index[site]
             t_use = float(Quantiles.of(c, st).thresholds(level["g"])[0])
@@ -88,9 +94,12 @@ class LayerProbe:
     """The greedy objective on one layer; ``thresholds`` (role -> t) is read at every call."""
 
     @torch.no_grad()
-    def __init__(self, layer: nn.Module, lin: dict[str, nn.Linear], x: torch.Tensor, kwargs: dict):
+    def __init__(self, layer: nn.Module, lin: dict[str, nn.Linear], x: torch.Tensor, kwargs: dict,
+                 relative_sites=()):
+        if "attn" in relative_sites:
+            raise ValueError("the probe measures the q/k/v input with the absolute rule")
         self.layer, self.lin, self.x, self.kwargs = layer, lin, x, kwargs
-        self.thresholds: dict[str, float] = {}
+        self.thresholds = Thresholds(relative=relative_roles(relative_sites))
         # q/k/v read the layer's (fixed) input: their achieved sparsity is a function of t, memoised
         self.handle = Handle(self.thresholds, "all", count=("o",) + MLP_ROLES + ("down",)).attach(lin)
         self._memo: dict[float, float] = {}

@@ -71,6 +71,7 @@ class CalibrateOutcome:
             "peak_device_bytes": info.get("peak_device_bytes"),
             "prefill": self.prefill,
             "thresholds": {mode: {str(s2): t for s2, t in by.items()} for mode, by in self.thresholds.items()},
+            "relative_thresholds": sorted(self.calibration.relative_names()),
             "eval": [row.as_dict() for row in self.rows],
         }
 
@@ -100,7 +101,7 @@ def _model_manifest(model: str) -> dict | None:
 def run_calibrate(*, out: Path | None = None, calibration: Path | None = None, model: str = "demo",
                   calib_dataset: str = "demo", nsamples: int = 64, seqlen: int | None = None, greedy: bool = False,
                   sparsities=(), eval: bool = False, eval_dataset: str = "demo", prefill: str = "all",
-                  device: str = "auto", dtype: str = "auto", seed: int = 0,
+                  device: str = "auto", dtype: str = "auto", seed: int = 0, rule: str = "relative",
                   on_progress: OnProgress | None = None) -> CalibrateOutcome:
     from sparsekit.formats.checkpoint import check_out_dir
 
@@ -110,6 +111,9 @@ def run_calibrate(*, out: Path | None = None, calibration: Path | None = None, m
     sparsities = sorted({float(check_fraction("--sparsity", float(s))) for s in (sparsities or ())})
     if (out is None) == (calibration is None):
         raise BadInput("give exactly one of --out DIR (calibrate now) and --calibration DIR (use an earlier calibration).")
+    rule = str(getattr(rule, "value", rule))
+    if rule not in ("relative", "absolute"):
+        raise BadInput(f"--threshold-rule must be relative or absolute, got {rule!r}.")
     if eval and not sparsities:
         raise BadInput("--eval needs at least one --sparsity S2 to evaluate.")
     if out is not None:
@@ -158,7 +162,7 @@ def run_calibrate(*, out: Path | None = None, calibration: Path | None = None, m
         on_progress("calibration data", 0, None)
         samples = calibration_samples(calib_dataset, tokenizer, nsamples, seqlen, seed=seed)
         try:
-            cal = calibrate_model(lm, samples, device=dev, greedy=greedy,
+            cal = calibrate_model(lm, samples, device=dev, greedy=greedy, rule=rule,
                                   progress=lambda i, n: on_progress("calibrating", i, n))
         except torch.cuda.OutOfMemoryError as exc:
             raise Failure(f"calibration ran out of memory on {dev} with {nsamples} x {seqlen} tokens; "
@@ -169,6 +173,7 @@ def run_calibrate(*, out: Path | None = None, calibration: Path | None = None, m
         cal.save(Path(out))
         cal.source = str(out)
     settings.update({k: cal.info.get(k) for k in ("calib_dataset", "nsamples", "seqlen", "seed")})
+    settings["threshold_rule"] = cal.rule
 
     modes = ["uniform"] + (["greedy"] if greedy else [])
     outcome = CalibrateOutcome(calibration=cal, settings=settings, out=None if out is None else Path(out),

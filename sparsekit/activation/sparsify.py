@@ -2,7 +2,9 @@
 
 Masking rule (the same everywhere in sparsekit): keep x where |x| > t, zero it elsewhere. The
 threshold is compared in the input's own dtype, rounded *down* to a value of that dtype, so the
-comparison is exact: |x| > t in real numbers iff |x| > floor_dtype(t).
+comparison is exact: |x| > t in real numbers iff |x| > floor_dtype(t). Linears named in
+``Thresholds.relative`` use the relative rule instead: keep x where |x| > t * mean|x| over the
+token's channels (``kernels.reference.mask_relative``, compared in float32).
 
 Which tokens are sparsified (``prefill``):
 
@@ -24,6 +26,7 @@ import torch
 from torch import nn
 
 from sparsekit.errors import BadInput
+from sparsekit.kernels.reference import token_scale
 
 PREFILL = ("all", "later_half", "none")
 
@@ -46,6 +49,34 @@ def floor_to(t: float, dtype: torch.dtype) -> float:
     return float(v)
 
 
+class Thresholds(dict):
+    """name -> threshold t, plus ``relative``: the names whose rule is |x| > t * mean|x| (per token).
+
+    A plain dict (or a Thresholds with no relative names) means |x| > t everywhere, TEAL's rule.
+    """
+
+    def __init__(self, values: Mapping[str, float] | None = None, relative=()):
+        super().__init__(values or {})
+        self.relative = frozenset(relative)
+
+    def copy(self) -> "Thresholds":
+        return Thresholds(self, self.relative)
+
+
+def relative_names(thresholds) -> frozenset:
+    """The names of ``thresholds`` under the relative rule (none for a plain dict)."""
+    return frozenset(getattr(thresholds, "relative", ()))
+
+
+def below(x: torch.Tensor, t: float, relative: bool = False) -> torch.Tensor:
+    """The entries the masking rule drops (bool, x's shape); t <= 0 drops exact zeros only."""
+    if t <= 0:
+        return x == 0
+    if relative:
+        return x.abs().float() <= t * token_scale(x)
+    return x.abs() <= floor_to(float(t), x.dtype)
+
+
 def mask(x: torch.Tensor, t: float) -> torch.Tensor:
     """x with entries |x| <= t zeroed (a new tensor); t <= 0 leaves x as it is."""
     if t <= 0:
@@ -62,6 +93,7 @@ class Handle:
 
     def __init__(self, thresholds: Mapping[str, float], prefill: str, count=False):
         self.thresholds = thresholds  # read at call time: callers may update it in place
+        self.relative = relative_names(thresholds)
         self.prefill = check_prefill(prefill)
         self.count = count
         self._handles: list = []
@@ -86,13 +118,13 @@ class Handle:
                 if counted:
                     self._add(name, (part == 0).sum(), part.numel())
                 return None
-            below = part.abs() <= floor_to(t, x.dtype)
+            drop = below(part, t, name in self.relative)
             if counted:
-                self._add(name, below.sum(), part.numel())
+                self._add(name, drop.sum(), part.numel())
             if start == 0:
-                return (x.masked_fill(below, 0),) + tuple(args[1:])
+                return (x.masked_fill(drop, 0),) + tuple(args[1:])
             out = x.clone()
-            out[..., start:, :] = part.masked_fill(below, 0)
+            out[..., start:, :] = part.masked_fill(drop, 0)
             return (out,) + tuple(args[1:])
 
         return hook
@@ -142,11 +174,12 @@ def modules_by_name(model: nn.Module, names) -> dict[str, nn.Module]:
 
 def apply_thresholds(model: nn.Module, thresholds: Mapping[str, float], prefill: str = "all",
                      count: bool = False) -> Handle:
-    """Mask the input of every linear named in ``thresholds`` (keep x where |x| > t).
+    """Mask the input of every linear named in ``thresholds`` (keep x where |x| > t, or
+    |x| > t * mean|x| for the names in ``thresholds.relative``).
 
     Returns a handle; ``handle.remove()`` or ``with apply_thresholds(...):`` takes the hooks off.
     """
-    handle = Handle(dict(thresholds), prefill, count)
+    handle = Handle(Thresholds(thresholds, relative_names(thresholds)), prefill, count)
     return handle.attach(modules_by_name(model, thresholds))
 
 

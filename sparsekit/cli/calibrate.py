@@ -17,6 +17,11 @@ class Prefill(str, Enum):
     later_half = "later-half"
 
 
+class Rule(str, Enum):
+    relative = "relative"
+    absolute = "absolute"
+
+
 def command(
     out: Annotated[Optional[Path], typer.Option("--out", help="Output directory for the calibration (created; must be empty or an earlier calibration).")] = None,
     calibration: Annotated[Optional[Path], typer.Option("--calibration", help="Use an earlier calibration dir instead of calibrating (with --sparsity / --eval).")] = None,
@@ -29,6 +34,7 @@ def command(
     eval: Annotated[bool, typer.Option("--eval", help="With --sparsity: perplexity and achieved sparsity per site on held-out text.")] = False,
     eval_dataset: Annotated[str, typer.Option(help="Held-out text for --eval: wikitext2, demo, or a local file.")] = "demo",
     prefill: Annotated[Prefill, typer.Option(help="Perplexity windows: sparsify every token (all) or only the later half of each window; decode tokens are always sparsified.")] = Prefill.all,
+    threshold_rule: Annotated[Rule, typer.Option(help="relative: the o_proj/down_proj inputs (no norm before them) keep x where |x| > t x the token's mean |x|, which holds the target sparsity when the text's scale shifts; absolute: |x| > t everywhere, as TEAL. Ignored with --calibration (its rule is recorded).")] = Rule.relative,
     device: o.Device = "auto",
     dtype: o.DTypeOpt = o.DType.auto,
     seed: o.Seed = 0,
@@ -46,7 +52,7 @@ def command(
         outcome = run_calibrate(out=out, calibration=calibration, model=model, calib_dataset=calib_dataset,
                                 nsamples=nsamples, seqlen=seqlen, greedy=greedy, sparsities=sparsity or (),
                                 eval=eval, eval_dataset=eval_dataset, prefill=prefill.value, device=device,
-                                dtype=dtype.value, seed=seed, on_progress=on_progress)
+                                dtype=dtype.value, seed=seed, rule=threshold_rule.value, on_progress=on_progress)
     _render(outcome, json)
 
 
@@ -65,7 +71,8 @@ def _site_table(outcome, mode: str, s2: float, row):
 
     cal = outcome.calibration
     th, exp = outcome.thresholds[mode][s2], outcome.expected[mode][s2]
-    table = Table(title=f"{mode} thresholds at S2 = {s2:g} (keep x where |x| > t)")
+    rule = "; at o and down, |x| > t x mean|x| of the token" if cal.relative_names() else ""
+    table = Table(title=f"{mode} thresholds at S2 = {s2:g} (keep x where |x| > t{rule})")
     for col in ("layer", "site" if mode == "uniform" else "linear", "threshold", "target"):
         table.add_column(col, justify="left" if col in ("site", "linear") else "right")
     if row is not None:
@@ -119,6 +126,6 @@ def _render(outcome, as_json: bool) -> None:
         peak = "n/a (cpu)" if peak is None else f"{peak / 2**30:.2f} GiB"
         timing = f"; {cal.info.get('seconds', 0):.1f} s, peak device memory {peak}"
     console.print(f"calibration of {s['model']} on {s.get('calib_dataset')}, {s.get('nsamples')} x {s.get('seqlen')} tokens"
-                  f"{', with greedy allocation' if cal.greedy is not None else ''}{timing}; {where}")
+                  f"{', with greedy allocation' if cal.greedy is not None else ''}, {cal.rule} thresholds{timing}; {where}")
     if as_json:
         print(json_module.dumps(outcome.summary(), indent=2, default=str))

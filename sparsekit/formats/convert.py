@@ -4,7 +4,8 @@ thresholds, and write an HF model dir that ``from_pretrained`` (after ``import s
 
 The dir holds ``config.json`` (with ``quantization_config = {"quant_method": "sparsekit",
 "format": ..., ...}``), ``model*.safetensors`` (``<linear>.<key>`` for the format's tensors,
-``<linear>.threshold`` float32 scalars, every other tensor as in the source), the tokenizer, and
+``<linear>.threshold`` float32 scalars, ``<linear>.threshold_relative`` uint8 scalars for relative
+thresholds, every other tensor as in the source), the tokenizer, and
 ``sparsekit.json`` (source, settings, per-linear and per-layer sparsity, sizes, sha256 of every
 file). Everything is validated first and written under a temporary name, renamed when complete.
 """
@@ -204,7 +205,9 @@ def run_convert(out: Path, model: str = "demo", fmt: str = "spdp", calibration: 
         cal = Calibration.load(Path(calibration), net)
         thresholds = cal.thresholds(float(activation_sparsity), greedy=greedy)
         expected = cal.expected(float(activation_sparsity), greedy=greedy)
-    thresholds = dict(thresholds or {})
+    from sparsekit.activation.sparsify import Thresholds, relative_names
+
+    thresholds = Thresholds(thresholds or {}, relative_names(thresholds))
     refs = [r for r in linear_refs(net) if not ignored(r.name, ignore)]
     if fmt == "2:4":
         for r in refs:
@@ -233,6 +236,9 @@ def run_convert(out: Path, model: str = "demo", fmt: str = "spdp", calibration: 
         "activation_sparsity": activation_sparsity,
         "greedy": bool(greedy) if calibration is not None else None,
         "thresholds": bool(thresholds),
+        # relative: the o_proj/down_proj thresholds scale with each token's mean |x| (a per-linear
+        # <name>.threshold_relative tensor says which); absolute: |x| > t everywhere
+        "threshold_rule": ("relative" if thresholds.relative else "absolute") if thresholds else None,
         "tile_rows": tile_rows if fmt == "spdp" else None,
         "modules_to_not_convert": report["ignored"],
     }

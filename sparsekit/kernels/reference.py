@@ -7,6 +7,10 @@ Conventions (shared by all backends; the schemas in csrc/ops.cpp mirror them):
 - Activation masking keeps ``x`` where ``|x| > threshold`` (strictly greater) and zeroes the rest.
   ``threshold`` is a Python float (a constant per input site, so it can be baked into CUDA graphs).
   ``threshold <= 0`` still drops exact zeros, which changes nothing numerically.
+- The *relative* rule (``mask_relative``, the calibrated default at the o_proj and down_proj inputs,
+  which no norm precedes) keeps ``x`` where ``|x| > threshold * mean(|x|)``, the mean taken over
+  the token's own channels in float32. The runtime applies it in plain torch and hands the
+  kernels the masked x with threshold 0, so no kernel has a second rule.
 - ``teal`` layout: the weight stored transposed, ``w_t = W.T`` with shape ``[K, N]`` row-major, so
   every input channel's column of ``W`` is contiguous (skipping channel j skips one row of w_t).
 - ``spdp`` format: see ``sparsekit.formats.spdp`` (bitmaps per (row tile, input column)).
@@ -18,6 +22,9 @@ import torch
 
 __all__ = [
     "mask_activations",
+    "token_scale",
+    "mask_relative",
+    "relative_magnitude",
     "select",
     "teal_matvec",
     "teal_matvec_sel",
@@ -30,6 +37,23 @@ __all__ = [
 def mask_activations(x: torch.Tensor, threshold: float) -> torch.Tensor:
     """x where |x| > threshold, else 0 (same dtype and shape)."""
     return torch.where(x.abs() > threshold, x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def token_scale(x: torch.Tensor) -> torch.Tensor:
+    """Each token's mean |x| over its channels (the last dim), float32, shape ``[..., 1]``."""
+    return x.abs().float().mean(-1, keepdim=True)
+
+
+def mask_relative(x: torch.Tensor, threshold: float) -> torch.Tensor:
+    """x where |x| > threshold * token_scale(x) (compared in float32), else 0 (same dtype and shape)."""
+    keep = x.abs().float() > threshold * token_scale(x)
+    return torch.where(keep, x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def relative_magnitude(x: torch.Tensor) -> torch.Tensor:
+    """|x| / token_scale(x) in float32 (0 for an all-zero token): the statistic relative thresholds are read from."""
+    scale = token_scale(x)
+    return x.abs().float() / torch.where(scale > 0, scale, torch.ones_like(scale))
 
 
 def select(x: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

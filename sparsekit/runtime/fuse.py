@@ -81,19 +81,20 @@ def _stack(mods: list[nn.Module]) -> nn.Module | None:
     if not all(isinstance(m, SparseLinear) for m in mods):
         return None
     fmts = {m.fmt for m in mods}
-    ts = {m.threshold_value for m in mods}
+    ts = {(m.threshold_value, m.relative) for m in mods}
     if len(fmts) != 1 or len(ts) != 1:
         return None
-    fmt, t = fmts.pop(), ts.pop()
+    fmt, (t, rel) = fmts.pop(), ts.pop()
     first = mods[0]
     sizes = [m.out_features for m in mods]
     if fmt == "teal":  # w_t is [in, out]: stack columns
         w_t = torch.cat([m.w_t for m in mods], dim=1)
-        return SparseLinear.from_packed("teal", {"w_t": w_t}, first.in_features, sum(sizes), t, bias)
+        return SparseLinear.from_packed("teal", {"w_t": w_t}, first.in_features, sum(sizes), t, bias, rel)
     kwargs = _encode_kwargs(first)
     if fmt == "spdp" and len({_encode_kwargs(m)["tile_rows"] for m in mods}) != 1:
         return None
-    return SparseLinear.from_linear(dense_linear(torch.cat([m.dense_weight() for m in mods]), bias), fmt, t, **kwargs)
+    return SparseLinear.from_linear(dense_linear(torch.cat([m.dense_weight() for m in mods]), bias), fmt, t, rel,
+                                    **kwargs)
 
 
 def fuse_projections(model: nn.Module, sites=FUSED_SITES) -> int:
@@ -137,10 +138,10 @@ def unfuse_projections(model: nn.Module) -> int:
                     member = dense_linear(inner.weight.detach()[a:b], bi)
                 elif inner.fmt == "teal":
                     member = SparseLinear.from_packed("teal", {"w_t": inner.w_t[:, a:b]}, inner.in_features, b - a,
-                                                      inner.threshold_value, bi)
+                                                      inner.threshold_value, bi, inner.relative)
                 else:
                     member = SparseLinear.from_linear(dense_linear(inner.dense_weight()[a:b], bi), inner.fmt,
-                                                      inner.threshold_value, **_encode_kwargs(inner))
+                                                      inner.threshold_value, inner.relative, **_encode_kwargs(inner))
                 parent, _, child = p.rpartition(".")
                 setattr(layer.get_submodule(parent), child, member)
             count += 1

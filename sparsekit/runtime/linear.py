@@ -1,8 +1,12 @@
 """``SparseLinear``: one linear layer = a weight format x an activation selector (DESIGN.md section 3).
 
 The stored tensors are buffers named exactly like the saved tensors (``<linear>.<key>``, keys from
-the format module, plus ``<linear>.threshold`` when the layer has an activation threshold and
-``<linear>.bias`` when the original linear had one), so ``from_pretrained`` fills them directly.
+the format module, plus ``<linear>.threshold`` when the layer has an activation threshold,
+``<linear>.threshold_relative`` (a uint8 scalar 1) when that threshold is relative to the token's
+mean |x| (``kernels.reference.mask_relative``: the calibrated default at the o_proj and down_proj
+inputs), and ``<linear>.bias`` when the original linear had one), so ``from_pretrained`` fills them
+directly. A relative layer masks x in plain torch (``torch.compile`` fuses the mean and the mask
+into x's producer) and runs the format's path below on the masked x with threshold 0.
 
 Forward, by format (``xs`` = x masked to ``|x| > threshold`` by ``ops.select``):
 
@@ -36,11 +40,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparsekit.kernels.reference import mask_activations
+from sparsekit.kernels.reference import mask_activations, mask_relative
 
 FORMATS = ("dense", "teal", "spdp", "spinfer", "bitmask", "2:4")
 _MODULES = {"dense": "dense", "teal": "teal", "spdp": "spdp", "spinfer": "spinfer", "bitmask": "bitmask", "2:4": "semi24"}
 THRESHOLD_KEY = "threshold"
+RELATIVE_KEY = "threshold_relative"
 
 _PREFILL_SPARSITY = False
 # On a GPU, calls with many tokens (prefill, large decode batches) leave the matvec kernels:
@@ -129,7 +134,7 @@ class SparseLinear(nn.Module):
 
     def __init__(self, fmt: str, in_features: int, out_features: int, *, bias: bool = False,
                  specs: dict[str, tuple[tuple[int, ...], torch.dtype]] | None = None,
-                 threshold: bool = False, device=None, dtype=None):
+                 threshold: bool = False, relative: bool = False, device=None, dtype=None):
         super().__init__()
         format_module(fmt)  # validates the name
         self.fmt = fmt
@@ -142,6 +147,9 @@ class SparseLinear(nn.Module):
             self.register_buffer(THRESHOLD_KEY, torch.zeros((), dtype=torch.float32, device=device))
         else:
             self.threshold = None
+        self.relative = bool(threshold and relative)  # the threshold is t * mean|x| of each token
+        if self.relative:
+            self.register_buffer(RELATIVE_KEY, torch.ones((), dtype=torch.uint8, device=device))
         if bias:
             self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, device=device), requires_grad=False)
         else:
@@ -154,21 +162,23 @@ class SparseLinear(nn.Module):
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
-    def from_linear(cls, linear: nn.Linear, fmt: str, threshold: float | None = None, **encode_kwargs) -> "SparseLinear":
+    def from_linear(cls, linear: nn.Linear, fmt: str, threshold: float | None = None, relative: bool = False,
+                    **encode_kwargs) -> "SparseLinear":
         """Pack ``linear.weight`` into ``fmt`` (kept on the linear's device and dtype)."""
         w = linear.weight.detach()
         packed = format_module(fmt).encode(w, **encode_kwargs)
         bias = None if linear.bias is None else linear.bias.detach()
-        return cls.from_packed(fmt, packed, linear.in_features, linear.out_features, threshold, bias)
+        return cls.from_packed(fmt, packed, linear.in_features, linear.out_features, threshold, bias, relative)
 
     @classmethod
     def from_packed(cls, fmt: str, packed: dict[str, torch.Tensor], in_features: int, out_features: int,
-                    threshold: float | None = None, bias: torch.Tensor | None = None) -> "SparseLinear":
+                    threshold: float | None = None, bias: torch.Tensor | None = None,
+                    relative: bool = False) -> "SparseLinear":
         """A layer holding already-packed tensors (copied), on the device and dtype of their values."""
         values = packed[float_keys(fmt)[0]]
         specs = {k: (tuple(v.shape), v.dtype) for k, v in packed.items()}
         new = cls(fmt, in_features, out_features, bias=bias is not None, specs=specs,
-                  threshold=threshold is not None, device=values.device, dtype=values.dtype)
+                  threshold=threshold is not None, relative=relative, device=values.device, dtype=values.dtype)
         with torch.no_grad():
             for k, v in packed.items():
                 getattr(new, k).copy_(v)
@@ -241,8 +251,9 @@ class SparseLinear(nn.Module):
 
     def extra_repr(self) -> str:
         t = self.threshold_value
+        shown = "none" if t is None else f"{t:.4g}" + (" x mean|x|" if self.relative else "")
         return (f"format={self.fmt}, in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, threshold={'none' if t is None else f'{t:.4g}'}")
+                f"bias={self.bias is not None}, threshold={shown}")
 
     # -- forward -------------------------------------------------------------------------------
     def _sparsify(self, x: torch.Tensor) -> bool:
@@ -251,41 +262,44 @@ class SparseLinear(nn.Module):
         tokens_per_sequence = x.shape[-2] if x.dim() >= 2 else 1
         return tokens_per_sequence == 1 or _PREFILL_SPARSITY
 
-    def _mask(self, x: torch.Tensor) -> torch.Tensor:
+    def _mask(self, x: torch.Tensor, t: float) -> torch.Tensor:
         """``x`` where ``|x| > t`` (plain torch ops: ``torch.compile`` fuses it into x's producer)."""
-        return mask_activations(x, self._t)
+        return mask_activations(x, t)
 
-    def _select(self, x: torch.Tensor):
+    def _select(self, x: torch.Tensor, t: float):
         if self.shared is not None:
             return self.shared(x)
-        return _ops().select(x, self._t)
+        return _ops().select(x, t)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._ready:
             self.finalize()
         sparse = self._sparsify(x)
+        t = self._t
+        if sparse and self.relative:  # mask here; the kernels below see zeros and threshold 0
+            x, t = mask_relative(x, t), 0.0
         fmt = self.fmt
         tokens = x.numel() // max(1, self.in_features)
         if fmt == "teal":
             if not sparse:
                 y = torch.matmul(x, self.w_t)
             elif x.is_cuda and tokens > TEAL_KERNEL_MAX_TOKENS:  # the union of active channels is most of them
-                y = torch.matmul(self._mask(x), self.w_t)
+                y = torch.matmul(self._mask(x, t), self.w_t)
             elif self.shared is not None:
                 y = _ops().teal_matvec_sel(*self.shared(x), self.w_t)
             else:
-                y = _ops().teal_matvec(x, self.w_t, self._t)
+                y = _ops().teal_matvec(x, self.w_t, t)
         elif fmt == "spdp":
             if x.is_cuda and tokens >= SPDP_DECODE_MIN_TOKENS:
-                y = F.linear(self._mask(x) if sparse else x, _ops().spdp_decode(self.packed()))
+                y = F.linear(self._mask(x, t) if sparse else x, _ops().spdp_decode(self.packed()))
             elif not sparse:
                 y = _ops().spdp_matvec(x, self.packed(), 0.0)
             elif self.shared is not None:
                 y = _ops().spdp_matvec_sel(*self.shared(x), self.packed())
             else:
-                y = _ops().spdp_matvec(x, self.packed(), self._t)
+                y = _ops().spdp_matvec(x, self.packed(), t)
         else:
-            xs = self._select(x)[0] if sparse else x
+            xs = self._select(x, t)[0] if sparse else x
             if fmt == "spinfer":
                 y = _ops().spinfer_matmul(xs, self.packed())
             elif fmt == "dense":

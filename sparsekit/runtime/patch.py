@@ -27,13 +27,15 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
 def convert_model(model: nn.Module, fmt: str, thresholds: dict[str, float] | None = None, ignore=(),
                   progress=None, **encode_kwargs) -> dict:
     """Replace every decoder linear (except those matching ``ignore``) by a ``SparseLinear`` in
-    ``fmt`` with its threshold (None: no activation sparsity). Frees each dense weight as it goes.
+    ``fmt`` with its threshold (None: no activation sparsity; the names in ``thresholds.relative``,
+    a ``Thresholds``, get the relative rule). Frees each dense weight as it goes.
 
     Returns a report: ``format``, ``per_linear`` (name -> sparsity, bytes, dense_bytes, threshold),
     ``ignored`` (names left as nn.Linear), ``bytes``, ``dense_bytes``, ``weight_sparsity``.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown weight format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    relative = frozenset(getattr(thresholds, "relative", ()))
     thresholds = dict(thresholds or {})
     refs = linear_refs(model)
     per_linear, skipped = {}, []
@@ -45,13 +47,14 @@ def convert_model(model: nn.Module, fmt: str, thresholds: dict[str, float] | Non
         if isinstance(lin, SparseLinear):
             raise ValueError(f"{ref.name} is already a SparseLinear; convert a model only once")
         t = thresholds.get(ref.name)
-        sparse = SparseLinear.from_linear(lin, fmt, t, **encode_kwargs)
+        sparse = SparseLinear.from_linear(lin, fmt, t, ref.name in relative, **encode_kwargs)
         _set_submodule(model, ref.name, sparse)
         per_linear[ref.name] = {
             "sparsity": sparse.weight_sparsity(),
             "bytes": sparse.weight_bytes(),
             "dense_bytes": sparse.dense_bytes(),
             "threshold": t,
+            "relative": sparse.relative,
         }
         del lin
         if progress is not None:
@@ -72,7 +75,7 @@ def convert_model(model: nn.Module, fmt: str, thresholds: dict[str, float] | Non
 
 def link_shared_selections(model: nn.Module) -> int:
     """Let the linears of one input site (q/k/v; gate/up) share one ``ops.select`` per forward
-    when all of them are SparseLinear with the same threshold. Returns the number of shared sites."""
+    when all of them are SparseLinear with the same absolute threshold. Returns the number of shared sites."""
     count = 0
     for layer in decoder_layers(model):
         for roles in SITES.values():
@@ -83,7 +86,7 @@ def link_shared_selections(model: nn.Module) -> int:
             if len(mods) < 2 or not all(isinstance(m, SparseLinear) for m in mods):
                 continue
             ts = {m.threshold_value for m in mods}
-            if len(ts) != 1 or None in ts:
+            if len(ts) != 1 or None in ts or any(m.relative for m in mods):
                 continue
             shared = SharedSelection(ts.pop(), len(mods))
             for m in mods:
@@ -101,7 +104,7 @@ def build_empty(model: nn.Module, fmt: str, tensors: dict[str, tuple[tuple[int, 
     (shape, dtype), e.g. from the safetensors headers) by an empty SparseLinear on the meta
     device whose buffers have exactly those names, shapes and dtypes (weight values in the
     linear's own dtype, which the loader casts to). Returns the names replaced."""
-    from sparsekit.runtime.linear import THRESHOLD_KEY, float_keys, format_module
+    from sparsekit.runtime.linear import RELATIVE_KEY, THRESHOLD_KEY, float_keys, format_module
 
     keys = format_module(fmt).KEYS
     floats = float_keys(fmt)
@@ -120,7 +123,8 @@ def build_empty(model: nn.Module, fmt: str, tensors: dict[str, tuple[tuple[int, 
             specs[k] = (tuple(shape), dtype if k in floats else kdtype)
         with torch.device("meta"):
             sparse = SparseLinear(fmt, lin.in_features, lin.out_features, bias=lin.bias is not None, specs=specs,
-                                  threshold=f"{ref.name}.{THRESHOLD_KEY}" in tensors, device="meta", dtype=dtype)
+                                  threshold=f"{ref.name}.{THRESHOLD_KEY}" in tensors,
+                                  relative=f"{ref.name}.{RELATIVE_KEY}" in tensors, device="meta", dtype=dtype)
         _set_submodule(model, ref.name, sparse)
         done.append(ref.name)
     return done
