@@ -94,6 +94,8 @@ def test_random_masks_are_exact_per_row_and_nested():
 
 
 def test_thresholds_hit_the_activation_sparsity():
+    from sparsekit.kernels.reference import mask_relative
+
     model = tiny_model("llama", seed=3)
     t = synthetic.calibrate_thresholds(model, 0.5, seed=1, tokens=64)
     assert len(t) == 7 * model.config.num_hidden_layers
@@ -105,8 +107,13 @@ def test_thresholds_hit_the_activation_sparsity():
     with torch.no_grad():
         model(input_ids=torch.randint(0, 128, (1, 64), generator=torch.Generator().manual_seed(9)))
     h.remove()
-    frac = (seen["x"].abs() <= t["model.layers.1.mlp.down_proj"]).float().mean().item()
+    down = "model.layers.1.mlp.down_proj"
+    assert down in t.relative and "model.layers.1.mlp.up_proj" not in t.relative  # calibrate's default rule
+    frac = (mask_relative(seen["x"], t[down]) == 0).float().mean().item()
     assert 0.4 < frac < 0.6
+    absolute = synthetic.calibrate_thresholds(model, 0.5, seed=1, tokens=64, rule="absolute")
+    assert not absolute.relative and absolute["model.layers.1.mlp.up_proj"] == t["model.layers.1.mlp.up_proj"]
+    assert 0.4 < (seen["x"].abs() <= absolute[down]).float().mean().item() < 0.6
 
 
 def test_densify_restores_the_dense_model():
