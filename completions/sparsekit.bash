@@ -40,11 +40,12 @@ _sparsekit() {
                 --sparsity) return;;
                 --eval-dataset) return;;
                 --prefill) COMPREPLY=($(compgen -W "all later-half" -- "$cur")); return;;
+                --threshold-rule) COMPREPLY=($(compgen -W "relative absolute" -- "$cur")); return;;
                 --device) return;;
                 --dtype) COMPREPLY=($(compgen -W "auto float16 bfloat16 float32" -- "$cur")); return;;
                 --seed) return;;
             esac
-            COMPREPLY=($(compgen -W "--calib-dataset --calibration --device --dtype --eval --eval-dataset --greedy --json --model --nsamples --out --prefill --seed --seqlen --sparsity -m" -- "$cur"));;
+            COMPREPLY=($(compgen -W "--calib-dataset --calibration --device --dtype --eval --eval-dataset --greedy --json --model --nsamples --out --prefill --seed --seqlen --sparsity --threshold-rule -m" -- "$cur"));;
         convert)
             case "$prev" in
                 --format) COMPREPLY=($(compgen -W "spdp spinfer teal bitmask 2:4 dense" -- "$cur")); return;;

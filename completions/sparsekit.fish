@@ -40,6 +40,7 @@ complete -c sparsekit -n '__fish_seen_subcommand_from calibrate' -l sparsity -r 
 complete -c sparsekit -n '__fish_seen_subcommand_from calibrate' -l eval -d 'With --sparsity: perplexity and achieved sparsity per site on held-out text.'
 complete -c sparsekit -n '__fish_seen_subcommand_from calibrate' -l eval-dataset -r -d 'Held-out text for --eval: wikitext2, demo, or a local file.'
 complete -c sparsekit -n '__fish_seen_subcommand_from calibrate' -l prefill -r -a 'all later-half' -d 'Perplexity windows: sparsify every token (all) or only the later half of each window; decode tokens are always sparsified.'
+complete -c sparsekit -n '__fish_seen_subcommand_from calibrate' -l threshold-rule -r -a 'relative absolute' -d 'relative: the o_proj/down_proj inputs (no norm before them) keep x where |x| > t x the tokens mean |x|, which holds the target sparsity when the texts scale shifts; absolute: |x| > t everywhere, as TEAL. Ignored with --calibration (its rule is recorded).'
 complete -c sparsekit -n '__fish_seen_subcommand_from calibrate' -l device -r -d 'auto, cpu, cuda or cuda:N.'
 complete -c sparsekit -n '__fish_seen_subcommand_from calibrate' -l dtype -r -a 'auto float16 bfloat16 float32' -d 'Compute dtype; auto = float16/bfloat16 on GPU, float32 on CPU.'
 complete -c sparsekit -n '__fish_seen_subcommand_from calibrate' -l seed -r -d 'Random seed (calibration samples, synthetic weights).'
