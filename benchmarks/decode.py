@@ -52,7 +52,7 @@ def _args(argv=None):
     ap.add_argument("--eager-prefill", action="store_true", help="compile the decode step only, not the prefill (ablation)")
     ap.add_argument("--no-fuse", action="store_true", help="one launch per projection (ablation)")
     ap.add_argument("--threshold-rule", default="relative", choices=("relative", "absolute"),
-                    help="the o/down thresholds' rule (calibrate's default is relative; absolute: the ablation)")
+                    help="the o_proj thresholds' rule (calibrate's default is relative; absolute: the ablation)")
     ap.add_argument("--tune", default="", help="CUDA kernel knobs for the whole run, e.g. pdl=1 (sparsekit_cuda.tune)")
     ap.add_argument("--child", help=argparse.SUPPRESS)  # dtype handled by this child process
     ap.add_argument("--deadline", type=float, help=argparse.SUPPRESS)

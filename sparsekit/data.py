@@ -81,13 +81,25 @@ def tokenize(text: str, tokenizer) -> torch.Tensor:
 
 
 def calibration_samples(source: str, tokenizer, nsamples: int, seqlen: int, seed: int = 0) -> torch.Tensor:
-    """``nsamples`` random windows of ``seqlen`` tokens, ``[nsamples, seqlen]``, reproducible by seed."""
+    """``nsamples`` windows of ``seqlen`` tokens that share no token, ``[nsamples, seqlen]``, reproducible by seed.
+
+    The token stream is cut into back-to-back windows from a random offset and ``nsamples`` of them
+    are drawn without replacement. (Windows at independent random starts overlap and count some
+    text twice: on the demo model that alone moved the achieved activation sparsity of held-out
+    text by up to 0.006 at a site; benchmarks/NOTES.md.) A text with fewer windows than asked for
+    gives all of them, and the rest start at random positions.
+    """
     ids = tokenize(load_text(source, "calibration"), tokenizer)
     if ids.numel() <= seqlen:
         raise BadInput(f"dataset {source!r} has {ids.numel()} tokens, fewer than --seqlen {seqlen}.")
     gen = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, ids.numel() - seqlen, (nsamples,), generator=gen)
-    return torch.stack([ids[s : s + seqlen] for s in starts.tolist()])
+    n = ids.numel()
+    offset = int(torch.randint(0, n % seqlen + 1, (1,), generator=gen))
+    count = (n - offset) // seqlen
+    starts = (offset + seqlen * torch.randperm(count, generator=gen)[:nsamples]).tolist()
+    if nsamples > count:
+        starts += torch.randint(0, n - seqlen + 1, (nsamples - count,), generator=gen).tolist()
+    return torch.stack([ids[s : s + seqlen] for s in starts])
 
 
 def eval_tokens(source: str, tokenizer, max_tokens: int | None = None) -> torch.Tensor:

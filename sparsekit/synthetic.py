@@ -121,7 +121,7 @@ def calibrate_thresholds(model: nn.Module, sparsity: float, seed: int = 0, token
 
     Linears that share an input (q/k/v; gate/up) get the same threshold. Keys are the full module
     names, the form ``sparsekit.runtime.patch.convert_model`` takes. With ``rule="relative"`` (what
-    ``sparsekit calibrate`` records by default) the o and down sites get relative thresholds, so a
+    ``sparsekit calibrate`` records by default) the o sites get relative thresholds, so a
     benchmark runs the same masking a calibrated model does. Returns a ``Thresholds``.
     """
     from sparsekit.activation.sparsify import Thresholds

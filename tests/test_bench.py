@@ -103,17 +103,18 @@ def test_thresholds_hit_the_activation_sparsity():
     assert t["model.layers.1.mlp.gate_proj"] == t["model.layers.1.mlp.up_proj"]
     # on fresh random tokens, each site drops about half of its inputs
     seen = {}
-    h = model.model.layers[1].mlp.down_proj.register_forward_pre_hook(lambda m, a: seen.setdefault("x", a[0]))
+    hooks = [model.model.layers[1].mlp.down_proj.register_forward_pre_hook(lambda m, a: seen.setdefault("down", a[0])),
+             model.model.layers[1].self_attn.o_proj.register_forward_pre_hook(lambda m, a: seen.setdefault("o", a[0]))]
     with torch.no_grad():
         model(input_ids=torch.randint(0, 128, (1, 64), generator=torch.Generator().manual_seed(9)))
-    h.remove()
-    down = "model.layers.1.mlp.down_proj"
-    assert down in t.relative and "model.layers.1.mlp.up_proj" not in t.relative  # calibrate's default rule
-    frac = (mask_relative(seen["x"], t[down]) == 0).float().mean().item()
-    assert 0.4 < frac < 0.6
+    for h in hooks:
+        h.remove()
+    down, o = "model.layers.1.mlp.down_proj", "model.layers.1.self_attn.o_proj"
+    assert t.relative == {f"model.layers.{i}.self_attn.o_proj" for i in range(model.config.num_hidden_layers)}
+    assert 0.4 < (seen["down"].abs() <= t[down]).float().mean().item() < 0.6
+    assert 0.4 < (mask_relative(seen["o"], t[o]) == 0).float().mean().item() < 0.6
     absolute = synthetic.calibrate_thresholds(model, 0.5, seed=1, tokens=64, rule="absolute")
-    assert not absolute.relative and absolute["model.layers.1.mlp.up_proj"] == t["model.layers.1.mlp.up_proj"]
-    assert 0.4 < (seen["x"].abs() <= absolute[down]).float().mean().item() < 0.6
+    assert not absolute.relative and absolute[down] == t[down] and absolute[o] != t[o]
 
 
 def test_densify_restores_the_dense_model():

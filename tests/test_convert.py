@@ -332,9 +332,9 @@ def test_convert_with_calibration_dir_stores_its_thresholds(tmp_path, capsys):
     with safe_open(out / "model.safetensors", "pt") as f:
         for name, t in expected.items():
             assert f.get_tensor(f"{name}.threshold").item() == pytest.approx(t, rel=1e-6)
-        # the default rule: o_proj and down_proj thresholds are relative to the token's mean |x|
+        # the default rule: the o_proj thresholds are relative to the token's mean |x|
         marked = {k.removesuffix(".threshold_relative") for k in f.keys() if k.endswith(".threshold_relative")}
-    assert marked == set(expected.relative) == {n for n in expected if n.endswith(("o_proj", "down_proj"))}
+    assert marked == set(expected.relative) == {n for n in expected if n.endswith("o_proj")}
     assert json.loads((out / "config.json").read_text())["quantization_config"]["threshold_rule"] == "relative"
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["activation_sparsity"] == 0.5 and manifest["settings"]["calibration"] == str(tmp_path / "cal")

@@ -94,6 +94,33 @@ def test_calibration_samples_are_seeded_and_fixed_length(tmp_path):
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
+class _PositionTokenizer:
+    """Token i is i: a sample's values say where in the text it came from."""
+
+    def __call__(self, text, return_tensors="pt", add_special_tokens=True, verbose=True):
+        class Out:
+            pass
+
+        out = Out()
+        out.input_ids = torch.arange(len(text)).unsqueeze(0)
+        return out
+
+
+@pytest.mark.parametrize("nsamples", [1, 7, 11])
+def test_calibration_samples_are_disjoint_windows_of_the_text(tmp_path, nsamples):
+    f = tmp_path / "t.txt"
+    f.write_text("x" * 365)  # 11 windows of 32 tokens, 13 left over for the random offset
+    for seed in range(4):
+        s = data.calibration_samples(str(f), _PositionTokenizer(), nsamples=nsamples, seqlen=32, seed=seed)
+        assert s.shape == (nsamples, 32)
+        assert torch.equal(s - s[:, :1], torch.arange(32).expand(nsamples, 32))  # contiguous text
+        assert s.flatten().unique().numel() == s.numel()  # no token twice
+        assert len({int(v) % 32 for v in s[:, 0]}) == 1  # one grid of back-to-back windows
+    # asking for more windows than the text holds: all of them, then random starts
+    s = data.calibration_samples(str(f), _PositionTokenizer(), nsamples=14, seqlen=32, seed=0)
+    assert s[:11].flatten().unique().numel() == 11 * 32 and s.shape == (14, 32) and int(s.max()) < 365
+
+
 def test_jsonl_source_and_bad_sources(tmp_path):
     f = tmp_path / "t.jsonl"
     f.write_text('{"text": "hello"}\n{"text": "world"}\n')

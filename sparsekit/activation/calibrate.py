@@ -5,8 +5,8 @@ sample through it; the visitor here never changes the layer (returns False). Whi
 the device it
 
 1. records the dense histogram of |x| at the four input sites (forward-pre hooks on q, o, gate,
-   down; q/k/v and gate/up share their input; with the relative rule the o and down histograms
-   hold |x| / mean|x| per token, ``thresholds.py``), and keeps the inputs of the first few samples
+   down; q/k/v and gate/up share their input; with the relative rule the o histograms hold
+   |x| / mean|x| per token, ``thresholds.py``), and keeps the inputs of the first few samples
    (the *subset*) plus the dense o/down histograms of the subset;
 2. measures the in-use correction of every site on the subset (``probe.corrections``), carrying
    the subset's hidden states through the layers once per level (every earlier layer sparsified
@@ -87,7 +87,7 @@ def calibrate_model(model: nn.Module, samples: torch.Tensor, *, device: torch.de
                     correction_tokens: int = CORRECTION_TOKENS, levels=LEVELS, rule: str = "relative") -> Calibration:
     """Histograms of every linear input site, the in-use correction (and the greedy tables).
 
-    ``rule``: "relative" (the o and down sites record |x| / mean|x|) or "absolute" (|x| everywhere).
+    ``rule``: "relative" (the o sites record |x| / mean|x|) or "absolute" (|x| everywhere).
     """
     relative = relative_sites(rule)
     settings = settings or greedy_mod.GreedySettings()

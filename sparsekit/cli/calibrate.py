@@ -34,7 +34,7 @@ def command(
     eval: Annotated[bool, typer.Option("--eval", help="With --sparsity: perplexity and achieved sparsity per site on held-out text.")] = False,
     eval_dataset: Annotated[str, typer.Option(help="Held-out text for --eval: wikitext2, demo, or a local file.")] = "demo",
     prefill: Annotated[Prefill, typer.Option(help="Perplexity windows: sparsify every token (all) or only the later half of each window; decode tokens are always sparsified.")] = Prefill.all,
-    threshold_rule: Annotated[Rule, typer.Option(help="relative: the o_proj/down_proj inputs (no norm before them) keep x where |x| > t x the token's mean |x|, which holds the target sparsity when the text's scale shifts; absolute: |x| > t everywhere, as TEAL. Ignored with --calibration (its rule is recorded).")] = Rule.relative,
+    threshold_rule: Annotated[Rule, typer.Option(help="relative: the o_proj input (the attention output, no norm before it) keeps x where |x| > t x the token's mean |x|, which holds the target sparsity when the text's scale shifts; absolute: |x| > t everywhere, as TEAL. Ignored with --calibration (its rule is recorded).")] = Rule.relative,
     device: o.Device = "auto",
     dtype: o.DTypeOpt = o.DType.auto,
     seed: o.Seed = 0,
@@ -71,7 +71,7 @@ def _site_table(outcome, mode: str, s2: float, row):
 
     cal = outcome.calibration
     th, exp = outcome.thresholds[mode][s2], outcome.expected[mode][s2]
-    rule = "; at o and down, |x| > t x mean|x| of the token" if cal.relative_names() else ""
+    rule = "; at o, |x| > t x mean|x| of the token" if cal.relative_names() else ""
     table = Table(title=f"{mode} thresholds at S2 = {s2:g} (keep x where |x| > t{rule})")
     for col in ("layer", "site" if mode == "uniform" else "linear", "threshold", "target"):
         table.add_column(col, justify="left" if col in ("site", "linear") else "right")

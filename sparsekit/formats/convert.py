@@ -236,7 +236,7 @@ def run_convert(out: Path, model: str = "demo", fmt: str = "spdp", calibration: 
         "activation_sparsity": activation_sparsity,
         "greedy": bool(greedy) if calibration is not None else None,
         "thresholds": bool(thresholds),
-        # relative: the o_proj/down_proj thresholds scale with each token's mean |x| (a per-linear
+        # relative: the o_proj thresholds scale with each token's mean |x| (a per-linear
         # <name>.threshold_relative tensor says which); absolute: |x| > t everywhere
         "threshold_rule": ("relative" if thresholds.relative else "absolute") if thresholds else None,
         "tile_rows": tile_rows if fmt == "spdp" else None,

@@ -7,8 +7,8 @@ Conventions (shared by all backends; the schemas in csrc/ops.cpp mirror them):
 - Activation masking keeps ``x`` where ``|x| > threshold`` (strictly greater) and zeroes the rest.
   ``threshold`` is a Python float (a constant per input site, so it can be baked into CUDA graphs).
   ``threshold <= 0`` still drops exact zeros, which changes nothing numerically.
-- The *relative* rule (``mask_relative``, the calibrated default at the o_proj and down_proj inputs,
-  which no norm precedes) keeps ``x`` where ``|x| > threshold * mean(|x|)``, the mean taken over
+- The *relative* rule (``mask_relative``, the calibrated default at the o_proj input, which no norm
+  precedes) keeps ``x`` where ``|x| > threshold * mean(|x|)``, the mean taken over
   the token's own channels in float32. The runtime applies it in plain torch and hands the
   kernels the masked x with threshold 0, so no kernel has a second rule.
 - ``teal`` layout: the weight stored transposed, ``w_t = W.T`` with shape ``[K, N]`` row-major, so
