@@ -3,9 +3,10 @@
 The stored tensors are buffers named exactly like the saved tensors (``<linear>.<key>``, keys from
 the format module, plus ``<linear>.threshold`` when the layer has an activation threshold,
 ``<linear>.threshold_relative`` (a uint8 scalar 1) when that threshold is relative to the token's
-mean |x| (``kernels.reference.mask_relative``: the calibrated default at the o_proj input), and ``<linear>.bias`` when the original linear had one), so ``from_pretrained`` fills them
-directly. A relative layer masks x in plain torch (``torch.compile`` fuses the mean and the mask
-into x's producer) and runs the format's path below on the masked x with threshold 0.
+mean |x| (``kernels.reference.mask_relative``: the calibrated default at the o_proj input), and
+``<linear>.bias`` when the original linear had one), so ``from_pretrained`` fills them directly.
+A relative layer masks x in plain torch (compiled, one small reduction kernel per call: ~3.5 us
+per layer and token on an H200) and runs the format's path below on the masked x with threshold 0.
 
 Forward, by format (``xs`` = x masked to ``|x| > threshold`` by ``ops.select``):
 
