@@ -7,21 +7,8 @@
 # (CUDA against Triton, prefill_paths.py --decode-sweep).
 # Everything lands in $OUT/all.tgz; summary.txt (short) is printed last.
 set -uo pipefail
-export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-LIMIT=${LIMIT:-570}
-S="$OUT/summary.txt"
-left() { echo $((LIMIT - SECONDS)); }
-step() {  # step NAME MAX_SECONDS CMD...: run with the smaller of MAX and what is left, log to $OUT/NAME.log
-  local name=$1 max=$2; shift 2
-  local t=$(( $(left) < max ? $(left) : max )); t0=$SECONDS
-  if [ "$t" -lt 20 ]; then echo "$name: skipped (time)" | tee -a "$S"; return; fi
-  timeout "$t" "$@" >"$OUT/$name.log" 2>&1
-  echo "$name: rc=$? in $((SECONDS - t0)) s" | tee -a "$S"
-}
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee -a "$S"
-step build 240 python3 setup.py build_ext --inplace || true
-grep -q "rc=0" <(tail -1 "$S") || { tail -30 "$OUT/build.log"; exit 1; }
+source benchmarks/gpu_common.sh
+build
 if [ "${KERNELS:-1}" = 1 ]; then
   step kernels 150 python3 benchmarks/cuda_kernels.py --spdp ${KERNELS_EXTRA:-} --json "$OUT/cuda_kernels.json"
   sed -n '/^## /,$p' "$OUT/kernels.log" >>"$S"
@@ -49,9 +36,4 @@ if [ -n "${CALIB_ARGS:-}" ]; then
   step calibrate 300 python3 benchmarks/calibrate_7b.py $CALIB_ARGS --json "$OUT/calibrate_7b.json"
   tail -12 "$OUT/calibrate.log" >>"$S"
 fi
-# two files come back: the archive of every log, and the summary
-tar czf /tmp/gpu_spdp_all.tgz -C "$OUT" --exclude=./summary.txt . || true
-find "$OUT" -mindepth 1 ! -name summary.txt -delete
-mv /tmp/gpu_spdp_all.tgz "$OUT/all.tgz"
-echo "================ summary"
-cat "$S"
+finish gpu_spdp
