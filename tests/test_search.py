@@ -193,6 +193,16 @@ def test_other_settings_are_refused_unless_forced(full, tiny_dir, tmp_path):
     assert sorted(p.name for p in (out / "cache").iterdir()) == ["s1_0.0", "s1_0.3"]
 
 
+def test_a_search_from_before_the_calibration_protocol_is_refused(full, tiny_dir, tmp_path):
+    """Its cached pruned models and calibrations used random-start windows and absolute thresholds."""
+    out = shutil.copytree(full[0], tmp_path / "old")
+    meta = json.loads((out / "search.json").read_text())
+    del meta["settings"]["calibration_protocol"]
+    (out / "search.json").write_text(json.dumps(meta))
+    with pytest.raises(BadInput, match=r"other settings \(calibration_protocol\).*--force"):
+        run_search(model=str(tiny_dir), out=out, **SEARCH, **TINY)
+
+
 @pytest.mark.parametrize("kw, words", [
     (dict(totals=[1.0]), "--total"),
     (dict(totals=[0.5], s1_grid="0,0.6"), "larger than the total budget"),

@@ -113,6 +113,9 @@ class Settings:
     eval_windows: int | None
     seed: int
     dtype: str
+    # what a cached pruned model and calibration were made with: 2 = disjoint calibration windows,
+    # relative o_proj thresholds, 8192-token in-use correction (a dir from before is refused unless --force)
+    calibration_protocol: int = 2
 
     def as_dict(self) -> dict:
         return asdict(self)
