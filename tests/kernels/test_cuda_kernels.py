@@ -453,6 +453,7 @@ def test_sanitizer_smoke(ops, ref, tune, tokens):
         sp = {key: (v.cuda() if key != "shape" else v) for key, v in spdp.encode(w, r).items()}
         _check(ops.spdp_matvec(x, sp, thr, backend="cuda"), ref.spdp_matvec(x, sp, thr), dtype)
         _check(ops.spdp_matvec_sel(xs, idx, nnz, sp, backend="cuda"), ref.spdp_matvec_sel(xs, idx, nnz, sp), dtype)
+        assert torch.equal(ops.spdp_decode(sp, backend="cuda"), ref.spdp_decode(sp))
     si = {key: (v.cuda() if key != "shape" else v) for key, v in spinfer.encode(w).items()}
     _check(ops.spinfer_matmul(x, si, backend="cuda"), ref.spinfer_matmul(x, si), dtype)
 
