@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from sparsekit.activation.histograms import Accumulator, Quantiles
-from sparsekit.activation.sparsify import Handle, Thresholds, floor_to
+from sparsekit.activation.sparsify import Handle, Thresholds, below, floor_to
 from sparsekit.kernels.reference import relative_magnitude
 from sparsekit.models import SITES
 
@@ -155,7 +155,7 @@ class LayerProbe:
         for r in ATTN_ROLES:
             t = floor_to(float(self.thresholds.get(r, 0.0)), x.dtype)
             if t not in self._memo:
-                self._memo[t] = float((x.abs() <= t).float().mean()) if t > 0 else float((x == 0).float().mean())
+                self._memo[t] = float(below(x, t).float().mean())
             out[r] = self._memo[t]
         return out
 

@@ -62,6 +62,11 @@ class Thresholds(dict):
     def copy(self) -> "Thresholds":
         return Thresholds(self, self.relative)
 
+    @classmethod
+    def of(cls, thresholds: Mapping[str, float] | None) -> "Thresholds":
+        """A copy of any name -> t mapping (None: empty), keeping its relative names if it has them."""
+        return cls(thresholds or {}, relative_names(thresholds))
+
 
 def relative_names(thresholds) -> frozenset:
     """The names of ``thresholds`` under the relative rule (none for a plain dict)."""
@@ -79,9 +84,7 @@ def below(x: torch.Tensor, t: float, relative: bool = False) -> torch.Tensor:
 
 def mask(x: torch.Tensor, t: float) -> torch.Tensor:
     """x with entries |x| <= t zeroed (a new tensor); t <= 0 leaves x as it is."""
-    if t <= 0:
-        return x
-    return x.masked_fill(x.abs() <= floor_to(float(t), x.dtype), 0)
+    return x if t <= 0 else x.masked_fill(below(x, t), 0)
 
 
 class Handle:
@@ -179,7 +182,7 @@ def apply_thresholds(model: nn.Module, thresholds: Mapping[str, float], prefill:
 
     Returns a handle; ``handle.remove()`` or ``with apply_thresholds(...):`` takes the hooks off.
     """
-    handle = Handle(Thresholds(thresholds, relative_names(thresholds)), prefill, count)
+    handle = Handle(Thresholds.of(thresholds), prefill, count)
     return handle.attach(modules_by_name(model, thresholds))
 
 

@@ -205,9 +205,9 @@ def run_convert(out: Path, model: str = "demo", fmt: str = "spdp", calibration: 
         cal = Calibration.load(Path(calibration), net)
         thresholds = cal.thresholds(float(activation_sparsity), greedy=greedy)
         expected = cal.expected(float(activation_sparsity), greedy=greedy)
-    from sparsekit.activation.sparsify import Thresholds, relative_names
+    from sparsekit.activation.sparsify import Thresholds
 
-    thresholds = Thresholds(thresholds or {}, relative_names(thresholds))
+    thresholds = Thresholds.of(thresholds)
     refs = [r for r in linear_refs(net) if not ignored(r.name, ignore)]
     if fmt == "2:4":
         for r in refs:

@@ -262,10 +262,6 @@ class SparseLinear(nn.Module):
         tokens_per_sequence = x.shape[-2] if x.dim() >= 2 else 1
         return tokens_per_sequence == 1 or _PREFILL_SPARSITY
 
-    def _mask(self, x: torch.Tensor, t: float) -> torch.Tensor:
-        """``x`` where ``|x| > t`` (plain torch ops: ``torch.compile`` fuses it into x's producer)."""
-        return mask_activations(x, t)
-
     def _select(self, x: torch.Tensor, t: float):
         if self.shared is not None:
             return self.shared(x)
@@ -284,14 +280,14 @@ class SparseLinear(nn.Module):
             if not sparse:
                 y = torch.matmul(x, self.w_t)
             elif x.is_cuda and tokens > TEAL_KERNEL_MAX_TOKENS:  # the union of active channels is most of them
-                y = torch.matmul(self._mask(x, t), self.w_t)
+                y = torch.matmul(mask_activations(x, t), self.w_t)  # plain torch: compiled into x's producer
             elif self.shared is not None:
                 y = _ops().teal_matvec_sel(*self.shared(x), self.w_t)
             else:
                 y = _ops().teal_matvec(x, self.w_t, t)
         elif fmt == "spdp":
             if x.is_cuda and tokens >= SPDP_DECODE_MIN_TOKENS:
-                y = F.linear(self._mask(x, t) if sparse else x, _ops().spdp_decode(self.packed()))
+                y = F.linear(mask_activations(x, t) if sparse else x, _ops().spdp_decode(self.packed()))
             elif not sparse:
                 y = _ops().spdp_matvec(x, self.packed(), 0.0)
             elif self.shared is not None:

@@ -35,7 +35,9 @@ def convert_model(model: nn.Module, fmt: str, thresholds: dict[str, float] | Non
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown weight format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    relative = frozenset(getattr(thresholds, "relative", ()))
+    from sparsekit.activation.sparsify import relative_names
+
+    relative = relative_names(thresholds)
     thresholds = dict(thresholds or {})
     refs = linear_refs(model)
     per_linear, skipped = {}, []
