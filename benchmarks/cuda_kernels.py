@@ -134,7 +134,7 @@ def check(out: torch.Tensor, ref: torch.Tensor, what: str) -> None:
 
 def ncu_launches() -> None:
     """fp16, 4096 -> 11008, 50% activation (and 50% weight) sparsity, two launches each: teal, spdp
-    (tile rows 64) as by default, spdp with the deep variant (tune("spdp_deep", 1))."""
+    (tile rows 64) as by default (the nibble kernel), spdp with the plain kernel (tune("spdp_nib", 2))."""
     from sparsekit import ops
     from sparsekit.formats import spdp
 
@@ -147,11 +147,11 @@ def ncu_launches() -> None:
     tune = torch.ops.sparsekit_cuda.tune
     for _ in range(2):
         ops.teal_matvec(x, wt, thr)
-    for deep in (0, 1):
-        tune("spdp_deep", deep)
+    for nib in (0, 2):
+        tune("spdp_nib", nib)
         for _ in range(2):
             ops.spdp_matvec(x, packed, thr)
-    tune("spdp_deep", 0)
+    tune("spdp_nib", 0)
     torch.cuda.synchronize()
 
 
@@ -255,7 +255,7 @@ def spdp_touched(packed: dict, mask: torch.Tensor, n: int, k: int, r: int) -> in
 
 
 def spdp_sweep(tune, record) -> None:
-    """spdp_matvec at T = 1: tile rows 32/64/128 x the default and deep variants x forced splits, cuBLAS."""
+    """spdp_matvec at T = 1: tile rows 32/64/128 x the default (nibble), plain and deep kernels x forced splits, cuBLAS."""
     from sparsekit import ops
     from sparsekit.formats import spdp
     from sparsekit.kernels import reference
@@ -277,9 +277,10 @@ def spdp_sweep(tune, record) -> None:
                     touched = spdp_touched(packed, mask, n, k, r)
                     cps = clones(packed)
                     expect = reference.spdp_matvec(x, packed, thr)
-                    grid = [{}, {"spdp_deep": 1}]
+                    # default (the nibble kernel for 16-bit values), then the plain and deep kernels
+                    grid = [{}, {"spdp_nib": 2, "spdp_deep": 2}, {"spdp_nib": 2, "spdp_deep": 1}]
                     if dtype == torch.float16 and s1 == 0.5:
-                        grid += [{"spdp_deep": d, "split": sv} for d in (0, 1) for sv in (1, 2, 3, 4)]
+                        grid += [{"split": sv} for sv in (1, 2, 3, 4, 6, 8)]
                     for knobs in grid:
                         with tuned(tune, knobs):
                             check(ops.spdp_matvec(x, packed, thr), expect, f"spdp {name} R={r} {fmt(knobs)}")

@@ -33,6 +33,7 @@ struct MatvecParams {
   int vec;             // TEAL: 1 when w_t rows can be read as aligned 16-byte vectors
   const int* bitmap;   // SPDP: [NT, K, R/32]
   const int* offsets;  // SPDP: [NT*K + 1]
+  long long nvals;     // SPDP: entries of values (the NIB variant's 8-byte loads stay inside it)
   int pipe;            // TEAL: 0 = batches of U register loads; 1 = a cp.async ring of D rows per lane
                        // (only read by the PIPE instantiation)
 };
@@ -45,24 +46,33 @@ struct MatvecParams {
 //   default's 512) with up to 128 registers, spent on 2-4x more columns in flight per lane, and
 //   every staging load of a thread in flight at once (tune("spdp_deep"); the default for R = 128,
 //   where the V = 0 instantiation spills).
+// - SPDP, V = 2 (NIB, one token, 16-bit values): a lane owns 4 consecutive rows of a column (one
+//   nibble of its bitmap), so R/4 lanes share a column and a warp walks 128/R columns per step. The
+//   lane's non-zeros are one contiguous run of at most 4 values: two 8-byte loads fetch it, and two
+//   byte permutes driven by a 16-entry table expand it into the 4 rows. The V = 0 kernel spends a
+//   popcount, a bit test and a 2-byte load per row and lane (about 22 warp-instructions per row
+//   slot measured on the H200); this one spends them once per 4 rows (tune("spdp_nib")).
 template <typename T, int TC, int R, int V = 0>
 struct MvCfg {
   static constexpr bool SPDP = R > 0;
   static constexpr bool PIPE = !SPDP && V == 1;
   static constexpr bool DEEP = SPDP && V == 1;
+  static constexpr bool NIB = SPDP && V == 2;
   static constexpr int NTHREADS = (SPDP && !DEEP) ? 512 : 256;
   static constexpr int NW = NTHREADS / 32;
   static constexpr int MINB = (SPDP && TC > 1) ? 1 : 2;             // resident blocks asked of ptxas
   static constexpr int VEC = Vec<T>::N;
   static constexpr int W = SPDP ? R / 32 : 1;                       // bitmap words per column
-  static constexpr int ACC = SPDP ? W : VEC;                        // accumulators per lane per token
+  static constexpr int ACC = NIB ? 4 : (SPDP ? W : VEC);            // accumulators per lane per token
   static constexpr int TILE_MAX = SPDP ? R : 32 * VEC;              // outputs per tile (max)
   static constexpr int CH = TC == 1 ? 2048 : 1024;                  // list capacity per pass
   static constexpr int PER = CH / NTHREADS;                         // channels per thread (fused build)
   // loads in flight per lane in the batch loops (SPDP: columns, each R/32 values)
   static_assert(!DEEP || TC == 1, "the deep spdp variant exists for one token only");
-  static constexpr int U = SPDP ? (DEEP ? (W == 4 ? 12 : 32) : (TC == 1 ? 8 : (TC == 4 ? 4 : 2)))
-                                : (TC == 1 ? 8 : 4);
+  static_assert(!NIB || (TC == 1 && sizeof(T) == 2), "the nibble spdp variant exists for one token of 16-bit values");
+  static constexpr int U = NIB ? 4
+                               : SPDP ? (DEEP ? (W == 4 ? 12 : 32) : (TC == 1 ? 8 : (TC == 4 ? 4 : 2)))
+                                      : (TC == 1 ? 8 : 4);
   static constexpr int SG = DEEP ? 4 : 2;                            // SPDP staging: entries in flight per thread
   static constexpr int D = 8;                                        // TEAL cp.async ring depth (rows per lane)
   // shared memory carve-up (bytes, each piece 16-byte aligned)
@@ -85,6 +95,44 @@ template <> __device__ __forceinline__ uint32_t ld_val_bits<__nv_bfloat16>(const
 template <typename T> __device__ __forceinline__ float val_bits_to_f(uint32_t b) { return bits16_to_f<T>(b); }
 template <> __device__ __forceinline__ float val_bits_to_f<float>(uint32_t b) { return __uint_as_float(b); }
 
+// ---- NIB variant helpers -----------------------------------------------------------------------
+// Table entry of a 4-bit bitmap nibble n: byte permutes that place run value rank(j) (the number of
+// set bits below bit j) at row j of the nibble, for rows (0, 1) and (2, 3), and the masks that
+// zero the rows whose bit is clear. The run's 4 values sit in two words r0 = (v0, v1), r1 = (v2, v3),
+// so value k is bytes 2k and 2k + 1 of __byte_perm(r0, r1, .).
+__host__ __device__ __forceinline__ uint4 nib_entry(uint32_t n) {
+  uint32_t sel[2] = {0u, 0u}, mask[2] = {0u, 0u};
+  uint32_t rank = 0;
+  for (int j = 0; j < 4; ++j) {
+    const uint32_t bit = (n >> j) & 1u, q = static_cast<uint32_t>(j & 1) * 8u;
+    sel[j >> 1] |= ((2u * rank) << q) | ((2u * rank + 1u) << (q + 4u));
+    if (bit) mask[j >> 1] |= 0xffffu << (2u * q);
+    rank += bit;
+  }
+  return make_uint4(sel[0], sel[1], mask[0], mask[1]);
+}
+// 8-byte read-only load when `pred` (zeros otherwise); no branch around it, so every load of a
+// batch can be in flight together.
+__device__ __forceinline__ uint2 ld_nc_u2_if(const void* ptr, bool pred) {
+  uint2 r = make_uint2(0u, 0u);
+  asm("{\n .reg .pred q;\n setp.ne.b32 q, %3, 0;\n @q ld.global.nc.v2.u32 {%0, %1}, [%2];\n}"
+      : "+r"(r.x), "+r"(r.y)
+      : "l"(ptr), "r"(static_cast<int>(pred)));
+  return r;
+}
+// Two 16-bit values (low, high half of a word) -> floats.
+template <typename T> __device__ __forceinline__ void unpack2(uint32_t w, float& a, float& b);
+template <> __device__ __forceinline__ void unpack2<__half>(uint32_t w, float& a, float& b) {
+  const float2 v = __half22float2(*reinterpret_cast<const __half2*>(&w));
+  a = v.x;
+  b = v.y;
+}
+template <> __device__ __forceinline__ void unpack2<__nv_bfloat16>(uint32_t w, float& a, float& b) {
+  a = __uint_as_float(w << 16);
+  b = __uint_as_float(w & 0xffff0000u);
+}
+template <> __device__ __forceinline__ void unpack2<float>(uint32_t, float& a, float& b) { a = b = 0.f; }  // unused
+
 template <typename T, int TC, int R, int V = 0>
 __global__ void __launch_bounds__(MvCfg<T, TC, R, V>::NTHREADS, MvCfg<T, TC, R, V>::MINB)
     matvec_kernel(const MatvecParams p) {
@@ -92,6 +140,7 @@ __global__ void __launch_bounds__(MvCfg<T, TC, R, V>::NTHREADS, MvCfg<T, TC, R, 
   constexpr int NT = C::NTHREADS, NW = C::NW, CH = C::CH, VEC = C::VEC, W = C::W, ACC = C::ACC, U = C::U;
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ int s_warp[NW + 1];
+  __shared__ uint4 s_tab[C::NIB ? 16 : 1];  // NIB: permutes and masks per bitmap nibble
   uint32_t* s_bm = reinterpret_cast<uint32_t*>(smem);
   int* s_off = reinterpret_cast<int*>(smem + C::BM_BYTES);
   int* s_j = reinterpret_cast<int*>(smem + C::BM_BYTES + C::OFF_BYTES);
@@ -107,6 +156,9 @@ __global__ void __launch_bounds__(MvCfg<T, TC, R, V>::NTHREADS, MvCfg<T, TC, R, 
   const int K = p.K, N = p.N;
   const int tile_out = C::SPDP ? R : p.lpr * VEC;
   const T* x = static_cast<const T*>(p.x);
+  if constexpr (C::NIB) {
+    if (tid < 16) s_tab[tid] = nib_entry(static_cast<uint32_t>(tid));  // read after the pass's barriers
+  }
 
   float acc[TC][ACC];
 #pragma unroll
@@ -313,6 +365,62 @@ __global__ void __launch_bounds__(MvCfg<T, TC, R, V>::NTHREADS, MvCfg<T, TC, R, 
           }
         }
       }
+    } else if constexpr (C::NIB) {
+      // lane li of a column group owns rows 4li..4li+3 of the tile: bits 4(li%8).. of word li/8
+      constexpr int LPC = R / 4, G = 32 / LPC;  // lanes per column, columns per warp step
+      const int g = lane / LPC, li = lane - g * LPC;
+      const int wi = li >> 3, sh = (li & 7) * 4;
+      const uint32_t below = (1u << sh) - 1u;
+      const int slot = warp * G + g, nslots = NW * G;
+      const unsigned short* vals = static_cast<const unsigned short*>(p.w);
+      const long long nv = p.nvals;
+      for (int e0 = slot; e0 < cnt; e0 += nslots * U) {
+        uint2 lo[U], hi[U];
+        uint32_t nb[U];
+        int dd[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          const int e = e0 + u * nslots;
+          const bool in = e < cnt;
+          const uint32_t m = in ? s_bm[e * W + wi] : 0u;
+          const uint32_t n4 = (m >> sh) & 0xfu;
+          const int off = (in ? s_off[e * W + wi] : 0) + __popc(m & below);  // index of the run's first value
+          const int d = off & 3;                                              // its half in an 8-byte word
+          const long long a = static_cast<long long>(off) - d;
+          const bool fast = a + 8 <= nv;  // both 8-byte words lie inside values
+          lo[u] = ld_nc_u2_if(vals + a, n4 != 0u && fast);
+          hi[u] = ld_nc_u2_if(vals + a + 4, fast && d + __popc(n4) > 4);
+          if (n4 != 0u && !fast) {  // the last values of the tensor: 16-bit loads
+            const int c = __popc(n4);
+            uint32_t h[4] = {0u, 0u, 0u, 0u};
+#pragma unroll
+            for (int q = 0; q < 8; ++q)
+              if (q >= d && q < d + c) h[q >> 1] |= static_cast<uint32_t>(__ldg(vals + a + q)) << (16 * (q & 1));
+            lo[u] = make_uint2(h[0], h[1]);
+            hi[u] = make_uint2(h[2], h[3]);
+          }
+          nb[u] = n4;
+          dd[u] = d;
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          const int e = e0 + u * nslots;
+          if (e < cnt) {
+            const int d = dd[u];
+            const bool up = (d & 2) != 0;  // the run starts in the second word
+            const uint32_t A = up ? lo[u].y : lo[u].x, B = up ? hi[u].x : lo[u].y, Cw = up ? hi[u].y : hi[u].x;
+            const uint32_t shift = (d & 1) ? 0x5432u : 0x3210u;  // one half further
+            const uint32_t r0 = __byte_perm(A, B, shift), r1 = __byte_perm(B, Cw, shift);
+            const uint4 tb = s_tab[nb[u]];
+            float f[4];
+            unpack2<T>(__byte_perm(r0, r1, tb.x) & tb.z, f[0], f[1]);
+            unpack2<T>(__byte_perm(r0, r1, tb.y) & tb.w, f[2], f[3]);
+            const float xe = s_x[e];
+#pragma unroll
+            for (int j = 0; j < 4; ++j) acc[0][j] = fmaf(xe, f[j], acc[0][j]);
+          }
+        }
+      }
     } else {
       const uint32_t lanebit = 1u << lane, lt = lanebit - 1u;
       const T* vals = static_cast<const T*>(p.w);
@@ -360,7 +468,15 @@ __global__ void __launch_bounds__(MvCfg<T, TC, R, V>::NTHREADS, MvCfg<T, TC, R, 
 
   // ---- 3. reduce: lane groups (TEAL), warps (shared memory), blocks (cluster) ------------------
   int g = 0, li = lane;
-  if constexpr (!C::SPDP) {
+  if constexpr (C::NIB) {
+    constexpr int LPC = R / 4;
+    g = lane / LPC;
+    li = lane - g * LPC;
+    for (int o = LPC; o < 32; o <<= 1) {
+#pragma unroll
+      for (int a = 0; a < ACC; ++a) acc[0][a] += __shfl_xor_sync(FULL, acc[0][a], o);
+    }
+  } else if constexpr (!C::SPDP) {
     g = lane / p.lpr;
     li = lane - g * p.lpr;
     for (int o = p.lpr; o < 32; o <<= 1) {
@@ -373,7 +489,12 @@ __global__ void __launch_bounds__(MvCfg<T, TC, R, V>::NTHREADS, MvCfg<T, TC, R, 
 #pragma unroll
   for (int t = 0; t < TC; ++t) {
     __syncthreads();
-    if constexpr (C::SPDP) {
+    if constexpr (C::NIB) {
+      if (g == 0) {
+#pragma unroll
+        for (int a = 0; a < ACC; ++a) s_red[warp * R + 4 * li + a] = acc[t][a];
+      }
+    } else if constexpr (C::SPDP) {
 #pragma unroll
       for (int w = 0; w < W; ++w) s_red[warp * R + lane + 32 * w] = acc[t][w];
     } else if (g == 0) {

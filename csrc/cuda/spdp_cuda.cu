@@ -77,6 +77,7 @@ at::Tensor spdp_run(const at::Tensor& x, const at::Tensor* idx, const at::Tensor
   p.w = vc.data_ptr();
   p.bitmap = bc.data_ptr<int>();
   p.offsets = oc.data_ptr<int>();
+  p.nvals = vc.numel();
   const int tiles = static_cast<int>(NT);
   auto stream = at::cuda::getCurrentCUDAStream();
   switch (x.scalar_type()) {

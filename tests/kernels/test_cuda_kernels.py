@@ -318,25 +318,55 @@ def test_spdp_decode_is_bit_exact(ops, ref, dtype, tile_rows):
         assert torch.equal(got.view(bits), w.view(bits))
 
 
-SPDP_ONE_TOKEN_CASES = [(dtype, r, k, n, deep) for dtype in DTYPES for r in (32, 64, 128)
-                        for k, n in ((2048, 1024), (301, 100), (4096, 11008), (11008, 4096)) for deep in (1, 2)]
+# one-token spdp instantiations: the nibble kernel (16-bit values), the deep one, the plain one
+SPDP_VARIANTS = {"nib": {"spdp_nib": 1}, "deep": {"spdp_nib": 2, "spdp_deep": 1}, "plain": {"spdp_nib": 2, "spdp_deep": 2}}
+SPDP_ONE_TOKEN_CASES = [(dtype, r, k, n, variant) for dtype in DTYPES for r in (32, 64, 128)
+                        for k, n in ((2048, 1024), (301, 100), (4096, 11008), (11008, 4096), (37, 5))
+                        for variant in SPDP_VARIANTS]
 
 
-@pytest.mark.parametrize("dtype,tile_rows,k,n,deep", SPDP_ONE_TOKEN_CASES)
-def test_spdp_one_token_variants_match_reference(ops, ref, tune, dtype, tile_rows, k, n, deep):
-    """T = 1 with the deep instantiation forced on (1: 256 threads, more columns in flight) or off (2)."""
+@pytest.mark.parametrize("dtype,tile_rows,k,n,variant", SPDP_ONE_TOKEN_CASES)
+def test_spdp_one_token_variants_match_reference(ops, ref, tune, dtype, tile_rows, k, n, variant):
+    """T = 1 through each instantiation: nib (a lane owns 4 rows; fp32 falls through to the others),
+    deep (256 threads, more columns in flight) and plain."""
     from sparsekit.formats import spdp
 
     seed = hash(("deep", k, n, tile_rows)) % 1000
     x, thr = _x((1, k), dtype, seed, 0.5)
     w = _weight(n, k, dtype, seed + 3, 0.5)
     packed = {key: (v.cuda() if key != "shape" else v) for key, v in spdp.encode(w, tile_rows).items()}
-    tune("spdp_deep", deep)
+    for key, value in SPDP_VARIANTS[variant].items():
+        tune(key, value)
     _poison((1, n), dtype=dtype)
     _check(ops.spdp_matvec(x, packed, thr, backend="cuda"), ref.spdp_matvec(x, packed, thr), dtype)
     xs, idx, nnz = ops.select(x, thr, backend="cuda")
     _poison((1, n), dtype=dtype)
     _check(ops.spdp_matvec_sel(xs, idx, nnz, packed, backend="cuda"), ref.spdp_matvec_sel(xs, idx, nnz, packed), dtype)
+
+
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
+@pytest.mark.parametrize("shift", (1, 2, 4))
+@pytest.mark.parametrize("density", (0.05, 0.5, 1.0))
+def test_spdp_nib_reads_values_at_any_offset(ops, ref, tune, dtype, shift, density):
+    """The nibble kernel loads 8-byte words of values: values that start `shift` elements into their
+    storage (not 8-byte aligned for 1 and 2: the plain kernel runs; aligned for 4), and runs that
+    end at the tensor's last element (the tail loads 16-bit values), give the reference's result."""
+    from sparsekit.formats import spdp
+
+    k, n = 333, 203
+    x, thr = _x((1, k), dtype, 90 + shift, 0.3)
+    w = _weight(n, k, dtype, 91 + shift, 1.0 - density)
+    for r in (32, 64, 128):
+        packed = {key: (v.cuda() if key != "shape" else v) for key, v in spdp.encode(w, r).items()}
+        store = torch.full((packed["values"].numel() + shift,), float("nan"), dtype=dtype, device="cuda")
+        store[shift:] = packed["values"]
+        packed["values"] = store[shift:]
+        tune("spdp_nib", 1)
+        _poison((1, n), dtype=dtype)
+        _check(ops.spdp_matvec(x, packed, thr, backend="cuda"), ref.spdp_matvec(x, packed, thr), dtype)
+        xs, idx, nnz = ops.select(x, thr, backend="cuda")
+        _check(ops.spdp_matvec_sel(xs, idx, nnz, packed, backend="cuda"),
+               ref.spdp_matvec_sel(xs, idx, nnz, packed), dtype)
 
 
 # ----------------------------------------------------------------------------------------- spinfer
@@ -463,7 +493,8 @@ def test_sanitizer_smoke(ops, ref, tune, tokens):
     "knobs",
     [{"pipe": 1}, {"pipe": 1, "pdl": 1}, {"pdl": 1}, {"spinfer_warps": 8}, {"teal_lpr": 32, "split": 2}, {"teal_lpr": 8},
      {"teal1": 1}, {"teal1": 1, "pdl": 1}, {"teal1": 1, "teal1_threads": 512, "teal1_lpr": 8},
-     {"spdp_deep": 1}, {"spdp_deep": 1, "split": 2}, {"spdp_deep": 2}],
+     {"spdp_deep": 1}, {"spdp_deep": 1, "split": 2}, {"spdp_deep": 2},
+     {"spdp_nib": 2}, {"spdp_nib": 2, "spdp_deep": 1}, {"spdp_nib": 1, "split": 3}],
 )
 def test_variants_compute_the_same_function(ops, tune, knobs, tokens):
     """Every code path behind the tuning knobs agrees with the default one (checked against the reference above)."""
