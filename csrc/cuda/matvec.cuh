@@ -33,7 +33,7 @@ struct MatvecParams {
   int vec;             // TEAL: 1 when w_t rows can be read as aligned 16-byte vectors
   const int* bitmap;   // SPDP: [NT, K, R/32]
   const int* offsets;  // SPDP: [NT*K + 1]
-  long long nvals;     // SPDP: entries of values (the NIB variant's 8-byte loads stay inside it)
+  int nvals;           // SPDP: values readable from w (the NIB variant reads whole 4-byte pairs below it)
   int pipe;            // TEAL: 0 = batches of U register loads; 1 = a cp.async ring of D rows per lane
                        // (only read by the PIPE instantiation)
 };
@@ -48,8 +48,8 @@ struct MatvecParams {
 //   where the V = 0 instantiation spills).
 // - SPDP, V = 2 (NIB, one token, 16-bit values): a lane owns 4 consecutive rows of a column (one
 //   nibble of its bitmap), so R/4 lanes share a column and a warp walks 128/R columns per step. The
-//   lane's non-zeros are one contiguous run of at most 4 values: two 8-byte loads fetch it, and two
-//   byte permutes driven by a 16-entry table expand it into the 4 rows. The V = 0 kernel spends a
+//   lane's non-zeros are one contiguous run of at most 4 values: up to three 4-byte loads fetch it,
+//   and two byte permutes driven by a 16-entry table expand it into the 4 rows. The V = 0 kernel spends a
 //   popcount, a bit test and a 2-byte load per row and lane (about 22 warp-instructions per row
 //   slot measured on the H200); this one spends them once per 4 rows (tune("spdp_nib")).
 template <typename T, int TC, int R, int V = 0>
@@ -111,13 +111,19 @@ __host__ __device__ __forceinline__ uint4 nib_entry(uint32_t n) {
   }
   return make_uint4(sel[0], sel[1], mask[0], mask[1]);
 }
-// 8-byte read-only load when `pred` (zeros otherwise); no branch around it, so every load of a
-// batch can be in flight together.
-__device__ __forceinline__ uint2 ld_nc_u2_if(const void* ptr, bool pred) {
-  uint2 r = make_uint2(0u, 0u);
-  asm("{\n .reg .pred q;\n setp.ne.b32 q, %3, 0;\n @q ld.global.nc.v2.u32 {%0, %1}, [%2];\n}"
-      : "+r"(r.x), "+r"(r.y)
+// 4-byte read-only load when `pred` (0 otherwise); no branch around it, so every load of a batch
+// can be in flight together.
+__device__ __forceinline__ uint32_t ld_nc_u32_if(const uint32_t* ptr, bool pred) {
+  uint32_t r = 0u;
+  asm("{\n .reg .pred q;\n setp.ne.b32 q, %2, 0;\n @q ld.global.nc.u32 %0, [%1];\n}"
+      : "+r"(r)
       : "l"(ptr), "r"(static_cast<int>(pred)));
+  return r;
+}
+// Byte permute of the 8 bytes {b, a} (prmt.b32; unlike __byte_perm, the selector is not masked).
+__device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
+  uint32_t r;
+  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(sel));
   return r;
 }
 // Two 16-bit values (low, high half of a word) -> floats.
@@ -372,49 +378,52 @@ __global__ void __launch_bounds__(MvCfg<T, TC, R, V>::NTHREADS, MvCfg<T, TC, R, 
       const int wi = li >> 3, sh = (li & 7) * 4;
       const uint32_t below = (1u << sh) - 1u;
       const int slot = warp * G + g, nslots = NW * G;
+      const uint32_t* vals32 = static_cast<const uint32_t*>(p.w);  // value pairs (values are 4-byte aligned)
       const unsigned short* vals = static_cast<const unsigned short*>(p.w);
-      const long long nv = p.nvals;
+      const int nv = p.nvals;  // readable values from p.w
       for (int e0 = slot; e0 < cnt; e0 += nslots * U) {
-        uint2 lo[U], hi[U];
-        uint32_t nb[U];
-        int dd[U];
+        uint32_t w0[U], w1[U], w2[U], nb[U], dd[U];
 #pragma unroll
         for (int u = 0; u < U; ++u) {
           const int e = e0 + u * nslots;
-          const bool in = e < cnt;
-          const uint32_t m = in ? s_bm[e * W + wi] : 0u;
+          uint32_t m = 0u;
+          int base = 0;
+          if (e < cnt) {
+            m = s_bm[e * W + wi];
+            base = s_off[e * W + wi];
+          }
           const uint32_t n4 = (m >> sh) & 0xfu;
-          const int off = (in ? s_off[e * W + wi] : 0) + __popc(m & below);  // index of the run's first value
-          const int d = off & 3;                                              // its half in an 8-byte word
-          const long long a = static_cast<long long>(off) - d;
-          const bool fast = a + 8 <= nv;  // both 8-byte words lie inside values
-          lo[u] = ld_nc_u2_if(vals + a, n4 != 0u && fast);
-          hi[u] = ld_nc_u2_if(vals + a + 4, fast && d + __popc(n4) > 4);
-          if (n4 != 0u && !fast) {  // the last values of the tensor: 16-bit loads
-            const int c = __popc(n4);
-            uint32_t h[4] = {0u, 0u, 0u, 0u};
+          const int c = __popc(n4);
+          const int off = base + __popc(m & below);  // index of the run's first value
+          const int d = off & 1;                      // the run starts in the high half of word off / 2
+          const int a = off >> 1;                     // the first of three words covering the run
+          // word j is needed when the run reaches it; the last needed word must be readable whole
+          const bool ok = 2 * a + d + c <= nv - 1 || ((d + c) & 1) == 0;
+          w0[u] = ld_nc_u32_if(vals32 + a, c > 0 && ok);
+          w1[u] = ld_nc_u32_if(vals32 + a + 1, d + c > 2 && ok);
+          w2[u] = ld_nc_u32_if(vals32 + a + 2, d + c > 4 && ok);
+          if (c > 0 && !ok) {  // the run ends at the last readable value, in the low half of its word
+            uint32_t h[3] = {0u, 0u, 0u};
 #pragma unroll
-            for (int q = 0; q < 8; ++q)
-              if (q >= d && q < d + c) h[q >> 1] |= static_cast<uint32_t>(__ldg(vals + a + q)) << (16 * (q & 1));
-            lo[u] = make_uint2(h[0], h[1]);
-            hi[u] = make_uint2(h[2], h[3]);
+            for (int q = 0; q < 5; ++q)
+              if (q >= d && q < d + c) h[q >> 1] |= static_cast<uint32_t>(__ldg(vals + 2 * a + q)) << (16 * (q & 1));
+            w0[u] = h[0];
+            w1[u] = h[1];
+            w2[u] = h[2];
           }
           nb[u] = n4;
-          dd[u] = d;
+          dd[u] = static_cast<uint32_t>(d);
         }
 #pragma unroll
         for (int u = 0; u < U; ++u) {
           const int e = e0 + u * nslots;
           if (e < cnt) {
-            const int d = dd[u];
-            const bool up = (d & 2) != 0;  // the run starts in the second word
-            const uint32_t A = up ? lo[u].y : lo[u].x, B = up ? hi[u].x : lo[u].y, Cw = up ? hi[u].y : hi[u].x;
-            const uint32_t shift = (d & 1) ? 0x5432u : 0x3210u;  // one half further
-            const uint32_t r0 = __byte_perm(A, B, shift), r1 = __byte_perm(B, Cw, shift);
+            const uint32_t shift = dd[u] ? 0x5432u : 0x3210u;  // one half further
+            const uint32_t r0 = prmt(w0[u], w1[u], shift), r1 = prmt(w1[u], w2[u], shift);  // run values 0..3
             const uint4 tb = s_tab[nb[u]];
             float f[4];
-            unpack2<T>(__byte_perm(r0, r1, tb.x) & tb.z, f[0], f[1]);
-            unpack2<T>(__byte_perm(r0, r1, tb.y) & tb.w, f[2], f[3]);
+            unpack2<T>(prmt(r0, r1, tb.x) & tb.z, f[0], f[1]);
+            unpack2<T>(prmt(r0, r1, tb.y) & tb.w, f[2], f[3]);
             const float xe = s_x[e];
 #pragma unroll
             for (int j = 0; j < 4; ++j) acc[0][j] = fmaf(xe, f[j], acc[0][j]);

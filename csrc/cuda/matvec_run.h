@@ -62,7 +62,7 @@ void matvec_dispatch_tc(sk::MatvecParams& p, int tiles, int device, cudaStream_t
 }
 
 // Variant 2: SPDP's one-token nibble kernel for 16-bit values (tune("spdp_nib"): 0 = automatic, i.e.
-// whenever the values are 8-byte aligned, 1 = the same, 2 = never).
+// whenever the values are 4-byte aligned, 1 = the same, 2 = never).
 // Variant 1 instantiations: TEAL's cp.async ring (tune("pipe", 1)); SPDP's deep one-token kernel
 // (T = 1 only). spdp_deep 0 (automatic) takes it for 128-row tiles only: there it takes 15-19% less
 // time (the V = 0 instantiation spills at 64 registers), while at 32 and 64 rows it takes 13-37% more
@@ -73,10 +73,10 @@ void matvec_dispatch_pipe(sk::MatvecParams& p, int tiles, int device, cudaStream
     if (tuning().pipe != 0 && p.vec) return matvec_dispatch_tc<T, TC, R, 1>(p, tiles, device, stream, min_per_slice);
   } else if constexpr (TC == 1) {
     if constexpr (sizeof(T) == 2) {
-      // NIB (a lane owns 4 rows; 8-byte value loads, so values must start 8-byte aligned)
+      // NIB (a lane owns 4 rows; 4-byte value loads, so values must start 4-byte aligned)
       const int nib = tuning().spdp_nib;
-      const bool aligned8 = reinterpret_cast<uintptr_t>(p.w) % 8 == 0;
-      if (aligned8 && nib != 2) return matvec_dispatch_tc<T, TC, R, 2>(p, tiles, device, stream, min_per_slice);
+      const bool aligned4 = reinterpret_cast<uintptr_t>(p.w) % 4 == 0;
+      if (aligned4 && nib != 2) return matvec_dispatch_tc<T, TC, R, 2>(p, tiles, device, stream, min_per_slice);
     }
     const int deep = tuning().spdp_deep;
     if (deep == 1 || (deep == 0 && R == 128)) return matvec_dispatch_tc<T, TC, R, 1>(p, tiles, device, stream, min_per_slice);

@@ -77,7 +77,10 @@ at::Tensor spdp_run(const at::Tensor& x, const at::Tensor* idx, const at::Tensor
   p.w = vc.data_ptr();
   p.bitmap = bc.data_ptr<int>();
   p.offsets = oc.data_ptr<int>();
-  p.nvals = vc.numel();
+  // values readable from p.w: the storage may hold more than the view (the NIB kernel reads whole
+  // 4-byte pairs, so a run ending at the view's last value can read one value past it)
+  const int64_t avail = static_cast<int64_t>(vc.storage().nbytes() / vc.element_size()) - vc.storage_offset();
+  p.nvals = static_cast<int>(std::min<int64_t>(std::max<int64_t>(avail, vc.numel()), INT32_MAX));
   const int tiles = static_cast<int>(NT);
   auto stream = at::cuda::getCurrentCUDAStream();
   switch (x.scalar_type()) {
