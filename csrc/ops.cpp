@@ -15,6 +15,12 @@ TORCH_LIBRARY(sparsekit, m) {
   m.def("select(Tensor x, float threshold) -> (Tensor xs, Tensor idx, Tensor nnz)");
   m.def("teal_matvec(Tensor x, Tensor w_t, float threshold) -> Tensor");
   m.def("teal_matvec_sel(Tensor xs, Tensor idx, Tensor nnz, Tensor w_t) -> Tensor");
+  // the relative rule fused (reference.teal_matvec_rel / spdp_matvec_rel); CUDA only: ops.py
+  // composes mask_relative with the plain op on the other backends
+  m.def("teal_matvec_rel(Tensor x, Tensor w_t, float threshold) -> Tensor");
+  m.def(
+      "spdp_matvec_rel(Tensor x, Tensor values, Tensor bitmap, Tensor offsets, int n, int tile_rows, "
+      "float threshold) -> Tensor");
   m.def(
       "spdp_matvec(Tensor x, Tensor values, Tensor bitmap, Tensor offsets, int n, int tile_rows, "
       "float threshold) -> Tensor");

@@ -11,7 +11,9 @@ reference; CPU tensors -> cpu, else reference. ``available_backends(device)`` li
 
 Ops (shapes and semantics: ``sparsekit.kernels.reference``):
 ``select(x, t)``, ``teal_matvec(x, w_t, t)``, ``teal_matvec_sel(xs, idx, nnz, w_t)``,
-``spdp_matvec(x, packed, t)``, ``spdp_matvec_sel(xs, idx, nnz, packed)``,
+``spdp_matvec(x, packed, t)``, ``spdp_matvec_sel(xs, idx, nnz, packed)``, the relative rule fused
+(``teal_matvec_rel(x, w_t, t)``, ``spdp_matvec_rel(x, packed, t)``: one CUDA kernel; the other
+backends mask in torch and run the plain op),
 ``spinfer_matmul(x, packed)``, ``spdp_decode(packed)`` (the prefill path), where ``packed`` is the dict of ``sparsekit.formats.spdp`` /
 ``sparsekit.formats.spinfer`` (keep its ``shape`` on the CPU, or a tuple, so reading it never
 waits for the GPU). The compiled ops are ``torch.ops.sparsekit.*``; each has a fake (meta)
@@ -131,6 +133,17 @@ def teal_matvec(x: torch.Tensor, w_t: torch.Tensor, threshold: float, *, backend
     return torch.ops.sparsekit.teal_matvec(x, w_t, float(threshold))
 
 
+def teal_matvec_rel(x: torch.Tensor, w_t: torch.Tensor, threshold: float, *, backend: str | None = None) -> torch.Tensor:
+    """``mask_relative(x, threshold) @ w_t``: keep x where |x| > threshold * the token's mean |x|.
+    One fused kernel on CUDA; elsewhere the mask in torch, then ``teal_matvec`` with threshold 0."""
+    b = _choose(_dev(x), backend)
+    if b == "reference":
+        return reference.teal_matvec_rel(x, w_t, threshold)
+    if b == "cuda":
+        return torch.ops.sparsekit.teal_matvec_rel(x, w_t, float(threshold))
+    return teal_matvec(reference.mask_relative(x, threshold), w_t, 0.0, backend=b)
+
+
 def teal_matvec_sel(xs, idx, nnz, w_t, *, backend: str | None = None) -> torch.Tensor:
     """The teal product from a ``select`` result (shared by the matrices reading one input)."""
     b = _choose(_dev(xs), backend)
@@ -159,6 +172,17 @@ def spdp_matvec(x: torch.Tensor, packed: dict, threshold: float, *, backend: str
     if b == "triton":
         return _triton().spdp_matvec(x, values, bitmap, offsets, n, tile_rows, float(threshold))
     return torch.ops.sparsekit.spdp_matvec(x, values, bitmap, offsets, n, tile_rows, float(threshold))
+
+
+def spdp_matvec_rel(x: torch.Tensor, packed: dict, threshold: float, *, backend: str | None = None) -> torch.Tensor:
+    """``mask_relative(x, threshold) @ W.T`` with W in the spdp format (fused on CUDA, composed elsewhere)."""
+    b = _choose(_dev(x), backend)
+    if b == "reference":
+        return reference.spdp_matvec_rel(x, packed, threshold)
+    if b == "cuda":
+        values, bitmap, offsets, n, tile_rows = _spdp_args(x, packed)
+        return torch.ops.sparsekit.spdp_matvec_rel(x, values, bitmap, offsets, n, tile_rows, float(threshold))
+    return spdp_matvec(reference.mask_relative(x, threshold), packed, 0.0, backend=b)
 
 
 def spdp_matvec_sel(xs, idx, nnz, packed: dict, *, backend: str | None = None) -> torch.Tensor:
@@ -219,6 +243,14 @@ def _register_fakes() -> None:
     @reg("sparsekit::teal_matvec")
     def _teal(x, w_t, threshold):
         return _out(x, w_t.shape[1])
+
+    @reg("sparsekit::teal_matvec_rel")
+    def _teal_rel(x, w_t, threshold):
+        return _out(x, w_t.shape[1])
+
+    @reg("sparsekit::spdp_matvec_rel")
+    def _spdp_rel(x, values, bitmap, offsets, n, tile_rows, threshold):
+        return _out(x, n)
 
     @reg("sparsekit::teal_matvec_sel")
     def _teal_sel(xs, idx, nnz, w_t):

@@ -23,8 +23,9 @@ struct MatvecParams {
   const int* idx;      // *_sel: active channels (ascending), idx[:nnz]
   const int* nnz;      // *_sel: [1] on the device
   int idx_len;         // *_sel: entries of idx (nnz is clamped to it)
-  float thr;           // fused: keep |x| > thr
+  float thr;           // fused: keep |x| > thr (relative: |x| > thr * the token's mean |x|)
   int fused;           // 1: threshold x here; 0: use idx/nnz
+  int relative;        // fused: the threshold is relative to each token's mean |x| (reference.mask_relative)
   int T, K, N;
   int S;               // channel slices = cluster size along y (1 without clusters)
   void* y;             // [T, N], x's dtype
@@ -172,6 +173,35 @@ __global__ void __launch_bounds__(MvCfg<T, TC, R, V>::NTHREADS, MvCfg<T, TC, R, 
 #pragma unroll
     for (int a = 0; a < ACC; ++a) acc[t][a] = 0.f;
 
+  // each token's threshold: p.thr, or p.thr * mean |x| over all K channels (every block reads the
+  // whole rows of its tokens; float32 as reference.token_scale)
+  float thr[TC];
+#pragma unroll
+  for (int t = 0; t < TC; ++t) thr[t] = p.thr;
+  if (p.fused && p.relative) {
+    float part[TC];
+#pragma unroll
+    for (int t = 0; t < TC; ++t) {
+      part[t] = 0.f;
+      if (t < tn)
+        for (int k = tid; k < K; k += NT) part[t] += fabsf(to_f<T>(x[static_cast<size_t>(t0 + t) * K + k]));
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) part[t] += __shfl_xor_sync(FULL, part[t], o);
+    }
+    if (lane == 0) {
+#pragma unroll
+      for (int t = 0; t < TC; ++t) s_red[warp * TC + t] = part[t];
+    }
+    __syncthreads();
+#pragma unroll
+    for (int t = 0; t < TC; ++t) {
+      float sum = 0.f;
+      for (int q = 0; q < NW; ++q) sum += s_red[q * TC + t];
+      thr[t] = p.thr * (sum / static_cast<float>(K));
+    }
+    __syncthreads();  // s_red is reused by the reduction at the end
+  }
+
   int beg, end;
   if (p.fused) {
     const int kper = (K + p.S - 1) / p.S;
@@ -201,7 +231,7 @@ __global__ void __launch_bounds__(MvCfg<T, TC, R, V>::NTHREADS, MvCfg<T, TC, R, 
           float v = 0.f;
           if (k < c1 && t < tn) {
             v = to_f<T>(x[static_cast<size_t>(t0 + t) * K + k]);
-            v = fabsf(v) > p.thr ? v : 0.f;
+            v = fabsf(v) > thr[t] ? v : 0.f;
           }
           xv[i][t] = v;
           any |= (v != 0.f);

@@ -145,6 +145,8 @@ TORCH_LIBRARY_IMPL(sparsekit, CUDA, m) {
   m.impl("select", &sparsekit::cuda::select);
   m.impl("teal_matvec", &sparsekit::cuda::teal_matvec);
   m.impl("teal_matvec_sel", &sparsekit::cuda::teal_matvec_sel);
+  m.impl("teal_matvec_rel", &sparsekit::cuda::teal_matvec_rel);
+  m.impl("spdp_matvec_rel", &sparsekit::cuda::spdp_matvec_rel);
   m.impl("spdp_matvec", &sparsekit::cuda::spdp_matvec);
   m.impl("spdp_matvec_sel", &sparsekit::cuda::spdp_matvec_sel);
   m.impl("spdp_decode", &sparsekit::cuda::spdp_decode);

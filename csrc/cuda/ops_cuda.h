@@ -35,6 +35,10 @@ float cast_threshold(double t, at::ScalarType dtype);
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> select(const at::Tensor& x, double threshold);
 at::Tensor teal_matvec(const at::Tensor& x, const at::Tensor& w_t, double threshold);
+// The relative rule (reference.mask_relative) fused: keep |x| > threshold * the token's mean |x|.
+at::Tensor teal_matvec_rel(const at::Tensor& x, const at::Tensor& w_t, double threshold);
+at::Tensor spdp_matvec_rel(const at::Tensor& x, const at::Tensor& values, const at::Tensor& bitmap,
+                           const at::Tensor& offsets, int64_t n, int64_t tile_rows, double threshold);
 at::Tensor teal_matvec_sel(const at::Tensor& xs, const at::Tensor& idx, const at::Tensor& nnz, const at::Tensor& w_t);
 at::Tensor spdp_matvec(const at::Tensor& x, const at::Tensor& values, const at::Tensor& bitmap,
                        const at::Tensor& offsets, int64_t n, int64_t tile_rows, double threshold);

@@ -43,7 +43,7 @@ int64_t check_packed(const at::Tensor& bitmap, const at::Tensor& offsets, const 
 
 at::Tensor spdp_run(const at::Tensor& x, const at::Tensor* idx, const at::Tensor* nnz, const at::Tensor& values,
                     const at::Tensor& bitmap, const at::Tensor& offsets, int64_t n, int64_t R, double threshold,
-                    const char* op) {
+                    const char* op, bool relative = false) {
   check_x(x, op);
   TORCH_CHECK(values.is_cuda() && values.device() == x.device(), op, ": the packed tensors must be on x's device");
   TORCH_CHECK(values.scalar_type() == x.scalar_type(), op, ": values must have x's dtype");
@@ -69,7 +69,8 @@ at::Tensor spdp_run(const at::Tensor& x, const at::Tensor* idx, const at::Tensor
     p.nnz = nnz->data_ptr<int>();
     p.idx_len = static_cast<int>(std::min<int64_t>(idx->numel(), K));
   }
-  p.thr = cast_threshold(threshold, x.scalar_type());
+  p.thr = relative ? static_cast<float>(threshold) : cast_threshold(threshold, x.scalar_type());
+  p.relative = relative ? 1 : 0;
   p.T = static_cast<int>(T);
   p.K = static_cast<int>(K);
   p.N = static_cast<int>(N);
@@ -130,6 +131,11 @@ at::Tensor spdp_decode(const at::Tensor& values, const at::Tensor& bitmap, const
 at::Tensor spdp_matvec(const at::Tensor& x, const at::Tensor& values, const at::Tensor& bitmap,
                        const at::Tensor& offsets, int64_t n, int64_t tile_rows, double threshold) {
   return spdp_run(x, nullptr, nullptr, values, bitmap, offsets, n, tile_rows, threshold, "spdp_matvec");
+}
+
+at::Tensor spdp_matvec_rel(const at::Tensor& x, const at::Tensor& values, const at::Tensor& bitmap,
+                           const at::Tensor& offsets, int64_t n, int64_t tile_rows, double threshold) {
+  return spdp_run(x, nullptr, nullptr, values, bitmap, offsets, n, tile_rows, threshold, "spdp_matvec_rel", true);
 }
 
 at::Tensor spdp_matvec_sel(const at::Tensor& xs, const at::Tensor& idx, const at::Tensor& nnz,

@@ -45,7 +45,7 @@ bool teal1_try(const at::Tensor& xc, const at::Tensor* idx, const at::Tensor* nn
 }
 
 at::Tensor teal_run(const at::Tensor& x, const at::Tensor* idx, const at::Tensor* nnz, const at::Tensor& w_t,
-                    double threshold, const char* op) {
+                    double threshold, const char* op, bool relative = false) {
   check_x(x, op);
   TORCH_CHECK(w_t.is_cuda() && w_t.device() == x.device(), op, ": w_t must be on x's device");
   TORCH_CHECK(w_t.dim() == 2 && w_t.size(0) == x.size(-1), op, ": x has ", x.size(-1), " channels but w_t has shape ",
@@ -62,9 +62,10 @@ at::Tensor teal_run(const at::Tensor& x, const at::Tensor* idx, const at::Tensor
   const at::Tensor wc = w_t.contiguous();
   const int device = x.get_device();
   auto stream = at::cuda::getCurrentCUDAStream();
-  const float thr = cast_threshold(threshold, x.scalar_type());
+  // absolute: compared as torch compares `x.abs() > t` (t in x's dtype); relative: a float32 factor
+  const float thr = relative ? static_cast<float>(threshold) : cast_threshold(threshold, x.scalar_type());
   bool done = false;
-  switch (x.scalar_type()) {
+  if (!relative) switch (x.scalar_type()) {  // the one-token kernel has no relative rule
     case at::kHalf: done = teal1_try<__half>(xc, idx, nnz, wc, y, thr, T, K, N, device, stream); break;
     case at::kBFloat16: done = teal1_try<__nv_bfloat16>(xc, idx, nnz, wc, y, thr, T, K, N, device, stream); break;
     default: done = teal1_try<float>(xc, idx, nnz, wc, y, thr, T, K, N, device, stream); break;
@@ -81,6 +82,7 @@ at::Tensor teal_run(const at::Tensor& x, const at::Tensor* idx, const at::Tensor
     p.idx_len = static_cast<int>(std::min<int64_t>(idx->numel(), K));
   }
   p.thr = thr;
+  p.relative = relative ? 1 : 0;
   p.T = static_cast<int>(T);
   p.K = static_cast<int>(K);
   p.N = static_cast<int>(N);
@@ -106,6 +108,10 @@ at::Tensor teal_run(const at::Tensor& x, const at::Tensor* idx, const at::Tensor
 
 at::Tensor teal_matvec(const at::Tensor& x, const at::Tensor& w_t, double threshold) {
   return teal_run(x, nullptr, nullptr, w_t, threshold, "teal_matvec");
+}
+
+at::Tensor teal_matvec_rel(const at::Tensor& x, const at::Tensor& w_t, double threshold) {
+  return teal_run(x, nullptr, nullptr, w_t, threshold, "teal_matvec_rel", true);
 }
 
 at::Tensor teal_matvec_sel(const at::Tensor& xs, const at::Tensor& idx, const at::Tensor& nnz, const at::Tensor& w_t) {

@@ -9,8 +9,8 @@ Conventions (shared by all backends; the schemas in csrc/ops.cpp mirror them):
   ``threshold <= 0`` still drops exact zeros, which changes nothing numerically.
 - The *relative* rule (``mask_relative``, the calibrated default at the o_proj input, which no norm
   precedes) keeps ``x`` where ``|x| > threshold * mean(|x|)``, the mean taken over
-  the token's own channels in float32. The runtime applies it in plain torch and hands the
-  kernels the masked x with threshold 0, so no kernel has a second rule.
+  the token's own channels in float32. ``teal_matvec_rel`` / ``spdp_matvec_rel`` apply it fused (a
+  CUDA kernel; the other backends mask in torch, then run the plain op with threshold 0).
 - ``teal`` layout: the weight stored transposed, ``w_t = W.T`` with shape ``[K, N]`` row-major, so
   every input channel's column of ``W`` is contiguous (skipping channel j skips one row of w_t).
 - ``spdp`` format: see ``sparsekit.formats.spdp`` (bitmaps per (row tile, input column)).
@@ -28,8 +28,10 @@ __all__ = [
     "select",
     "teal_matvec",
     "teal_matvec_sel",
+    "teal_matvec_rel",
     "spdp_matvec",
     "spdp_matvec_sel",
+    "spdp_matvec_rel",
     "spinfer_matmul",
 ]
 
@@ -82,6 +84,11 @@ def teal_matvec(x: torch.Tensor, w_t: torch.Tensor, threshold: float) -> torch.T
     return (xs.float() @ w_t.float()).to(x.dtype)
 
 
+def teal_matvec_rel(x: torch.Tensor, w_t: torch.Tensor, threshold: float) -> torch.Tensor:
+    """The relative rule fused: ``teal_matvec(mask_relative(x, threshold), w_t, 0)``."""
+    return teal_matvec(mask_relative(x, threshold), w_t, 0.0)
+
+
 def teal_matvec_sel(xs: torch.Tensor, idx: torch.Tensor, nnz: torch.Tensor, w_t: torch.Tensor) -> torch.Tensor:
     """The same product from a precomputed ``select``: ``y = sum_{j in idx[:nnz]} xs[..., j] * w_t[j]``."""
     _check_teal(xs, w_t)
@@ -99,6 +106,11 @@ def spdp_matvec(x: torch.Tensor, packed: dict[str, torch.Tensor], threshold: flo
         raise ValueError(f"x has {x.shape[-1]} channels but the weight has {w.shape[1]} inputs")
     xs = mask_activations(x, threshold)
     return (xs.float() @ w.float().T).to(x.dtype)
+
+
+def spdp_matvec_rel(x: torch.Tensor, packed: dict[str, torch.Tensor], threshold: float) -> torch.Tensor:
+    """The relative rule fused: ``spdp_matvec(mask_relative(x, threshold), packed, 0)``."""
+    return spdp_matvec(mask_relative(x, threshold), packed, 0.0)
 
 
 def spdp_decode(packed: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -5,8 +5,11 @@ the format module, plus ``<linear>.threshold`` when the layer has an activation 
 ``<linear>.threshold_relative`` (a uint8 scalar 1) when that threshold is relative to the token's
 mean |x| (``kernels.reference.mask_relative``: the calibrated default at the o_proj input), and
 ``<linear>.bias`` when the original linear had one), so ``from_pretrained`` fills them directly.
-A relative layer masks x in plain torch (compiled, one small reduction kernel per call: ~3.5 us
-per layer and token on an H200) and runs the format's path below on the masked x with threshold 0.
+A relative teal or spdp layer decoding on CUDA (at most ``TEAL_KERNEL_MAX_TOKENS`` tokens, no
+shared selection) runs ``ops.teal_matvec_rel`` / ``ops.spdp_matvec_rel``: the kernel computes each
+token's mean |x| itself. Elsewhere a relative layer masks x in plain torch (compiled: one small
+reduction kernel per call, ~3.5 us per layer and token on an H200) and runs the format's path below
+on the masked x with threshold 0.
 
 Forward, by format (``xs`` = x masked to ``|x| > threshold`` by ``ops.select``):
 
@@ -272,10 +275,14 @@ class SparseLinear(nn.Module):
             self.finalize()
         sparse = self._sparsify(x)
         t = self._t
-        if sparse and self.relative:  # mask here; the kernels below see zeros and threshold 0
-            x, t = mask_relative(x, t), 0.0
         fmt = self.fmt
         tokens = x.numel() // max(1, self.in_features)
+        if sparse and self.relative:
+            if x.is_cuda and fmt in ("teal", "spdp") and tokens <= TEAL_KERNEL_MAX_TOKENS and self.shared is None:
+                y = (_ops().teal_matvec_rel(x, self.w_t, t) if fmt == "teal"
+                     else _ops().spdp_matvec_rel(x, self.packed(), t))  # the rule inside the kernel
+                return y if self.bias is None else y + self.bias
+            x, t = mask_relative(x, t), 0.0  # mask here; the kernels below see zeros and threshold 0
         if fmt == "teal":
             if not sparse:
                 y = torch.matmul(x, self.w_t)

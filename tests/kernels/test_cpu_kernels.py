@@ -100,6 +100,20 @@ def test_sel_keeps_given_channels_and_rejects_bad_ones():
         ops.teal_matvec(torch.randn(1, 8), w_t, 0.0, backend="cpu")
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_relative_ops_match_reference(isa, dtype):
+    """teal/spdp_matvec_rel on the cpu backend (the mask in torch, then the compiled plain op)."""
+    g = torch.Generator().manual_seed(4)
+    for (k, n), t in zip(SIZES, TOKENS):
+        x = torch.randn(t, k, generator=g).to(dtype)
+        x[0] *= 20.0  # tokens of different scales: the relative rule keeps different channels
+        w = weight(n, k, dtype, 0.5, g)
+        assert rel_err(ops.teal_matvec_rel(x, w.t().contiguous(), 1.1, backend="cpu"),
+                       ref.teal_matvec_rel(x, w.t().contiguous(), 1.1)) <= TOL[dtype]
+        p = spdp.encode(w, 64)
+        assert rel_err(ops.spdp_matvec_rel(x, p, 1.1, backend="cpu"), ref.spdp_matvec_rel(x, p, 1.1)) <= TOL[dtype]
+
+
 def test_fakes_and_schemas():
     x = torch.randn(3, 40)
     w = weight(24, 40, torch.float32)

@@ -369,6 +369,68 @@ def test_spdp_nib_reads_values_at_any_offset(ops, ref, tune, dtype, shift, densi
                ref.spdp_matvec_sel(xs, idx, nnz, packed), dtype)
 
 
+def _x_relative(shape, dtype, seed, t):
+    """Tokens of different scales (one loud, one all zero when there are 3+), with no |x| within 1%
+    of t * its token's mean |x|: the kernel sums |x| in another order than torch, which can move
+    a threshold by an ulp, and a value on the boundary would then flip."""
+    x = torch.randn(shape, generator=_gen(seed), device="cuda")
+    rows = x.view(-1, shape[-1])
+    rows[0] *= 10.0
+    if rows.shape[0] >= 3:
+        rows[1] = 0.0
+    x = x.to(dtype)
+    for _ in range(20):
+        xf = x.float()
+        thr = t * xf.abs().mean(-1, keepdim=True)
+        near = ((xf.abs() - thr).abs() <= 0.01 * thr) & (thr > 0)  # an all-zero token keeps nothing
+        if not near.any():
+            return x
+        x = torch.where(near, torch.zeros((), dtype=dtype, device="cuda"), x)
+    raise AssertionError("could not move x off the thresholds")
+
+
+REL_CASES = [(dtype, lead, k, n) for dtype in DTYPES
+             for lead, k, n in (((1,), 4096, 4096), ((1,), 301, 100), ((2,), 640, 300), ((3,), 1000, 257),
+                                ((5,), 256, 130), ((9,), 333, 64), ((1,), 11008, 512))]
+
+
+@pytest.mark.parametrize("dtype,lead,k,n", REL_CASES)
+def test_relative_ops_match_reference(ops, ref, tune, dtype, lead, k, n):
+    """teal/spdp_matvec_rel: every block computes its tokens' mean |x| and keeps |x| > t * mean, through
+    every spdp instantiation and forced channel splits (K = 11008: several passes of the list)."""
+    from sparsekit.formats import spdp
+
+    t = 1.1
+    seed = hash(("rel", lead, k, n)) % 1000
+    x = _x_relative((*lead, k), dtype, seed, t)
+    w = _weight(n, k, dtype, seed + 3, 0.5)
+    w_t = w.t().contiguous()
+    expect = ref.teal_matvec_rel(x, w_t, t)
+    for split in (0, 1, 3):
+        tune("split", split)
+        _poison((*lead, n), dtype=dtype)
+        _check(ops.teal_matvec_rel(x, w_t, t, backend="cuda"), expect, dtype)
+        for r in (32, 64, 128):
+            packed = {key: (v.cuda() if key != "shape" else v) for key, v in spdp.encode(w, r).items()}
+            for variant in SPDP_VARIANTS.values():
+                for key, value in variant.items():
+                    tune(key, value)
+                _poison((*lead, n), dtype=dtype)
+                _check(ops.spdp_matvec_rel(x, packed, t, backend="cuda"), ref.spdp_matvec_rel(x, packed, t), dtype)
+
+
+def test_relative_ops_schemas_and_fakes():
+    from sparsekit.formats import spdp
+
+    x = torch.randn(3, 40, device="cuda", dtype=torch.float16)
+    w = _weight(24, 40, torch.float16, 7, 0.5)
+    p = spdp.encode(w, 32)
+    sk = torch.ops.sparsekit
+    for op, args in ((sk.teal_matvec_rel.default, (x, w.t().contiguous(), 0.5)),
+                     (sk.spdp_matvec_rel.default, (x, p["values"].cuda(), p["bitmap"].cuda(), p["offsets"].cuda(), 24, 32, 0.5))):
+        torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor"))
+
+
 # ----------------------------------------------------------------------------------------- spinfer
 SPINFER_CASES = [
     (dtype, n, k, tokens, sparsity)
@@ -484,6 +546,10 @@ def test_sanitizer_smoke(ops, ref, tune, tokens):
         _check(ops.spdp_matvec(x, sp, thr, backend="cuda"), ref.spdp_matvec(x, sp, thr), dtype)
         _check(ops.spdp_matvec_sel(xs, idx, nnz, sp, backend="cuda"), ref.spdp_matvec_sel(xs, idx, nnz, sp), dtype)
         assert torch.equal(ops.spdp_decode(sp, backend="cuda"), ref.spdp_decode(sp))
+        xr = _x_relative(x.shape, dtype, 40 + tokens, 1.1)
+        _check(ops.spdp_matvec_rel(xr, sp, 1.1, backend="cuda"), ref.spdp_matvec_rel(xr, sp, 1.1), dtype)
+    _check(ops.teal_matvec_rel(xr, w.t().contiguous(), 1.1, backend="cuda"),
+           ref.teal_matvec_rel(xr, w.t().contiguous(), 1.1), dtype)
     si = {key: (v.cuda() if key != "shape" else v) for key, v in spinfer.encode(w).items()}
     _check(ops.spinfer_matmul(x, si, backend="cuda"), ref.spinfer_matmul(x, si), dtype)
 

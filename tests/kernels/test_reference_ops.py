@@ -43,6 +43,17 @@ def test_ops_agree_with_float64(dtype):
         assert rel_err(ref.spinfer_matmul(x, spinfer.encode(w)), dense_truth) <= TOL[dtype]
 
 
+def test_relative_ops_threshold_each_token_by_its_mean():
+    """teal/spdp_matvec_rel keep x where |x| > t * the token's mean |x|: the same t keeps different
+    channels in a loud and a quiet token, unlike the absolute ops."""
+    x = torch.tensor([[1.0, 2.0, 3.0, 6.0], [0.125, 0.25, 0.375, 0.75]])  # means 3.0 and 0.375
+    w = torch.eye(4)
+    y = ref.teal_matvec_rel(x, w.t().contiguous(), 0.9)
+    assert y.tolist() == [[0.0, 0.0, 3.0, 6.0], [0.0, 0.0, 0.375, 0.75]]
+    assert torch.equal(ref.spdp_matvec_rel(x, spdp.encode(w, 32), 0.9), y)
+    assert ref.teal_matvec(x, w.t().contiguous(), 0.9)[1].tolist() == [0.0, 0.0, 0.0, 0.0]
+
+
 def test_leading_dims_are_tokens():
     x = torch.randn(2, 3, 40)
     w_t = torch.randn(40, 9)

@@ -47,6 +47,9 @@ def test_triton_matches_reference(dtype):
         assert rel_err(tspdp.spdp_matvec(x, p["values"], p["bitmap"], p["offsets"], n, rows, thr, split=2), r) <= TOL[dtype], case
         s = {key: v.to(DEVICE) for key, v in spinfer.encode(w).items()}
         assert rel_err(ops.spinfer_matmul(x, s, backend="triton"), ref.spinfer_matmul(x, s)) <= TOL[dtype], case
+        rr = ref.teal_matvec_rel(x, w_t, 1.2)  # the relative rule: masked in torch, then the Triton op
+        assert rel_err(ops.teal_matvec_rel(x, w_t, 1.2, backend="triton"), rr) <= TOL[dtype], case
+        assert rel_err(ops.spdp_matvec_rel(x, p, 1.2, backend="triton"), rr) <= TOL[dtype], case
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
