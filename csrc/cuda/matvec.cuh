@@ -26,6 +26,7 @@ struct MatvecParams {
   float thr;           // fused: keep |x| > thr (relative: |x| > thr * the token's mean |x|)
   int fused;           // 1: threshold x here; 0: use idx/nnz
   int relative;        // fused: the threshold is relative to each token's mean |x| (reference.mask_relative)
+  int xvec;            // relative: x's rows can be read as aligned 16-byte vectors
   int T, K, N;
   int S;               // channel slices = cluster size along y (1 without clusters)
   void* y;             // [T, N], x's dtype
@@ -183,8 +184,21 @@ __global__ void __launch_bounds__(MvCfg<T, TC, R, V>::NTHREADS, MvCfg<T, TC, R, 
 #pragma unroll
     for (int t = 0; t < TC; ++t) {
       part[t] = 0.f;
-      if (t < tn)
-        for (int k = tid; k < K; k += NT) part[t] += fabsf(to_f<T>(x[static_cast<size_t>(t0 + t) * K + k]));
+      if (t < tn) {
+        const T* row = x + static_cast<size_t>(t0 + t) * K;
+        if (p.xvec) {  // 16-byte loads, all of a thread's in flight
+#pragma unroll 4
+          for (int i = tid; i < K / VEC; i += NT) {
+            float f[VEC];
+            unpack16<T>(__ldg(reinterpret_cast<const uint4*>(row) + i), f);
+#pragma unroll
+            for (int j = 0; j < VEC; ++j) part[t] += fabsf(f[j]);
+          }
+        } else {
+#pragma unroll 4
+          for (int k = tid; k < K; k += NT) part[t] += fabsf(to_f<T>(row[k]));
+        }
+      }
 #pragma unroll
       for (int o = 16; o > 0; o >>= 1) part[t] += __shfl_xor_sync(FULL, part[t], o);
     }

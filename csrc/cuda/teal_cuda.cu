@@ -83,6 +83,7 @@ at::Tensor teal_run(const at::Tensor& x, const at::Tensor* idx, const at::Tensor
   }
   p.thr = thr;
   p.relative = relative ? 1 : 0;
+  p.xvec = (K % (16 / x.element_size()) == 0 && reinterpret_cast<uintptr_t>(xc.data_ptr()) % 16 == 0) ? 1 : 0;
   p.T = static_cast<int>(T);
   p.K = static_cast<int>(K);
   p.N = static_cast<int>(N);
