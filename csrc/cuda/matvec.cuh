@@ -139,7 +139,6 @@ template <> __device__ __forceinline__ void unpack2<__nv_bfloat16>(uint32_t w, f
   a = __uint_as_float(w << 16);
   b = __uint_as_float(w & 0xffff0000u);
 }
-template <> __device__ __forceinline__ void unpack2<float>(uint32_t, float& a, float& b) { a = b = 0.f; }  // unused
 
 template <typename T, int TC, int R, int V = 0>
 __global__ void __launch_bounds__(MvCfg<T, TC, R, V>::NTHREADS, MvCfg<T, TC, R, V>::MINB)

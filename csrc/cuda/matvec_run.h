@@ -34,6 +34,18 @@ inline std::vector<int64_t> out_shape(const at::Tensor& x, int64_t n) {
   return s;
 }
 
+// The fused ops' threshold: absolute, compared as torch compares `x.abs() > t` (t in x's dtype);
+// relative (reference.mask_relative), a float32 factor of each token's mean |x|.
+inline float mask_threshold(double t, at::ScalarType dtype, bool relative) {
+  return relative ? static_cast<float>(t) : cast_threshold(t, dtype);
+}
+
+// 1 when the rows of a contiguous [T, K] x can be read as aligned 16-byte vectors.
+inline int rows_vec16(const at::Tensor& xc) {
+  const int64_t K = xc.size(-1);
+  return (K % (16 / xc.element_size()) == 0 && reinterpret_cast<uintptr_t>(xc.data_ptr()) % 16 == 0) ? 1 : 0;
+}
+
 // Tokens per block: 1, 4 or 8 (T > 8 runs in chunks of 8 along grid z).
 inline int token_chunk(int64_t T) { return T == 1 ? 1 : (T <= 4 ? 4 : 8); }
 

@@ -69,9 +69,9 @@ at::Tensor spdp_run(const at::Tensor& x, const at::Tensor* idx, const at::Tensor
     p.nnz = nnz->data_ptr<int>();
     p.idx_len = static_cast<int>(std::min<int64_t>(idx->numel(), K));
   }
-  p.thr = relative ? static_cast<float>(threshold) : cast_threshold(threshold, x.scalar_type());
+  p.thr = mask_threshold(threshold, x.scalar_type(), relative);
   p.relative = relative ? 1 : 0;
-  p.xvec = (K % (16 / x.element_size()) == 0 && reinterpret_cast<uintptr_t>(xc.data_ptr()) % 16 == 0) ? 1 : 0;
+  p.xvec = rows_vec16(xc);
   p.T = static_cast<int>(T);
   p.K = static_cast<int>(K);
   p.N = static_cast<int>(N);

@@ -62,8 +62,7 @@ at::Tensor teal_run(const at::Tensor& x, const at::Tensor* idx, const at::Tensor
   const at::Tensor wc = w_t.contiguous();
   const int device = x.get_device();
   auto stream = at::cuda::getCurrentCUDAStream();
-  // absolute: compared as torch compares `x.abs() > t` (t in x's dtype); relative: a float32 factor
-  const float thr = relative ? static_cast<float>(threshold) : cast_threshold(threshold, x.scalar_type());
+  const float thr = mask_threshold(threshold, x.scalar_type(), relative);
   bool done = false;
   if (!relative) switch (x.scalar_type()) {  // the one-token kernel has no relative rule
     case at::kHalf: done = teal1_try<__half>(xc, idx, nnz, wc, y, thr, T, K, N, device, stream); break;
@@ -83,7 +82,7 @@ at::Tensor teal_run(const at::Tensor& x, const at::Tensor* idx, const at::Tensor
   }
   p.thr = thr;
   p.relative = relative ? 1 : 0;
-  p.xvec = (K % (16 / x.element_size()) == 0 && reinterpret_cast<uintptr_t>(xc.data_ptr()) % 16 == 0) ? 1 : 0;
+  p.xvec = rows_vec16(xc);
   p.T = static_cast<int>(T);
   p.K = static_cast<int>(K);
   p.N = static_cast<int>(N);

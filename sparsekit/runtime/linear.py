@@ -277,15 +277,17 @@ class SparseLinear(nn.Module):
         t = self._t
         fmt = self.fmt
         tokens = x.numel() // max(1, self.in_features)
-        if sparse and self.relative:
-            if x.is_cuda and fmt in ("teal", "spdp") and tokens <= TEAL_KERNEL_MAX_TOKENS and self.shared is None:
-                y = (_ops().teal_matvec_rel(x, self.w_t, t) if fmt == "teal"
-                     else _ops().spdp_matvec_rel(x, self.packed(), t))  # the rule inside the kernel
-                return y if self.bias is None else y + self.bias
-            x, t = mask_relative(x, t), 0.0  # mask here; the kernels below see zeros and threshold 0
+        # a relative threshold: inside the teal/spdp CUDA kernel when it decodes a few tokens on its own
+        # selection, else masked here (the kernels below then see zeros and threshold 0)
+        rel_kernel = (sparse and self.relative and x.is_cuda and fmt in ("teal", "spdp")
+                      and tokens <= TEAL_KERNEL_MAX_TOKENS and self.shared is None)
+        if sparse and self.relative and not rel_kernel:
+            x, t = mask_relative(x, t), 0.0
         if fmt == "teal":
             if not sparse:
                 y = torch.matmul(x, self.w_t)
+            elif rel_kernel:
+                y = _ops().teal_matvec_rel(x, self.w_t, t)
             elif x.is_cuda and tokens > TEAL_KERNEL_MAX_TOKENS:  # the union of active channels is most of them
                 y = torch.matmul(mask_activations(x, t), self.w_t)  # plain torch: compiled into x's producer
             elif self.shared is not None:
@@ -297,6 +299,8 @@ class SparseLinear(nn.Module):
                 y = F.linear(mask_activations(x, t) if sparse else x, _ops().spdp_decode(self.packed()))
             elif not sparse:
                 y = _ops().spdp_matvec(x, self.packed(), 0.0)
+            elif rel_kernel:
+                y = _ops().spdp_matvec_rel(x, self.packed(), t)
             elif self.shared is not None:
                 y = _ops().spdp_matvec_sel(*self.shared(x), self.packed())
             else:
