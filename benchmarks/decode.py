@@ -51,6 +51,8 @@ def _args(argv=None):
     ap.add_argument("--no-compile", action="store_true", help="time the decode step uncompiled (ablation)")
     ap.add_argument("--eager-prefill", action="store_true", help="compile the decode step only, not the prefill (ablation)")
     ap.add_argument("--no-fuse", action="store_true", help="one launch per projection (ablation)")
+    ap.add_argument("--no-glu", action="store_true",
+                    help="keep the SwiGLU product as its own kernel, not inside the down projection (ablation)")
     ap.add_argument("--threshold-rule", default="relative", choices=("relative", "absolute"),
                     help="the o_proj thresholds' rule (calibrate's default is relative; absolute: the ablation)")
     ap.add_argument("--tune", default="", help="CUDA kernel knobs for the whole run, e.g. pdl=1 (sparsekit_cuda.tune)")
@@ -74,7 +76,7 @@ def _append(path: Path, row: dict) -> None:
 KEEP = ("mean_ttft_ms", "median_ttft_ms", "p90_ttft_ms", "p99_ttft_ms", "mean_tpot_ms", "median_tpot_ms",
         "p90_tpot_ms", "p99_tpot_ms", "std_tpot_ms", "output_throughput", "decode_throughput", "bandwidth_gbs",
         "floor_tpot_ms", "pct_of_floor", "bytes_per_step", "weight_bytes_per_step", "mode", "decode_graph",
-        "prefill_graph", "notes", "tokens_identical_across_repeats", "compiled", "prefill_compiled", "fused_groups")
+        "prefill_graph", "notes", "tokens_identical_across_repeats", "compiled", "prefill_compiled", "fused_groups", "glu_fused")
 
 
 # ----------------------------------------------------------------------------------- the child
@@ -230,7 +232,8 @@ def table(rows: dict[str, dict], checks: list[dict]) -> str:
         tr = r.get("ttft_ratio_vs_dense")
         note = "EAGER decode: " + "; ".join(r.get("notes") or []) if r.get("mode") == "graph" and not r.get("decode_graph") \
             else ("eager (CPU)" if r.get("mode") == "eager" else
-                  ", ".join(x for x in ("compiled" if r.get("compiled") else "", "fused" if r.get("fused_groups") else "") if x))
+                  ", ".join(x for x in ("compiled" if r.get("compiled") else "", "fused" if r.get("fused_groups") else "",
+                                         "glu" if r.get("glu_fused") else "") if x))
         lines.append(f"{r['dtype']:9} {r['format']:8} {r['batch']:>3} {r['mean_ttft_ms']:8.2f} {r['mean_tpot_ms']:8.3f} "
                      f"{r['floor_tpot_ms']:7.3f} {r['pct_of_floor']:5.0f}% {r['bandwidth_gbs']:7.0f} "
                      f"{'-' if sp is None else f'{sp:.2f}x':>7} {'-' if tr is None else f'{tr:.2f}':>6}  {note}")
@@ -259,7 +262,8 @@ def parent(a) -> int:
                 + (["--no-compile"] if a.no_compile else []) + (["--no-fuse"] if a.no_fuse else []) \
                 + (["--eager-prefill"] if a.eager_prefill else []) + ["--threshold-rule", a.threshold_rule] \
                 + (["--tune", a.tune] if a.tune else [])
-            rc = subprocess.run(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}).returncode
+            env = {**os.environ, "PYTHONUNBUFFERED": "1", **({"SPARSEKIT_FUSE_GLU": "0"} if a.no_glu else {})}
+            rc = subprocess.run(cmd, env=env).returncode
             if rc == 0:
                 break
             print(f"child for {dtype} exited with {rc}; restarting without the configurations done or crashed", flush=True)
@@ -271,7 +275,7 @@ def parent(a) -> int:
 
     result = {"model": a.model, "input_tokens": a.input_tokens, "max_new_tokens": a.max_new_tokens,
               "warmup": a.warmup, "repeat": a.repeat, "formats": {f: FORMATS[f] for f in a.formats.split(",")},
-              "targets": TARGETS, "tune": a.tune, "rows": list(rows.values()), "checks": checks,
+              "targets": TARGETS, "tune": a.tune, "glu": not a.no_glu, "rows": list(rows.values()), "checks": checks,
               "environment": environment() if torch.cuda.is_available() else {}}
     tmp = out / ".decode.json.tmp"
     tmp.write_text(json.dumps(result, indent=2, default=str))

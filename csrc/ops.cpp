@@ -21,6 +21,12 @@ TORCH_LIBRARY(sparsekit, m) {
   m.def(
       "spdp_matvec_rel(Tensor x, Tensor values, Tensor bitmap, Tensor offsets, int n, int tile_rows, "
       "float threshold) -> Tensor");
+  // the SwiGLU input fused (reference.teal_matvec_glu / spdp_matvec_glu): gu [..., 2K] holds the
+  // stacked gate/up outputs and the product reads silu(gate) * up; CUDA only, composed elsewhere
+  m.def("teal_matvec_glu(Tensor gu, Tensor w_t, float threshold) -> Tensor");
+  m.def(
+      "spdp_matvec_glu(Tensor gu, Tensor values, Tensor bitmap, Tensor offsets, int n, int tile_rows, "
+      "float threshold) -> Tensor");
   m.def(
       "spdp_matvec(Tensor x, Tensor values, Tensor bitmap, Tensor offsets, int n, int tile_rows, "
       "float threshold) -> Tensor");

@@ -314,15 +314,17 @@ def time_owned_loop(model, prompt, s: Settings, mode: str, progress: Progress | 
 
     With ``s.fuse`` the projections of each input site run as one launch while this variant is
     timed (split back afterwards, so the next variant starts from the same modules)."""
-    from sparsekit.runtime.fuse import fuse_projections, unfuse_projections
+    from sparsekit.runtime.fuse import fuse_projections, glu_fused, unfuse_projections
 
     fused = fuse_projections(model) if s.fuse else 0
+    glu = glu_fused(model)
     try:
         runs, facts = _time_session(model, prompt, s, mode, progress, label)
     finally:
         if fused:
             unfuse_projections(model)
     facts["fused_groups"] = fused
+    facts["glu_fused"] = glu  # MLPs whose SwiGLU product runs inside the down projection's kernel
     return runs, facts
 
 
@@ -553,4 +555,6 @@ def _step_kind(r: dict) -> str:
     parts = ["compiled" if r.get("compiled") else "uncompiled", "graph" if r.get("decode_graph") else "eager"]
     if r.get("fused_groups"):
         parts.append("fused")
+    if r.get("glu_fused"):
+        parts.append("SwiGLU in down")
     return ", ".join(parts)

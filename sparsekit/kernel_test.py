@@ -23,7 +23,8 @@ from sparsekit.errors import BadInput
 from sparsekit.formats import spdp, spinfer
 from sparsekit.kernels import reference
 
-OPS = ("select", "teal_matvec", "teal_matvec_sel", "spdp_matvec", "spdp_matvec_sel", "spinfer_matmul", "spdp_decode")
+OPS = ("select", "teal_matvec", "teal_matvec_sel", "teal_matvec_rel", "teal_matvec_glu", "spdp_matvec",
+       "spdp_matvec_sel", "spdp_matvec_rel", "spdp_matvec_glu", "spinfer_matmul", "spdp_decode")
 SHAPES = {  # (K inputs, N outputs)
     "tiny": [(37, 29), (130, 67), (5, 300), (256, 192)],
     "llama2-7b": [(4096, 4096), (4096, 11008), (11008, 4096)],
@@ -125,6 +126,18 @@ def _threshold(x: torch.Tensor, s2: float) -> float:
     return float(torch.quantile(x.float().abs().flatten().cpu(), s2))
 
 
+def _off_boundary(x: torch.Tensor, statistic, thr: float) -> torch.Tensor:
+    """x with the entries whose ``statistic(x)`` lies within 1% of ``thr`` set to 0 (repeated while
+    that moves others there): a kernel may sum or round in another order than torch, and a value on
+    the threshold would then flip between kept and dropped."""
+    for _ in range(20):
+        near = (statistic(x) - thr).abs() <= 0.01 * thr
+        if thr <= 0 or not bool(near.any()):
+            return x
+        x = torch.where(near, torch.zeros((), dtype=x.dtype, device=x.device), x)
+    return x
+
+
 def _poison(shape, dtype, device) -> None:
     """Fill and free a block of the output's size, so an unwritten output element reads NaN."""
     for _ in range(2):
@@ -167,16 +180,30 @@ def check_case(op: str, backend: str, dtype, k: int, n: int, t: int, device, gen
         ok = y.shape == w.shape and y.dtype == w.dtype and torch.equal(y, w)
         return Check(op, backend, _name(dtype), f"{k}->{n}", t, f"R={tile_rows} s1=0.5", 0.0 if ok else float("inf"),
                      0.0, ok)
+    if op.endswith("_rel"):  # a threshold relative to each token's mean |x|, dropping about s2 of x
+        rm = reference.relative_magnitude
+        thr = float(torch.quantile(rm(x).flatten().cpu(), s2)) if s2 > 0 else 0.0
+        x = _off_boundary(x, rm, thr)
+        detail = f"s2~{s2:.2f} relative"
+    elif op.endswith("_glu"):  # x becomes [gate | up]; the product silu(gate) * up is thresholded
+        up = _input(t, k, dtype, device, gen)
+        thr = _threshold(reference.silu_mul(torch.cat([x, up], -1)), s2)
+        x = torch.cat([_off_boundary(x, lambda g: reference.silu_mul(torch.cat([g, up], -1)).float().abs(), thr), up], -1)
+        detail = f"s2~{s2:.2f} swiglu"
     if op.startswith("teal"):
         w_t = w.t().contiguous()
-        ref = reference.teal_matvec(x, w_t, thr)
-        run = (lambda: ops.teal_matvec(x, w_t, thr, backend=backend)) if op == "teal_matvec" else (
+        fn = {"teal_matvec": ops.teal_matvec, "teal_matvec_rel": ops.teal_matvec_rel,
+              "teal_matvec_glu": ops.teal_matvec_glu}.get(op)
+        ref = getattr(reference, op if fn else "teal_matvec")(x, w_t, thr)
+        run = (lambda: fn(x, w_t, thr, backend=backend)) if fn else (
             lambda: ops.teal_matvec_sel(*sel, w_t, backend=backend))
     elif op.startswith("spdp"):
         packed = _on_device(spdp.encode(w, tile_rows), device)
         detail += f" R={tile_rows} s1=0.5"
-        ref = reference.spdp_matvec(x, packed, thr)
-        run = (lambda: ops.spdp_matvec(x, packed, thr, backend=backend)) if op == "spdp_matvec" else (
+        fn = {"spdp_matvec": ops.spdp_matvec, "spdp_matvec_rel": ops.spdp_matvec_rel,
+              "spdp_matvec_glu": ops.spdp_matvec_glu}.get(op)
+        ref = getattr(reference, op if fn else "spdp_matvec")(x, packed, thr)
+        run = (lambda: fn(x, packed, thr, backend=backend)) if fn else (
             lambda: ops.spdp_matvec_sel(*sel, packed, backend=backend))
     else:
         packed = _on_device(spinfer.encode(w), device)

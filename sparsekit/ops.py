@@ -14,7 +14,9 @@ Ops (shapes and semantics: ``sparsekit.kernels.reference``):
 ``spdp_matvec(x, packed, t)``, ``spdp_matvec_sel(xs, idx, nnz, packed)``, the relative rule fused
 (``teal_matvec_rel(x, w_t, t)``, ``spdp_matvec_rel(x, packed, t)``: one CUDA kernel; the other
 backends mask in torch and run the plain op),
-``spinfer_matmul(x, packed)``, ``spdp_decode(packed)`` (the prefill path), where ``packed`` is the dict of ``sparsekit.formats.spdp`` /
+the SwiGLU input fused (``teal_matvec_glu(gu, w_t, t)``, ``spdp_matvec_glu(gu, packed, t)``: ``gu`` holds
+the stacked gate/up outputs and the product reads ``silu(gate) * up``; one CUDA kernel, composed
+elsewhere), ``spinfer_matmul(x, packed)``, ``spdp_decode(packed)`` (the prefill path), where ``packed`` is the dict of ``sparsekit.formats.spdp`` /
 ``sparsekit.formats.spinfer`` (keep its ``shape`` on the CPU, or a tuple, so reading it never
 waits for the GPU). The compiled ops are ``torch.ops.sparsekit.*``; each has a fake (meta)
 implementation registered here so ``torch.compile`` and CUDA-graph capture can trace them.
@@ -144,6 +146,17 @@ def teal_matvec_rel(x: torch.Tensor, w_t: torch.Tensor, threshold: float, *, bac
     return teal_matvec(reference.mask_relative(x, threshold), w_t, 0.0, backend=b)
 
 
+def teal_matvec_glu(gu: torch.Tensor, w_t: torch.Tensor, threshold: float, *, backend: str | None = None) -> torch.Tensor:
+    """``mask(silu(gate) * up, threshold) @ w_t`` from ``gu = [gate | up]`` (``[..., 2K]``, w_t ``[K, N]``).
+    One fused kernel on CUDA; elsewhere the SwiGLU product in torch, then ``teal_matvec``."""
+    b = _choose(_dev(gu), backend)
+    if b == "reference":
+        return reference.teal_matvec_glu(gu, w_t, threshold)
+    if b == "cuda":
+        return torch.ops.sparsekit.teal_matvec_glu(gu, w_t, float(threshold))
+    return teal_matvec(reference.silu_mul(gu), w_t, threshold, backend=b)
+
+
 def teal_matvec_sel(xs, idx, nnz, w_t, *, backend: str | None = None) -> torch.Tensor:
     """The teal product from a ``select`` result (shared by the matrices reading one input)."""
     b = _choose(_dev(xs), backend)
@@ -183,6 +196,20 @@ def spdp_matvec_rel(x: torch.Tensor, packed: dict, threshold: float, *, backend:
         values, bitmap, offsets, n, tile_rows = _spdp_args(x, packed)
         return torch.ops.sparsekit.spdp_matvec_rel(x, values, bitmap, offsets, n, tile_rows, float(threshold))
     return spdp_matvec(reference.mask_relative(x, threshold), packed, 0.0, backend=b)
+
+
+def spdp_matvec_glu(gu: torch.Tensor, packed: dict, threshold: float, *, backend: str | None = None) -> torch.Tensor:
+    """``mask(silu(gate) * up, threshold) @ W.T`` from ``gu = [gate | up]``, W in the spdp format (fused on
+    CUDA, composed elsewhere)."""
+    b = _choose(_dev(gu), backend)
+    if b == "reference":
+        return reference.spdp_matvec_glu(gu, packed, threshold)
+    if b == "cuda":
+        if gu.shape[-1] % 2:
+            raise ValueError(f"gu must hold the gate and up halves, got an odd width {gu.shape[-1]}")
+        values, bitmap, offsets, n, tile_rows = _spdp_args(gu[..., : gu.shape[-1] // 2], packed)
+        return torch.ops.sparsekit.spdp_matvec_glu(gu, values, bitmap, offsets, n, tile_rows, float(threshold))
+    return spdp_matvec(reference.silu_mul(gu), packed, threshold, backend=b)
 
 
 def spdp_matvec_sel(xs, idx, nnz, packed: dict, *, backend: str | None = None) -> torch.Tensor:
@@ -251,6 +278,14 @@ def _register_fakes() -> None:
     @reg("sparsekit::spdp_matvec_rel")
     def _spdp_rel(x, values, bitmap, offsets, n, tile_rows, threshold):
         return _out(x, n)
+
+    @reg("sparsekit::teal_matvec_glu")
+    def _teal_glu(gu, w_t, threshold):
+        return _out(gu, w_t.shape[1])
+
+    @reg("sparsekit::spdp_matvec_glu")
+    def _spdp_glu(gu, values, bitmap, offsets, n, tile_rows, threshold):
+        return _out(gu, n)
 
     @reg("sparsekit::teal_matvec_sel")
     def _teal_sel(xs, idx, nnz, w_t):

@@ -6,7 +6,9 @@ import torch
 
 from sparsekit.models import linear_refs
 from sparsekit.runtime import linear as rl
-from sparsekit.runtime.fuse import FusedProjection, ProjectionSlice, fuse_projections, fused_groups, unfuse_projections
+import sparsekit.ops as sk_ops
+from sparsekit.runtime.fuse import (FusedProjection, ProjectionSlice, fuse_projections, fused_groups, glu_fused,
+                                    unfuse_projections)
 from sparsekit.runtime.linear import SparseLinear
 from sparsekit.runtime.patch import bytes_per_token, convert_model
 from sparsekit.testing import tiny_model
@@ -25,7 +27,8 @@ def _state(model):
 
 
 def _launch_counter(monkeypatch):
-    """Count calls of SparseLinear / nn.Linear forwards (one call = one launch of its kernel)."""
+    """Count calls of SparseLinear / nn.Linear forwards and of the SwiGLU-fused ops (one call = one
+    launch of its kernel)."""
     calls = []
     for cls in (SparseLinear, torch.nn.Linear):
         orig = cls.forward
@@ -35,6 +38,14 @@ def _launch_counter(monkeypatch):
             return _orig(self, x)
 
         monkeypatch.setattr(cls, "forward", wrapped)
+    for name in ("teal_matvec_glu", "spdp_matvec_glu"):
+        orig = getattr(sk_ops, name)
+
+        def wrapped_op(*args, _orig=orig, _name=name, **kwargs):
+            calls.append(_name)
+            return _orig(*args, **kwargs)
+
+        monkeypatch.setattr(sk_ops, name, wrapped_op)
     return calls
 
 
@@ -61,16 +72,24 @@ def test_fused_model_computes_the_same(model_type, fmt, monkeypatch):
             assert 0.95 * nbytes <= bytes_per_token(model, 0.5) <= nbytes
         q = model.model.layers[0].self_attn.q_proj
         assert isinstance(q, ProjectionSlice) and isinstance(q.group, FusedProjection)
+        glu = fmt in ("teal", "spdp")  # the SwiGLU product moves into the down projection's kernel
+        assert glu_fused(model) == (layers if glu else 0)
         calls = _launch_counter(monkeypatch)
-        got_prefill, got_step = model(prompt).logits, model(step).logits
-        per_forward = len(calls) // 2
+        got_prefill = model(prompt).logits
+        prefill_calls = list(calls)
+        got_step = model(step).logits
+        step_calls = calls[len(prefill_calls):]
         # 7 projections per layer became 4 (qkv, o, gate/up, down), plus lm_head
-        assert per_forward == 4 * layers + 1
+        assert len(prefill_calls) == len(step_calls) == 4 * layers + 1
+        # decode (one token per sequence) runs the fused op; prefill (dense activations) does not
+        fused_op = f"{fmt}_matvec_glu"
+        assert step_calls.count(fused_op) == (layers if glu else 0)
+        assert prefill_calls.count(fused_op) == (layers if fmt == "spdp" else 0)
         monkeypatch.undo()
         torch.testing.assert_close(got_prefill, ref_prefill, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(got_step, ref_step, rtol=1e-5, atol=1e-5)
         assert unfuse_projections(model) == 2 * layers
-        assert fused_groups(model) == 0
+        assert fused_groups(model) == 0 and glu_fused(model) == 0
     after = _state(model)
     assert after.keys() == before.keys()
     for k in before:
@@ -105,3 +124,49 @@ def test_fused_decode_is_sparsified_with_the_site_threshold():
         assert torch.count_nonzero(attn.k_proj(x)) == 0
         # prefill (several tokens) stays dense by default
         assert torch.count_nonzero(attn.v_proj(torch.randn(1, 3, model.config.hidden_size))) > 0
+
+
+def test_glu_fusion_can_be_turned_off(monkeypatch):
+    torch.manual_seed(0)
+    model = tiny_model("llama")
+    _prune(model)
+    convert_model(model, "teal", {r.name: 0.05 for r in linear_refs(model)})
+    layers = model.config.num_hidden_layers
+    monkeypatch.setenv("SPARSEKIT_FUSE_GLU", "0")
+    assert fuse_projections(model) == 2 * layers and glu_fused(model) == 0
+    unfuse_projections(model)
+    monkeypatch.delenv("SPARSEKIT_FUSE_GLU")
+    assert fuse_projections(model, glu=False) == 2 * layers and glu_fused(model) == 0
+    unfuse_projections(model)
+    model.model.layers[0].mlp.act_fn = torch.nn.GELU()  # not a SwiGLU MLP any more: left alone
+    assert fuse_projections(model) == 2 * layers and glu_fused(model) == layers - 1
+
+
+@pytest.mark.parametrize("fmt", ["teal", "spdp"])
+@pytest.mark.parametrize("mode", ["absolute", "relative", "none", "shared"])
+@pytest.mark.parametrize("shape", [(1, 1), (3, 1), (2, 5)])
+def test_forward_glu_equals_forward_of_the_product(fmt, mode, shape):
+    """forward_glu(gu) == forward(silu(gate) * up) in every configuration (fused op or fallback)."""
+    from sparsekit.kernels.reference import silu_mul
+    from sparsekit.runtime.linear import SharedSelection
+
+    torch.manual_seed(1)
+    lin = torch.nn.Linear(40, 24, bias=True)
+    with torch.no_grad():
+        lin.weight.masked_fill_(torch.rand(lin.weight.shape) < 0.5, 0)
+    t = None if mode == "none" else (0.6 if mode == "relative" else 0.1)
+    m = SparseLinear.from_linear(lin, fmt, t, relative=(mode == "relative"),
+                                 **({"tile_rows": 32} if fmt == "spdp" else {}))
+    if mode == "shared":
+        m.shared = SharedSelection(t, 1)
+    gu = torch.randn(*shape, 80)
+    expect = m(silu_mul(gu))
+    got = m.forward_glu(gu)
+    assert got.shape == expect.shape == (*shape, 24)
+    torch.testing.assert_close(got, expect, rtol=1e-6, atol=1e-6)
+    fused = m._glu_threshold(gu) is not None
+    decode = shape[-1] == 1  # one token per sequence: the layer sparsifies
+    if fmt == "teal":  # teal's prefill runs a dense matmul, which stays as it is
+        assert fused == (mode == "absolute" and decode)
+    else:  # spdp's plain op also serves dense activations (threshold 0) on the CPU
+        assert fused == (mode in ("absolute", "none"))

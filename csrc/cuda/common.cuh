@@ -28,6 +28,13 @@ template <> __device__ __forceinline__ float from_f<float>(float v) { return v; 
 template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
 template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
+// The SwiGLU product as torch computes `F.silu(g) * u` in T: silu in float32 (x / (1 + exp(-x)),
+// ATen's formula), rounded to T, times u in float32, rounded to T (identity roundings for float).
+template <typename T> __device__ __forceinline__ float silu_mul(float g, float u) {
+  const float a = to_f<T>(from_f<T>(g / (1.0f + expf(-g))));
+  return to_f<T>(from_f<T>(a * u));
+}
+
 // 16-bit payload (as stored in a 32-bit register, low half) -> float.
 template <typename T> __device__ __forceinline__ float bits16_to_f(uint32_t b);
 template <> __device__ __forceinline__ float bits16_to_f<__half>(uint32_t b) {

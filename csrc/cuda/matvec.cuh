@@ -27,6 +27,8 @@ struct MatvecParams {
   int fused;           // 1: threshold x here; 0: use idx/nnz
   int relative;        // fused: the threshold is relative to each token's mean |x| (reference.mask_relative)
   int xvec;            // relative: x's rows can be read as aligned 16-byte vectors
+  int glu;             // fused: x is [T, 2K], the stacked gate/up outputs; channel k is
+                       // silu(x[t, k]) * x[t, K + k], rounded as torch rounds it (sk::silu_mul)
   int T, K, N;
   int S;               // channel slices = cluster size along y (1 without clusters)
   void* y;             // [T, N], x's dtype
@@ -163,6 +165,7 @@ __global__ void __launch_bounds__(MvCfg<T, TC, R, V>::NTHREADS, MvCfg<T, TC, R, 
   const int K = p.K, N = p.N;
   const int tile_out = C::SPDP ? R : p.lpr * VEC;
   const T* x = static_cast<const T*>(p.x);
+  const size_t xrow = static_cast<size_t>(p.glu ? 2 * K : K);  // elements per token row of x
   if constexpr (C::NIB) {
     if (tid < 16) s_tab[tid] = nib_entry(static_cast<uint32_t>(tid));  // read after the pass's barriers
   }
@@ -243,7 +246,8 @@ __global__ void __launch_bounds__(MvCfg<T, TC, R, V>::NTHREADS, MvCfg<T, TC, R, 
         for (int t = 0; t < TC; ++t) {
           float v = 0.f;
           if (k < c1 && t < tn) {
-            v = to_f<T>(x[static_cast<size_t>(t0 + t) * K + k]);
+            const T* row = x + static_cast<size_t>(t0 + t) * xrow;
+            v = p.glu ? silu_mul<T>(to_f<T>(row[k]), to_f<T>(row[K + k])) : to_f<T>(row[k]);
             v = fabsf(v) > thr[t] ? v : 0.f;
           }
           xv[i][t] = v;

@@ -147,6 +147,8 @@ TORCH_LIBRARY_IMPL(sparsekit, CUDA, m) {
   m.impl("teal_matvec_sel", &sparsekit::cuda::teal_matvec_sel);
   m.impl("teal_matvec_rel", &sparsekit::cuda::teal_matvec_rel);
   m.impl("spdp_matvec_rel", &sparsekit::cuda::spdp_matvec_rel);
+  m.impl("teal_matvec_glu", &sparsekit::cuda::teal_matvec_glu);
+  m.impl("spdp_matvec_glu", &sparsekit::cuda::spdp_matvec_glu);
   m.impl("spdp_matvec", &sparsekit::cuda::spdp_matvec);
   m.impl("spdp_matvec_sel", &sparsekit::cuda::spdp_matvec_sel);
   m.impl("spdp_decode", &sparsekit::cuda::spdp_decode);

@@ -39,6 +39,11 @@ at::Tensor teal_matvec(const at::Tensor& x, const at::Tensor& w_t, double thresh
 at::Tensor teal_matvec_rel(const at::Tensor& x, const at::Tensor& w_t, double threshold);
 at::Tensor spdp_matvec_rel(const at::Tensor& x, const at::Tensor& values, const at::Tensor& bitmap,
                            const at::Tensor& offsets, int64_t n, int64_t tile_rows, double threshold);
+// The SwiGLU input fused (reference.teal_matvec_glu / spdp_matvec_glu): gu is [..., 2K], the stacked
+// gate/up outputs, and the product reads silu(gate) * up.
+at::Tensor teal_matvec_glu(const at::Tensor& gu, const at::Tensor& w_t, double threshold);
+at::Tensor spdp_matvec_glu(const at::Tensor& gu, const at::Tensor& values, const at::Tensor& bitmap,
+                           const at::Tensor& offsets, int64_t n, int64_t tile_rows, double threshold);
 at::Tensor teal_matvec_sel(const at::Tensor& xs, const at::Tensor& idx, const at::Tensor& nnz, const at::Tensor& w_t);
 at::Tensor spdp_matvec(const at::Tensor& x, const at::Tensor& values, const at::Tensor& bitmap,
                        const at::Tensor& offsets, int64_t n, int64_t tile_rows, double threshold);

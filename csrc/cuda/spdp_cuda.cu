@@ -43,14 +43,16 @@ int64_t check_packed(const at::Tensor& bitmap, const at::Tensor& offsets, const 
 
 at::Tensor spdp_run(const at::Tensor& x, const at::Tensor* idx, const at::Tensor* nnz, const at::Tensor& values,
                     const at::Tensor& bitmap, const at::Tensor& offsets, int64_t n, int64_t R, double threshold,
-                    const char* op, bool relative = false) {
+                    const char* op, bool relative = false, bool glu = false) {
   check_x(x, op);
   TORCH_CHECK(values.is_cuda() && values.device() == x.device(), op, ": the packed tensors must be on x's device");
   TORCH_CHECK(values.scalar_type() == x.scalar_type(), op, ": values must have x's dtype");
-  const int64_t K = x.size(-1), N = n;
+  const int64_t xk = x.size(-1);  // x's channels: K, or 2K for the stacked gate/up input of glu
+  TORCH_CHECK(!glu || xk % 2 == 0, op, ": x must hold the gate and up halves, got an odd width ", xk);
+  const int64_t K = glu ? xk / 2 : xk, N = n;
   const int64_t NT = check_packed(bitmap, offsets, x.device(), N, K, R, op);
   c10::cuda::CUDAGuard guard(x.device());
-  const int64_t T = K > 0 ? x.numel() / K : 0;
+  const int64_t T = xk > 0 ? x.numel() / xk : 0;
   auto y = at::empty(out_shape(x, N), x.options());
   if (T == 0 || N == 0) return y;
   if (K == 0) return y.zero_();
@@ -71,6 +73,7 @@ at::Tensor spdp_run(const at::Tensor& x, const at::Tensor* idx, const at::Tensor
   }
   p.thr = mask_threshold(threshold, x.scalar_type(), relative);
   p.relative = relative ? 1 : 0;
+  p.glu = glu ? 1 : 0;
   p.xvec = rows_vec16(xc);
   p.T = static_cast<int>(T);
   p.K = static_cast<int>(K);
@@ -137,6 +140,12 @@ at::Tensor spdp_matvec(const at::Tensor& x, const at::Tensor& values, const at::
 at::Tensor spdp_matvec_rel(const at::Tensor& x, const at::Tensor& values, const at::Tensor& bitmap,
                            const at::Tensor& offsets, int64_t n, int64_t tile_rows, double threshold) {
   return spdp_run(x, nullptr, nullptr, values, bitmap, offsets, n, tile_rows, threshold, "spdp_matvec_rel", true);
+}
+
+at::Tensor spdp_matvec_glu(const at::Tensor& gu, const at::Tensor& values, const at::Tensor& bitmap,
+                           const at::Tensor& offsets, int64_t n, int64_t tile_rows, double threshold) {
+  return spdp_run(gu, nullptr, nullptr, values, bitmap, offsets, n, tile_rows, threshold, "spdp_matvec_glu", false,
+                  true);
 }
 
 at::Tensor spdp_matvec_sel(const at::Tensor& xs, const at::Tensor& idx, const at::Tensor& nnz,

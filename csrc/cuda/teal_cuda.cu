@@ -44,16 +44,19 @@ bool teal1_try(const at::Tensor& xc, const at::Tensor* idx, const at::Tensor* nn
   return true;
 }
 
+// glu: x is [..., 2K], the stacked gate/up outputs, and the product's input is silu(gate) * up.
 at::Tensor teal_run(const at::Tensor& x, const at::Tensor* idx, const at::Tensor* nnz, const at::Tensor& w_t,
-                    double threshold, const char* op, bool relative = false) {
+                    double threshold, const char* op, bool relative = false, bool glu = false) {
   check_x(x, op);
   TORCH_CHECK(w_t.is_cuda() && w_t.device() == x.device(), op, ": w_t must be on x's device");
-  TORCH_CHECK(w_t.dim() == 2 && w_t.size(0) == x.size(-1), op, ": x has ", x.size(-1), " channels but w_t has shape ",
-              w_t.sizes(), " (expected [K, N])");
+  TORCH_CHECK(w_t.dim() == 2, op, ": w_t must be 2-D [K, N], got shape ", w_t.sizes());
+  const int64_t xk = glu ? 2 * w_t.size(0) : w_t.size(0);  // x's channels
+  TORCH_CHECK(x.size(-1) == xk, op, ": x has ", x.size(-1), " channels but w_t has shape ", w_t.sizes(),
+              glu ? " (expected x [..., 2K] for w_t [K, N])" : " (expected [K, N])");
   TORCH_CHECK(w_t.scalar_type() == x.scalar_type(), op, ": w_t must have x's dtype");
   c10::cuda::CUDAGuard guard(x.device());
   const int64_t K = w_t.size(0), N = w_t.size(1);
-  const int64_t T = K > 0 ? x.numel() / K : 0;
+  const int64_t T = xk > 0 ? x.numel() / xk : 0;
   auto y = at::empty(out_shape(x, N), x.options());
   if (T == 0 || N == 0) return y;
   if (K == 0) return y.zero_();
@@ -64,7 +67,7 @@ at::Tensor teal_run(const at::Tensor& x, const at::Tensor* idx, const at::Tensor
   auto stream = at::cuda::getCurrentCUDAStream();
   const float thr = mask_threshold(threshold, x.scalar_type(), relative);
   bool done = false;
-  if (!relative) switch (x.scalar_type()) {  // the one-token kernel has no relative rule
+  if (!relative && !glu) switch (x.scalar_type()) {  // the one-token kernel has no relative rule or glu input
     case at::kHalf: done = teal1_try<__half>(xc, idx, nnz, wc, y, thr, T, K, N, device, stream); break;
     case at::kBFloat16: done = teal1_try<__nv_bfloat16>(xc, idx, nnz, wc, y, thr, T, K, N, device, stream); break;
     default: done = teal1_try<float>(xc, idx, nnz, wc, y, thr, T, K, N, device, stream); break;
@@ -82,6 +85,7 @@ at::Tensor teal_run(const at::Tensor& x, const at::Tensor* idx, const at::Tensor
   }
   p.thr = thr;
   p.relative = relative ? 1 : 0;
+  p.glu = glu ? 1 : 0;
   p.xvec = rows_vec16(xc);
   p.T = static_cast<int>(T);
   p.K = static_cast<int>(K);
@@ -112,6 +116,10 @@ at::Tensor teal_matvec(const at::Tensor& x, const at::Tensor& w_t, double thresh
 
 at::Tensor teal_matvec_rel(const at::Tensor& x, const at::Tensor& w_t, double threshold) {
   return teal_run(x, nullptr, nullptr, w_t, threshold, "teal_matvec_rel", true);
+}
+
+at::Tensor teal_matvec_glu(const at::Tensor& gu, const at::Tensor& w_t, double threshold) {
+  return teal_run(gu, nullptr, nullptr, w_t, threshold, "teal_matvec_glu", false, true);
 }
 
 at::Tensor teal_matvec_sel(const at::Tensor& xs, const at::Tensor& idx, const at::Tensor& nnz, const at::Tensor& w_t) {

@@ -11,6 +11,10 @@ Conventions (shared by all backends; the schemas in csrc/ops.cpp mirror them):
   precedes) keeps ``x`` where ``|x| > threshold * mean(|x|)``, the mean taken over
   the token's own channels in float32. ``teal_matvec_rel`` / ``spdp_matvec_rel`` apply it fused (a
   CUDA kernel; the other backends mask in torch, then run the plain op with threshold 0).
+- The *SwiGLU input* (``silu_mul``): ``gu`` of shape ``[..., 2K]`` holds a Llama MLP's stacked
+  gate and up outputs; the down projection reads ``F.silu(gate) * up`` computed in gu's dtype, as
+  the MLP computes it. ``teal_matvec_glu`` / ``spdp_matvec_glu`` take ``gu`` and fuse that product
+  into the masked matvec (a CUDA kernel; the other backends compute it in torch, then the plain op).
 - ``teal`` layout: the weight stored transposed, ``w_t = W.T`` with shape ``[K, N]`` row-major, so
   every input channel's column of ``W`` is contiguous (skipping channel j skips one row of w_t).
 - ``spdp`` format: see ``sparsekit.formats.spdp`` (bitmaps per (row tile, input column)).
@@ -29,9 +33,12 @@ __all__ = [
     "teal_matvec",
     "teal_matvec_sel",
     "teal_matvec_rel",
+    "silu_mul",
+    "teal_matvec_glu",
     "spdp_matvec",
     "spdp_matvec_sel",
     "spdp_matvec_rel",
+    "spdp_matvec_glu",
     "spinfer_matmul",
 ]
 
@@ -89,6 +96,19 @@ def teal_matvec_rel(x: torch.Tensor, w_t: torch.Tensor, threshold: float) -> tor
     return teal_matvec(mask_relative(x, threshold), w_t, 0.0)
 
 
+def silu_mul(gu: torch.Tensor) -> torch.Tensor:
+    """``F.silu(gate) * up`` in gu's dtype, where ``gate, up = gu[..., :K], gu[..., K:]`` (``gu``: ``[..., 2K]``)."""
+    if gu.shape[-1] % 2:
+        raise ValueError(f"gu must hold the gate and up halves, got an odd width {gu.shape[-1]}")
+    gate, up = gu.chunk(2, dim=-1)
+    return torch.nn.functional.silu(gate) * up
+
+
+def teal_matvec_glu(gu: torch.Tensor, w_t: torch.Tensor, threshold: float) -> torch.Tensor:
+    """The SwiGLU input fused: ``teal_matvec(silu_mul(gu), w_t, threshold)``."""
+    return teal_matvec(silu_mul(gu), w_t, threshold)
+
+
 def teal_matvec_sel(xs: torch.Tensor, idx: torch.Tensor, nnz: torch.Tensor, w_t: torch.Tensor) -> torch.Tensor:
     """The same product from a precomputed ``select``: ``y = sum_{j in idx[:nnz]} xs[..., j] * w_t[j]``."""
     _check_teal(xs, w_t)
@@ -111,6 +131,11 @@ def spdp_matvec(x: torch.Tensor, packed: dict[str, torch.Tensor], threshold: flo
 def spdp_matvec_rel(x: torch.Tensor, packed: dict[str, torch.Tensor], threshold: float) -> torch.Tensor:
     """The relative rule fused: ``spdp_matvec(mask_relative(x, threshold), packed, 0)``."""
     return spdp_matvec(mask_relative(x, threshold), packed, 0.0)
+
+
+def spdp_matvec_glu(gu: torch.Tensor, packed: dict[str, torch.Tensor], threshold: float) -> torch.Tensor:
+    """The SwiGLU input fused: ``spdp_matvec(silu_mul(gu), packed, threshold)``."""
+    return spdp_matvec(silu_mul(gu), packed, threshold)
 
 
 def spdp_decode(packed: dict[str, torch.Tensor]) -> torch.Tensor:

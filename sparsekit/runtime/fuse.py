@@ -12,11 +12,20 @@ input computes the stacked output, every member returns its columns, and the cac
 dropped once all members have read it (``SharedCall``, the mechanism ``SharedSelection`` uses; it
 traces under ``torch.compile``). Attention and MLP code of transformers stays untouched.
 
+With the MLP's gate/up fused, a Llama-family MLP (``LlamaMLP`` and its Mistral/Qwen twins, SiLU
+activation) whose ``down_proj`` is a teal or spdp ``SparseLinear`` also gets the SwiGLU product
+fused into the down projection: its forward becomes ``down_proj.forward_glu(gate_up(x))``, so a
+decode step skips the separate ``silu(gate) * up`` kernel (``ops.teal_matvec_glu``). Env
+``SPARSEKIT_FUSE_GLU=0`` turns this off (an experiment knob).
+
 Members fuse only when they are all ``nn.Linear`` or all ``SparseLinear`` of one format with one
 threshold (greedy allocations give q/k/v different thresholds: those stay separate). A fused model
 is for running, not for saving: ``unfuse_projections`` splits it back exactly.
 """
 from __future__ import annotations
+
+import os
+import types
 
 import torch
 from torch import nn
@@ -97,9 +106,38 @@ def _stack(mods: list[nn.Module]) -> nn.Module | None:
                                     **kwargs)
 
 
-def fuse_projections(model: nn.Module, sites=FUSED_SITES) -> int:
-    """Fuse the projections of each input site in ``sites`` of every decoder layer (in place).
-    Returns the number of fused groups."""
+GLU_MLPS = ("LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP")  # forward: down(act(gate(x)) * up(x))
+
+
+def _is_silu(act) -> bool:
+    return isinstance(act, nn.SiLU) or type(act).__name__ == "SiLUActivation"
+
+
+def _glu_forward(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A fused MLP's forward: the stacked gate/up output straight into the down projection."""
+    return mlp.down_proj.forward_glu(mlp.gate_proj.group.inner(x))
+
+
+def glu_fusable(mlp: nn.Module) -> bool:
+    """True when ``mlp`` computes ``down(silu(gate(x)) * up(x))`` with gate/up fused (in that order,
+    equal widths) and a teal or spdp down projection."""
+    if type(mlp).__name__ not in GLU_MLPS or not _is_silu(getattr(mlp, "act_fn", None)):
+        return False
+    gate, up, down = (getattr(mlp, n, None) for n in ("gate_proj", "up_proj", "down_proj"))
+    if not (isinstance(gate, ProjectionSlice) and isinstance(up, ProjectionSlice) and gate.group is up.group):
+        return False
+    if gate.group.sizes != [gate.out_features, up.out_features] or (gate.index, up.index) != (0, 1):
+        return False
+    return (isinstance(down, SparseLinear) and down.fmt in ("teal", "spdp")
+            and down.in_features == gate.out_features == up.out_features)
+
+
+def fuse_projections(model: nn.Module, sites=FUSED_SITES, glu: bool | None = None) -> int:
+    """Fuse the projections of each input site in ``sites`` of every decoder layer (in place), and
+    the SwiGLU product into the down projection where ``glu_fusable`` (``glu=None``: unless env
+    ``SPARSEKIT_FUSE_GLU=0``). Returns the number of fused groups."""
+    if glu is None:
+        glu = os.environ.get("SPARSEKIT_FUSE_GLU", "1") != "0"
     count = 0
     for layer in decoder_layers(model):
         for site in sites:
@@ -116,13 +154,26 @@ def fuse_projections(model: nn.Module, sites=FUSED_SITES) -> int:
                 setattr(layer.get_submodule(parent), child, ProjectionSlice(group, i))
             del mods
             count += 1
+        mlp = getattr(layer, "mlp", None)
+        if glu and mlp is not None and "forward" not in mlp.__dict__ and glu_fusable(mlp):
+            mlp.forward = types.MethodType(_glu_forward, mlp)
     return count
+
+
+def glu_fused(model: nn.Module) -> int:
+    """The number of MLPs whose forward runs the fused SwiGLU down projection."""
+    return sum(1 for layer in decoder_layers(model)
+               if getattr(getattr(layer, "mlp", None), "forward", None) is not None
+               and getattr(layer.mlp.forward, "__func__", None) is _glu_forward)
 
 
 def unfuse_projections(model: nn.Module) -> int:
     """Split every fused group back into its member modules (bit-exact weights). Returns the count."""
     count = 0
     for layer in decoder_layers(model):
+        mlp = getattr(layer, "mlp", None)
+        if mlp is not None and getattr(mlp.__dict__.get("forward"), "__func__", None) is _glu_forward:
+            del mlp.forward  # back to the class's forward
         for site in FUSED_SITES:
             paths = [ROLES[r] for r in SITES[site]]
             first = layer.get_submodule(paths[0])

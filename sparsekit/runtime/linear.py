@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparsekit.kernels.reference import mask_activations, mask_relative
+from sparsekit.kernels.reference import mask_activations, mask_relative, silu_mul
 
 FORMATS = ("dense", "teal", "spdp", "spinfer", "bitmask", "2:4")
 _MODULES = {"dense": "dense", "teal": "teal", "spdp": "spdp", "spinfer": "spinfer", "bitmask": "bitmask", "2:4": "semi24"}
@@ -313,6 +313,36 @@ class SparseLinear(nn.Module):
                 return F.linear(xs, self.weight, self.bias)
             else:
                 return self._linear_cached(xs)
+        if self.bias is not None:
+            y = y + self.bias
+        return y
+
+    def _glu_threshold(self, gu: torch.Tensor) -> float | None:
+        """The threshold for ``ops.*_glu`` when ``forward(silu_mul(gu))`` would run this layer's plain
+        fused-threshold op (``teal_matvec`` / ``spdp_matvec``), else None."""
+        if self.fmt not in ("teal", "spdp") or self.relative or self.shared is not None:
+            return None
+        tokens = gu.numel() // max(1, 2 * self.in_features)
+        sparse = self._sparsify(gu)
+        if self.fmt == "teal":
+            return self._t if sparse and not (gu.is_cuda and tokens > TEAL_KERNEL_MAX_TOKENS) else None
+        if gu.is_cuda and tokens >= SPDP_DECODE_MIN_TOKENS:
+            return None
+        return self._t if sparse else 0.0
+
+    def forward_glu(self, gu: torch.Tensor) -> torch.Tensor:
+        """``self(silu_mul(gu))`` from a Llama MLP's stacked gate/up output ``gu`` (``[..., 2 * in_features]``).
+        Where this layer would run its plain masked matvec, the SwiGLU product is computed inside that
+        kernel (``ops.teal_matvec_glu`` / ``ops.spdp_matvec_glu``: one launch fewer per decode step)."""
+        if not self._ready:
+            self.finalize()
+        t = self._glu_threshold(gu)
+        if t is None:
+            return self(silu_mul(gu))
+        if self.fmt == "teal":
+            y = _ops().teal_matvec_glu(gu, self.w_t, t)
+        else:
+            y = _ops().spdp_matvec_glu(gu, self.packed(), t)
         if self.bias is not None:
             y = y + self.bias
         return y

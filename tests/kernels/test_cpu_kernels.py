@@ -114,6 +114,20 @@ def test_relative_ops_match_reference(isa, dtype):
         assert rel_err(ops.spdp_matvec_rel(x, p, 1.1, backend="cpu"), ref.spdp_matvec_rel(x, p, 1.1)) <= TOL[dtype]
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_glu_ops_match_reference(isa, dtype):
+    """teal/spdp_matvec_glu on the cpu backend (silu(gate) * up in torch, then the compiled plain op)."""
+    g = torch.Generator().manual_seed(5)
+    for (k, n), t in zip(SIZES, TOKENS):
+        gu = (2.0 * torch.randn(t, 2 * k, generator=g)).to(dtype)
+        w = weight(n, k, dtype, 0.5, g)
+        want = ref.teal_matvec_glu(gu, w.t().contiguous(), 0.2)
+        assert torch.equal(want, ref.teal_matvec(ref.silu_mul(gu), w.t().contiguous(), 0.2))
+        assert rel_err(ops.teal_matvec_glu(gu, w.t().contiguous(), 0.2, backend="cpu"), want) <= TOL[dtype]
+        p = spdp.encode(w, 64)
+        assert rel_err(ops.spdp_matvec_glu(gu, p, 0.2, backend="cpu"), ref.spdp_matvec_glu(gu, p, 0.2)) <= TOL[dtype]
+
+
 def test_fakes_and_schemas():
     x = torch.randn(3, 40)
     w = weight(24, 40, torch.float32)

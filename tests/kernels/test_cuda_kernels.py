@@ -431,6 +431,82 @@ def test_relative_ops_schemas_and_fakes():
         torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor"))
 
 
+def _gu_glu(lead, k, dtype, seed, t):
+    """Stacked gate/up outputs [*lead, 2k] whose SwiGLU product h = silu(gate) * up has no |h|
+    within 1% of t (a gate set to 0 gives h = 0): the kernel's silu may differ from torch's by an
+    ulp, and a product on the threshold would then flip."""
+    gu = (2.0 * torch.randn((*lead, 2 * k), generator=_gen(seed), device="cuda")).to(dtype)
+    for _ in range(20):
+        from sparsekit.kernels.reference import silu_mul
+
+        h = silu_mul(gu).float()
+        near = (h.abs() - t).abs() <= 0.01 * t
+        if not near.any():
+            return gu
+        gate = torch.where(near, torch.zeros((), dtype=dtype, device="cuda"), gu[..., :k])
+        gu = torch.cat([gate, gu[..., k:]], dim=-1)
+    raise AssertionError("could not move the product off the threshold")
+
+
+GLU_CASES = [(dtype, lead, k, n) for dtype in DTYPES
+             for lead, k, n in (((1,), 4096, 4096), ((1,), 301, 100), ((2,), 640, 300), ((3,), 1000, 257),
+                                ((5,), 256, 130), ((9,), 333, 64), ((1,), 11008, 512))]
+
+
+@pytest.mark.parametrize("dtype,lead,k,n", GLU_CASES)
+def test_glu_ops_match_reference(ops, ref, tune, dtype, lead, k, n):
+    """teal/spdp_matvec_glu: the kernel reads gate and up, forms silu(gate) * up rounded as torch rounds
+    it, thresholds that, through every spdp instantiation and forced channel splits."""
+    from sparsekit.formats import spdp
+
+    t = 0.25
+    seed = hash(("glu", lead, k, n)) % 1000
+    gu = _gu_glu(lead, k, dtype, seed, t)
+    w = _weight(n, k, dtype, seed + 5, 0.5)
+    w_t = w.t().contiguous()
+    expect = ref.teal_matvec_glu(gu, w_t, t)
+    for split in (0, 1, 3):
+        tune("split", split)
+        _poison((*lead, n), dtype=dtype)
+        _check(ops.teal_matvec_glu(gu, w_t, t, backend="cuda"), expect, dtype)
+        for r in (32, 64, 128):
+            packed = {key: (v.cuda() if key != "shape" else v) for key, v in spdp.encode(w, r).items()}
+            for variant in SPDP_VARIANTS.values():
+                for key, value in variant.items():
+                    tune(key, value)
+                _poison((*lead, n), dtype=dtype)
+                _check(ops.spdp_matvec_glu(gu, packed, t, backend="cuda"), ref.spdp_matvec_glu(gu, packed, t), dtype)
+
+
+def test_glu_product_is_rounded_like_torch(ops, ref):
+    """With one active channel and an identity weight the output is the SwiGLU product itself: bit
+    for bit torch's F.silu(gate) * up in fp16/bf16 (rounded twice, as an MLP computes it)."""
+    from sparsekit.formats import spdp
+
+    k = 4096
+    for dtype in (torch.float16, torch.bfloat16):
+        gu = (3.0 * torch.randn((1, 2 * k), generator=_gen(3), device="cuda")).to(dtype)
+        h = ref.silu_mul(gu)
+        eye = torch.eye(k, device="cuda", dtype=dtype)
+        assert torch.equal(ops.teal_matvec_glu(gu, eye, 0.0, backend="cuda"), h)
+        packed = {key: (v.cuda() if key != "shape" else v) for key, v in spdp.encode(eye, 64).items()}
+        assert torch.equal(ops.spdp_matvec_glu(gu, packed, 0.0, backend="cuda"), h)
+
+
+def test_glu_ops_schemas_and_fakes():
+    from sparsekit.formats import spdp
+
+    gu = torch.randn(3, 80, device="cuda", dtype=torch.float16)
+    w = _weight(24, 40, torch.float16, 7, 0.5)
+    p = spdp.encode(w, 32)
+    sk = torch.ops.sparsekit
+    for op, args in ((sk.teal_matvec_glu.default, (gu, w.t().contiguous(), 0.5)),
+                     (sk.spdp_matvec_glu.default, (gu, p["values"].cuda(), p["bitmap"].cuda(), p["offsets"].cuda(), 24, 32, 0.5))):
+        torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor"))
+    with pytest.raises(RuntimeError, match="channels"):
+        sk.teal_matvec_glu(gu[:, :79], w.t().contiguous(), 0.5)
+
+
 # ----------------------------------------------------------------------------------------- spinfer
 SPINFER_CASES = [
     (dtype, n, k, tokens, sparsity)
@@ -550,6 +626,10 @@ def test_sanitizer_smoke(ops, ref, tune, tokens):
         _check(ops.spdp_matvec_rel(xr, sp, 1.1, backend="cuda"), ref.spdp_matvec_rel(xr, sp, 1.1), dtype)
     _check(ops.teal_matvec_rel(xr, w.t().contiguous(), 1.1, backend="cuda"),
            ref.teal_matvec_rel(xr, w.t().contiguous(), 1.1), dtype)
+    gu = _gu_glu((tokens,), 200, dtype, 50 + tokens, 0.25)
+    _check(ops.teal_matvec_glu(gu, w.t().contiguous(), 0.25, backend="cuda"),
+           ref.teal_matvec_glu(gu, w.t().contiguous(), 0.25), dtype)
+    _check(ops.spdp_matvec_glu(gu, sp, 0.25, backend="cuda"), ref.spdp_matvec_glu(gu, sp, 0.25), dtype)
     si = {key: (v.cuda() if key != "shape" else v) for key, v in spinfer.encode(w).items()}
     _check(ops.spinfer_matmul(x, si, backend="cuda"), ref.spinfer_matmul(x, si), dtype)
 

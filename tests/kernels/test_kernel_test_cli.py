@@ -36,8 +36,8 @@ def test_tiny_cpu_passes_and_prints_json(capsys):
     checks = res["checks"]
     backend = BACKEND
     ops_seen = {c["op"] for c in checks if c["backend"] == backend}
-    assert ops_seen == {"select", "teal_matvec", "teal_matvec_sel", "spdp_matvec", "spdp_matvec_sel", "spinfer_matmul",
-                        "spdp_decode"}
+    assert ops_seen == {"select", "teal_matvec", "teal_matvec_sel", "teal_matvec_rel", "teal_matvec_glu", "spdp_matvec",
+                        "spdp_matvec_sel", "spdp_matvec_rel", "spdp_matvec_glu", "spinfer_matmul", "spdp_decode"}
     assert all(c["passed"] for c in checks) and {c["tokens"] for c in checks} == {1, 3, 17}
     assert {c["tokens"] for c in checks if c["op"] == "spdp_decode"} == {1}  # one check per shape and dtype
     assert "checks passed" in err and res["bench"] == []

@@ -54,6 +54,25 @@ def test_relative_ops_threshold_each_token_by_its_mean():
     assert ref.teal_matvec(x, w.t().contiguous(), 0.9)[1].tolist() == [0.0, 0.0, 0.0, 0.0]
 
 
+def test_glu_ops_read_the_swiglu_product():
+    """teal/spdp_matvec_glu take [gate | up] and multiply silu(gate) * up, computed in gu's dtype as a
+    Llama MLP computes it."""
+    gate = torch.tensor([[0.0, 1.0, -2.0, 3.0]])
+    up = torch.tensor([[5.0, 2.0, 1.0, -1.0]])
+    gu = torch.cat([gate, up], dim=-1)
+    h = torch.nn.functional.silu(gate) * up
+    assert torch.equal(ref.silu_mul(gu), h)
+    w = torch.eye(4)
+    # |h| = 0, 1.462, 0.238, 2.857: threshold 0.5 keeps channels 1 and 3
+    y = ref.teal_matvec_glu(gu, w.t().contiguous(), 0.5)
+    assert torch.equal(y, torch.where(h.abs() > 0.5, h, torch.zeros(())))
+    assert torch.equal(ref.spdp_matvec_glu(gu, spdp.encode(w, 32), 0.5), y)
+    half = gu.half()
+    assert torch.equal(ref.silu_mul(half), torch.nn.functional.silu(half[:, :4]) * half[:, 4:])
+    with pytest.raises(ValueError, match="odd width"):
+        ref.silu_mul(torch.randn(2, 7))
+
+
 def test_leading_dims_are_tokens():
     x = torch.randn(2, 3, 40)
     w_t = torch.randn(40, 9)

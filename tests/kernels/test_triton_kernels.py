@@ -50,6 +50,10 @@ def test_triton_matches_reference(dtype):
         rr = ref.teal_matvec_rel(x, w_t, 1.2)  # the relative rule: masked in torch, then the Triton op
         assert rel_err(ops.teal_matvec_rel(x, w_t, 1.2, backend="triton"), rr) <= TOL[dtype], case
         assert rel_err(ops.spdp_matvec_rel(x, p, 1.2, backend="triton"), rr) <= TOL[dtype], case
+        gu = torch.cat([x, x.flip(-1)], dim=-1)  # the SwiGLU input: the product in torch, then the Triton op
+        rg = ref.teal_matvec_glu(gu, w_t, 0.1)
+        assert rel_err(ops.teal_matvec_glu(gu, w_t, 0.1, backend="triton"), rg) <= TOL[dtype], case
+        assert rel_err(ops.spdp_matvec_glu(gu, p, 0.1, backend="triton"), rg) <= TOL[dtype], case
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
