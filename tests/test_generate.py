@@ -141,6 +141,10 @@ def test_compiled_fused_decode_gives_the_eager_tokens(fmt):
     ids = torch.randint(0, 128, (2, 6), generator=torch.Generator().manual_seed(2))
     eager = greedy_generate(model, ids, 8)
     fuse_projections(model)
+    from sparsekit.runtime.fuse import glu_fused
+
+    # teal/spdp: the MLP's forward is patched (SwiGLU inside down): dynamo traces it too
+    assert glu_fused(model) == (model.config.num_hidden_layers if fmt != "dense" else 0)
     torch._dynamo.reset()
     counters = torch._dynamo.utils.counters
     counters.clear()
