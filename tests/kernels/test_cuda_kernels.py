@@ -503,8 +503,35 @@ def test_glu_ops_schemas_and_fakes():
     for op, args in ((sk.teal_matvec_glu.default, (gu, w.t().contiguous(), 0.5)),
                      (sk.spdp_matvec_glu.default, (gu, p["values"].cuda(), p["bitmap"].cuda(), p["offsets"].cuda(), 24, 32, 0.5))):
         torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor"))
-    with pytest.raises(RuntimeError, match="channels"):
-        sk.teal_matvec_glu(gu[:, :79], w.t().contiguous(), 0.5)
+
+
+BAD_CALLS = {
+    "teal_matvec": "sk.teal_matvec(h(2, 5), h(4, 3), 0.1)",
+    "teal_matvec_glu": "sk.teal_matvec_glu(h(2, 79), h(40, 3), 0.1)",
+    "spdp_matvec_glu": "sk.spdp_matvec_glu(h(2, 79), h(8), i(2 * 40), i(2 * 40 + 1), 3, 32, 0.1)",
+    "tune": "torch.ops.sparsekit_cuda.tune('split', 99)",
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_CALLS))
+def test_bad_input_raises_a_python_error(name):
+    """A failed check inside a CUDA op reaches Python as a RuntimeError with its sentence (run in a
+    child process, so that a crash fails this test instead of ending the session)."""
+    import subprocess
+    import sys
+
+    code = ("import torch, sparsekit.ops\n"
+            "sk = torch.ops.sparsekit\n"
+            "h = lambda *s: torch.randn(*s, device='cuda', dtype=torch.float16)\n"
+            "i = lambda n: torch.zeros(n, device='cuda', dtype=torch.int32)\n"
+            "try:\n"
+            f"    {BAD_CALLS[name]}\n"
+            "    print('NO ERROR')\n"
+            "except RuntimeError as exc:\n"
+            "    print('RAISED', str(exc).splitlines()[0])\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    assert r.stdout.startswith("RAISED"), r.stdout
 
 
 # ----------------------------------------------------------------------------------------- spinfer
