@@ -48,10 +48,7 @@ def _extensions():
 
     cxx = ["-O3", "-std=c++17", "-fopenmp", "-fno-math-errno", "-Wno-unknown-pragmas"]
     define_macros = []
-    # libstdc++ by name: where the link driver is gcc rather than g++ (the lent H200's CC), the library
-    # was linked without it, and any C++ exception thrown through our frames (a failed TORCH_CHECK
-    # with a formatted message) crashed the process instead of raising RuntimeError
-    link = ["-fopenmp", "-lstdc++"]
+    link = ["-fopenmp"]
     if with_cuda:
         nvcc = ["-O3", "-lineinfo", "-std=c++17", "--expt-relaxed-constexpr"]
         if not os.environ.get("TORCH_CUDA_ARCH_LIST"):  # set it (e.g. "9.0") for quicker builds
