@@ -125,23 +125,45 @@ def select(x: torch.Tensor, threshold: float, *, backend: str | None = None):
     return torch.ops.sparsekit.select(x, float(threshold))
 
 
+def _check_teal_args(x: torch.Tensor, w_t: torch.Tensor, glu: bool = False) -> None:
+    """One clear sentence (ValueError) for mismatched inputs, before any kernel sees them: a failed
+    check inside the compiled CUDA ops crashed the process on the lent H200 image (NOTES, seventh
+    session) instead of raising."""
+    k = w_t.shape[0] if w_t.dim() == 2 else -1
+    want = 2 * k if glu else k
+    if w_t.dim() != 2 or x.shape[-1] != want:
+        raise ValueError(f"x has {x.shape[-1]} channels but w_t has shape {tuple(w_t.shape)} "
+                         f"(expected x [..., {'2K' if glu else 'K'}] for w_t [K, N])")
+
+
+def _check_cuda_args(b: str, x: torch.Tensor, w: torch.Tensor, what: str) -> None:
+    """The CUDA kernels take weights in x's dtype on x's device (the CPU kernels also take mixed dtypes)."""
+    if b == "cuda" and (x.dtype != w.dtype or x.device != w.device):
+        raise ValueError(f"the CUDA kernels need x ({x.dtype}, {x.device}) and {what} ({w.dtype}, {w.device}) "
+                         "in one dtype on one device")
+
+
 def teal_matvec(x: torch.Tensor, w_t: torch.Tensor, threshold: float, *, backend: str | None = None) -> torch.Tensor:
     """``mask(x, threshold) @ w_t`` with ``w_t = W.T`` of shape [K, N]."""
+    _check_teal_args(x, w_t)
     b = _choose(_dev(x), backend)
     if b == "reference":
         return reference.teal_matvec(x, w_t, threshold)
     if b == "triton":
         return _triton().teal_matvec(x, w_t, float(threshold))
+    _check_cuda_args(b, x, w_t, "w_t")
     return torch.ops.sparsekit.teal_matvec(x, w_t, float(threshold))
 
 
 def teal_matvec_rel(x: torch.Tensor, w_t: torch.Tensor, threshold: float, *, backend: str | None = None) -> torch.Tensor:
     """``mask_relative(x, threshold) @ w_t``: keep x where |x| > threshold * the token's mean |x|.
     One fused kernel on CUDA; elsewhere the mask in torch, then ``teal_matvec`` with threshold 0."""
+    _check_teal_args(x, w_t)
     b = _choose(_dev(x), backend)
     if b == "reference":
         return reference.teal_matvec_rel(x, w_t, threshold)
     if b == "cuda":
+        _check_cuda_args(b, x, w_t, "w_t")
         return torch.ops.sparsekit.teal_matvec_rel(x, w_t, float(threshold))
     return teal_matvec(reference.mask_relative(x, threshold), w_t, 0.0, backend=b)
 
@@ -149,21 +171,25 @@ def teal_matvec_rel(x: torch.Tensor, w_t: torch.Tensor, threshold: float, *, bac
 def teal_matvec_glu(gu: torch.Tensor, w_t: torch.Tensor, threshold: float, *, backend: str | None = None) -> torch.Tensor:
     """``mask(silu(gate) * up, threshold) @ w_t`` from ``gu = [gate | up]`` (``[..., 2K]``, w_t ``[K, N]``).
     One fused kernel on CUDA; elsewhere the SwiGLU product in torch, then ``teal_matvec``."""
+    _check_teal_args(gu, w_t, glu=True)
     b = _choose(_dev(gu), backend)
     if b == "reference":
         return reference.teal_matvec_glu(gu, w_t, threshold)
     if b == "cuda":
+        _check_cuda_args(b, gu, w_t, "w_t")
         return torch.ops.sparsekit.teal_matvec_glu(gu, w_t, float(threshold))
     return teal_matvec(reference.silu_mul(gu), w_t, threshold, backend=b)
 
 
 def teal_matvec_sel(xs, idx, nnz, w_t, *, backend: str | None = None) -> torch.Tensor:
     """The teal product from a ``select`` result (shared by the matrices reading one input)."""
+    _check_teal_args(xs, w_t)
     b = _choose(_dev(xs), backend)
     if b == "reference":
         return reference.teal_matvec_sel(xs, idx, nnz, w_t)
     if b == "triton":
         return _triton().teal_matvec_sel(xs, idx, nnz, w_t)
+    _check_cuda_args(b, xs, w_t, "w_t")
     return torch.ops.sparsekit.teal_matvec_sel(xs, idx, nnz, w_t)
 
 
@@ -178,22 +204,24 @@ def _spdp_args(x: torch.Tensor, packed: dict):
 
 def spdp_matvec(x: torch.Tensor, packed: dict, threshold: float, *, backend: str | None = None) -> torch.Tensor:
     """``mask(x, threshold) @ W.T`` with W in the spdp format."""
+    values, bitmap, offsets, n, tile_rows = _spdp_args(x, packed)
     b = _choose(_dev(x), backend)
     if b == "reference":
         return reference.spdp_matvec(x, packed, threshold)
-    values, bitmap, offsets, n, tile_rows = _spdp_args(x, packed)
     if b == "triton":
         return _triton().spdp_matvec(x, values, bitmap, offsets, n, tile_rows, float(threshold))
+    _check_cuda_args(b, x, values, "the packed values")
     return torch.ops.sparsekit.spdp_matvec(x, values, bitmap, offsets, n, tile_rows, float(threshold))
 
 
 def spdp_matvec_rel(x: torch.Tensor, packed: dict, threshold: float, *, backend: str | None = None) -> torch.Tensor:
     """``mask_relative(x, threshold) @ W.T`` with W in the spdp format (fused on CUDA, composed elsewhere)."""
+    values, bitmap, offsets, n, tile_rows = _spdp_args(x, packed)
     b = _choose(_dev(x), backend)
     if b == "reference":
         return reference.spdp_matvec_rel(x, packed, threshold)
     if b == "cuda":
-        values, bitmap, offsets, n, tile_rows = _spdp_args(x, packed)
+        _check_cuda_args(b, x, values, "the packed values")
         return torch.ops.sparsekit.spdp_matvec_rel(x, values, bitmap, offsets, n, tile_rows, float(threshold))
     return spdp_matvec(reference.mask_relative(x, threshold), packed, 0.0, backend=b)
 
@@ -201,25 +229,27 @@ def spdp_matvec_rel(x: torch.Tensor, packed: dict, threshold: float, *, backend:
 def spdp_matvec_glu(gu: torch.Tensor, packed: dict, threshold: float, *, backend: str | None = None) -> torch.Tensor:
     """``mask(silu(gate) * up, threshold) @ W.T`` from ``gu = [gate | up]``, W in the spdp format (fused on
     CUDA, composed elsewhere)."""
+    if gu.shape[-1] % 2:
+        raise ValueError(f"gu must hold the gate and up halves, got an odd width {gu.shape[-1]}")
+    values, bitmap, offsets, n, tile_rows = _spdp_args(gu[..., : gu.shape[-1] // 2], packed)
     b = _choose(_dev(gu), backend)
     if b == "reference":
         return reference.spdp_matvec_glu(gu, packed, threshold)
     if b == "cuda":
-        if gu.shape[-1] % 2:
-            raise ValueError(f"gu must hold the gate and up halves, got an odd width {gu.shape[-1]}")
-        values, bitmap, offsets, n, tile_rows = _spdp_args(gu[..., : gu.shape[-1] // 2], packed)
+        _check_cuda_args(b, gu, values, "the packed values")
         return torch.ops.sparsekit.spdp_matvec_glu(gu, values, bitmap, offsets, n, tile_rows, float(threshold))
     return spdp_matvec(reference.silu_mul(gu), packed, threshold, backend=b)
 
 
 def spdp_matvec_sel(xs, idx, nnz, packed: dict, *, backend: str | None = None) -> torch.Tensor:
     """The spdp product from a ``select`` result."""
+    values, bitmap, offsets, n, tile_rows = _spdp_args(xs, packed)
     b = _choose(_dev(xs), backend)
     if b == "reference":
         return reference.spdp_matvec_sel(xs, idx, nnz, packed)
-    values, bitmap, offsets, n, tile_rows = _spdp_args(xs, packed)
     if b == "triton":
         return _triton().spdp_matvec_sel(xs, idx, nnz, values, bitmap, offsets, n, tile_rows)
+    _check_cuda_args(b, xs, values, "the packed values")
     return torch.ops.sparsekit.spdp_matvec_sel(xs, idx, nnz, values, bitmap, offsets, n, tile_rows)
 
 

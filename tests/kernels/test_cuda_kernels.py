@@ -513,10 +513,28 @@ BAD_CALLS = {
 }
 
 
+def test_mismatched_cuda_inputs_stop_in_python(ops):
+    """The op wrappers reject mismatched CUDA inputs with a ValueError before the kernel's own checks."""
+    from sparsekit.formats import spdp
+
+    x = torch.randn(2, 40, device="cuda", dtype=torch.float16)
+    w = _weight(24, 40, torch.float16, 3, 0.5)
+    packed = {key: (v.cuda() if key != "shape" else v) for key, v in spdp.encode(w, 32).items()}
+    for call in (lambda: ops.teal_matvec(x[:, :39], w.t().contiguous(), 0.1, backend="cuda"),
+                 lambda: ops.teal_matvec(x, w.t().contiguous().float(), 0.1, backend="cuda"),
+                 lambda: ops.teal_matvec_glu(x, w.t().contiguous(), 0.1, backend="cuda"),
+                 lambda: ops.spdp_matvec(x.float(), packed, 0.1, backend="cuda"),
+                 lambda: ops.spdp_matvec_glu(x[:, :39], packed, 0.1, backend="cuda")):
+        with pytest.raises(ValueError):
+            call()
+
+
 @pytest.mark.parametrize("name", sorted(BAD_CALLS))
 def test_bad_input_raises_a_python_error(name):
     """A failed check inside a CUDA op reaches Python as a RuntimeError with its sentence (run in a
-    child process, so that a crash fails this test instead of ending the session)."""
+    child process, so that a crash fails this test instead of ending the session). On the lent H200
+    image the formatted-message checks crashed instead (SIGSEGV; NOTES, seventh session); the same
+    call with the system libstdc++ preloaded raised as it should."""
     import subprocess
     import sys
 

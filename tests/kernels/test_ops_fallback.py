@@ -65,3 +65,22 @@ def test_backend_choice(monkeypatch):
         ops.teal_matvec(x, w_t, 0.0, backend="cuda")
     with pytest.raises(ValueError):
         ops.teal_matvec(x, w_t, 0.0, backend="gpu")
+
+
+@pytest.mark.parametrize("backend", ops.available_backends("cpu"))
+def test_mismatched_inputs_get_one_sentence(backend):
+    """The op wrappers check shapes in Python (ValueError) before any kernel runs (and, for the CUDA
+    kernels, that x and the weights share dtype and device; the CPU kernels take mixed dtypes)."""
+    from sparsekit.formats import spdp
+
+    x = torch.randn(2, 40)
+    w_t = torch.randn(40, 24)
+    packed = spdp.encode(w_t.t().contiguous(), 32)
+    for call in (lambda: ops.teal_matvec(x[:, :39], w_t, 0.1, backend=backend),
+                 lambda: ops.teal_matvec_rel(x[:, :39], w_t, 0.1, backend=backend),
+                 lambda: ops.teal_matvec_glu(x, w_t, 0.1, backend=backend),  # needs [..., 80]
+                 lambda: ops.teal_matvec_sel(*ops.select(x[:, :39], 0.1), w_t, backend=backend),
+                 lambda: ops.spdp_matvec(x[:, :39], packed, 0.1, backend=backend),
+                 lambda: ops.spdp_matvec_glu(torch.randn(2, 79), packed, 0.1, backend=backend)):
+        with pytest.raises(ValueError):
+            call()
