@@ -398,25 +398,33 @@ REL_CASES = [(dtype, lead, k, n) for dtype in DTYPES
 def test_relative_ops_match_reference(ops, ref, tune, dtype, lead, k, n):
     """teal/spdp_matvec_rel: every block computes its tokens' mean |x| and keeps |x| > t * mean, through
     every spdp instantiation and forced channel splits (K = 11008: several passes of the list)."""
-    from sparsekit.formats import spdp
-
     t = 1.1
     seed = hash(("rel", lead, k, n)) % 1000
     x = _x_relative((*lead, k), dtype, seed, t)
-    w = _weight(n, k, dtype, seed + 3, 0.5)
+    _check_splits_and_spdp_variants(ops, ref, tune, "rel", x, _weight(n, k, dtype, seed + 3, 0.5), t)
+
+
+def _check_splits_and_spdp_variants(ops, ref, tune, form, x, w, t):
+    """ops.teal_matvec_<form> and ops.spdp_matvec_<form> against the reference, with forced channel
+    splits 0, 1, 3, and for spdp every tile size and kernel variant."""
+    from sparsekit.formats import spdp
+
+    n, dtype = w.shape[0], x.dtype
+    out_shape = (*x.shape[:-1], n)
+    teal_op, spdp_op = f"teal_matvec_{form}", f"spdp_matvec_{form}"
     w_t = w.t().contiguous()
-    expect = ref.teal_matvec_rel(x, w_t, t)
+    expect = getattr(ref, teal_op)(x, w_t, t)
     for split in (0, 1, 3):
         tune("split", split)
-        _poison((*lead, n), dtype=dtype)
-        _check(ops.teal_matvec_rel(x, w_t, t, backend="cuda"), expect, dtype)
+        _poison(out_shape, dtype=dtype)
+        _check(getattr(ops, teal_op)(x, w_t, t, backend="cuda"), expect, dtype)
         for r in (32, 64, 128):
             packed = {key: (v.cuda() if key != "shape" else v) for key, v in spdp.encode(w, r).items()}
             for variant in SPDP_VARIANTS.values():
                 for key, value in variant.items():
                     tune(key, value)
-                _poison((*lead, n), dtype=dtype)
-                _check(ops.spdp_matvec_rel(x, packed, t, backend="cuda"), ref.spdp_matvec_rel(x, packed, t), dtype)
+                _poison(out_shape, dtype=dtype)
+                _check(getattr(ops, spdp_op)(x, packed, t, backend="cuda"), getattr(ref, spdp_op)(x, packed, t), dtype)
 
 
 def test_relative_ops_schemas_and_fakes():
@@ -457,25 +465,10 @@ GLU_CASES = [(dtype, lead, k, n) for dtype in DTYPES
 def test_glu_ops_match_reference(ops, ref, tune, dtype, lead, k, n):
     """teal/spdp_matvec_glu: the kernel reads gate and up, forms silu(gate) * up rounded as torch rounds
     it, thresholds that, through every spdp instantiation and forced channel splits."""
-    from sparsekit.formats import spdp
-
     t = 0.25
     seed = hash(("glu", lead, k, n)) % 1000
     gu = _gu_glu(lead, k, dtype, seed, t)
-    w = _weight(n, k, dtype, seed + 5, 0.5)
-    w_t = w.t().contiguous()
-    expect = ref.teal_matvec_glu(gu, w_t, t)
-    for split in (0, 1, 3):
-        tune("split", split)
-        _poison((*lead, n), dtype=dtype)
-        _check(ops.teal_matvec_glu(gu, w_t, t, backend="cuda"), expect, dtype)
-        for r in (32, 64, 128):
-            packed = {key: (v.cuda() if key != "shape" else v) for key, v in spdp.encode(w, r).items()}
-            for variant in SPDP_VARIANTS.values():
-                for key, value in variant.items():
-                    tune(key, value)
-                _poison((*lead, n), dtype=dtype)
-                _check(ops.spdp_matvec_glu(gu, packed, t, backend="cuda"), ref.spdp_matvec_glu(gu, packed, t), dtype)
+    _check_splits_and_spdp_variants(ops, ref, tune, "glu", gu, _weight(n, k, dtype, seed + 5, 0.5), t)
 
 
 def test_glu_product_is_rounded_like_torch(ops, ref):
