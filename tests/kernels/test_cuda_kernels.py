@@ -427,15 +427,17 @@ def _check_splits_and_spdp_variants(ops, ref, tune, form, x, w, t):
                 _check(getattr(ops, spdp_op)(x, packed, t, backend="cuda"), getattr(ref, spdp_op)(x, packed, t), dtype)
 
 
-def test_relative_ops_schemas_and_fakes():
+@pytest.mark.parametrize("form, width", [("rel", 40), ("glu", 80)])  # glu reads [gate | up]
+def test_fused_input_ops_schemas_and_fakes(form, width):
     from sparsekit.formats import spdp
 
-    x = torch.randn(3, 40, device="cuda", dtype=torch.float16)
+    x = torch.randn(3, width, device="cuda", dtype=torch.float16)
     w = _weight(24, 40, torch.float16, 7, 0.5)
     p = spdp.encode(w, 32)
     sk = torch.ops.sparsekit
-    for op, args in ((sk.teal_matvec_rel.default, (x, w.t().contiguous(), 0.5)),
-                     (sk.spdp_matvec_rel.default, (x, p["values"].cuda(), p["bitmap"].cuda(), p["offsets"].cuda(), 24, 32, 0.5))):
+    teal_op, spdp_op = getattr(sk, f"teal_matvec_{form}"), getattr(sk, f"spdp_matvec_{form}")
+    for op, args in ((teal_op.default, (x, w.t().contiguous(), 0.5)),
+                     (spdp_op.default, (x, p["values"].cuda(), p["bitmap"].cuda(), p["offsets"].cuda(), 24, 32, 0.5))):
         torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor"))
 
 
@@ -479,18 +481,6 @@ def test_glu_product_is_rounded_like_torch(ops, ref):
         assert torch.equal(ops.teal_matvec_glu(gu, eye, 0.0, backend="cuda"), h)
         packed = {key: (v.cuda() if key != "shape" else v) for key, v in spdp.encode(eye, 64).items()}
         assert torch.equal(ops.spdp_matvec_glu(gu, packed, 0.0, backend="cuda"), h)
-
-
-def test_glu_ops_schemas_and_fakes():
-    from sparsekit.formats import spdp
-
-    gu = torch.randn(3, 80, device="cuda", dtype=torch.float16)
-    w = _weight(24, 40, torch.float16, 7, 0.5)
-    p = spdp.encode(w, 32)
-    sk = torch.ops.sparsekit
-    for op, args in ((sk.teal_matvec_glu.default, (gu, w.t().contiguous(), 0.5)),
-                     (sk.spdp_matvec_glu.default, (gu, p["values"].cuda(), p["bitmap"].cuda(), p["offsets"].cuda(), 24, 32, 0.5))):
-        torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor"))
 
 
 BAD_CALLS = {
