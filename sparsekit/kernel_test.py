@@ -192,16 +192,14 @@ def check_case(op: str, backend: str, dtype, k: int, n: int, t: int, device, gen
         detail = f"s2~{s2:.2f} swiglu"
     if op.startswith("teal"):
         w_t = w.t().contiguous()
-        fn = {"teal_matvec": ops.teal_matvec, "teal_matvec_rel": ops.teal_matvec_rel,
-              "teal_matvec_glu": ops.teal_matvec_glu}.get(op)
+        fn = None if op.endswith("_sel") else getattr(ops, op)  # _sel: from the shared selection
         ref = getattr(reference, op if fn else "teal_matvec")(x, w_t, thr)
         run = (lambda: fn(x, w_t, thr, backend=backend)) if fn else (
             lambda: ops.teal_matvec_sel(*sel, w_t, backend=backend))
     elif op.startswith("spdp"):
         packed = _on_device(spdp.encode(w, tile_rows), device)
         detail += f" R={tile_rows} s1=0.5"
-        fn = {"spdp_matvec": ops.spdp_matvec, "spdp_matvec_rel": ops.spdp_matvec_rel,
-              "spdp_matvec_glu": ops.spdp_matvec_glu}.get(op)
+        fn = None if op.endswith("_sel") else getattr(ops, op)
         ref = getattr(reference, op if fn else "spdp_matvec")(x, packed, thr)
         run = (lambda: fn(x, packed, thr, backend=backend)) if fn else (
             lambda: ops.spdp_matvec_sel(*sel, packed, backend=backend))

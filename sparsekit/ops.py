@@ -125,19 +125,11 @@ def select(x: torch.Tensor, threshold: float, *, backend: str | None = None):
     return torch.ops.sparsekit.select(x, float(threshold))
 
 
-def _check_teal_args(x: torch.Tensor, w_t: torch.Tensor, glu: bool = False) -> None:
-    """One clear sentence (ValueError) for mismatched inputs, before any kernel sees them: a failed
-    check inside the compiled CUDA ops crashed the process on the lent H200 image (NOTES, seventh
-    session) instead of raising."""
-    k = w_t.shape[0] if w_t.dim() == 2 else -1
-    want = 2 * k if glu else k
-    if w_t.dim() != 2 or x.shape[-1] != want:
-        raise ValueError(f"x has {x.shape[-1]} channels but w_t has shape {tuple(w_t.shape)} "
-                         f"(expected x [..., {'2K' if glu else 'K'}] for w_t [K, N])")
-
-
 def _check_cuda_args(b: str, x: torch.Tensor, w: torch.Tensor, what: str) -> None:
-    """The CUDA kernels take weights in x's dtype on x's device (the CPU kernels also take mixed dtypes)."""
+    """The CUDA kernels take weights in x's dtype on x's device (the CPU kernels also take mixed dtypes).
+    Shapes, dtypes and devices are checked here in Python (one ValueError sentence) before any kernel
+    sees them: a failed check inside the compiled CUDA ops crashed the process on the lent H200 image
+    (NOTES, seventh session) instead of raising."""
     if b == "cuda" and (x.dtype != w.dtype or x.device != w.device):
         raise ValueError(f"the CUDA kernels need x ({x.dtype}, {x.device}) and {what} ({w.dtype}, {w.device}) "
                          "in one dtype on one device")
@@ -145,7 +137,7 @@ def _check_cuda_args(b: str, x: torch.Tensor, w: torch.Tensor, what: str) -> Non
 
 def teal_matvec(x: torch.Tensor, w_t: torch.Tensor, threshold: float, *, backend: str | None = None) -> torch.Tensor:
     """``mask(x, threshold) @ w_t`` with ``w_t = W.T`` of shape [K, N]."""
-    _check_teal_args(x, w_t)
+    reference._check_teal(x, w_t)
     b = _choose(_dev(x), backend)
     if b == "reference":
         return reference.teal_matvec(x, w_t, threshold)
@@ -158,7 +150,7 @@ def teal_matvec(x: torch.Tensor, w_t: torch.Tensor, threshold: float, *, backend
 def teal_matvec_rel(x: torch.Tensor, w_t: torch.Tensor, threshold: float, *, backend: str | None = None) -> torch.Tensor:
     """``mask_relative(x, threshold) @ w_t``: keep x where |x| > threshold * the token's mean |x|.
     One fused kernel on CUDA; elsewhere the mask in torch, then ``teal_matvec`` with threshold 0."""
-    _check_teal_args(x, w_t)
+    reference._check_teal(x, w_t)
     b = _choose(_dev(x), backend)
     if b == "reference":
         return reference.teal_matvec_rel(x, w_t, threshold)
@@ -171,7 +163,7 @@ def teal_matvec_rel(x: torch.Tensor, w_t: torch.Tensor, threshold: float, *, bac
 def teal_matvec_glu(gu: torch.Tensor, w_t: torch.Tensor, threshold: float, *, backend: str | None = None) -> torch.Tensor:
     """``mask(silu(gate) * up, threshold) @ w_t`` from ``gu = [gate | up]`` (``[..., 2K]``, w_t ``[K, N]``).
     One fused kernel on CUDA; elsewhere the SwiGLU product in torch, then ``teal_matvec``."""
-    _check_teal_args(gu, w_t, glu=True)
+    reference._check_teal(gu, w_t, glu=True)
     b = _choose(_dev(gu), backend)
     if b == "reference":
         return reference.teal_matvec_glu(gu, w_t, threshold)
@@ -183,7 +175,7 @@ def teal_matvec_glu(gu: torch.Tensor, w_t: torch.Tensor, threshold: float, *, ba
 
 def teal_matvec_sel(xs, idx, nnz, w_t, *, backend: str | None = None) -> torch.Tensor:
     """The teal product from a ``select`` result (shared by the matrices reading one input)."""
-    _check_teal_args(xs, w_t)
+    reference._check_teal(xs, w_t)
     b = _choose(_dev(xs), backend)
     if b == "reference":
         return reference.teal_matvec_sel(xs, idx, nnz, w_t)
@@ -229,9 +221,7 @@ def spdp_matvec_rel(x: torch.Tensor, packed: dict, threshold: float, *, backend:
 def spdp_matvec_glu(gu: torch.Tensor, packed: dict, threshold: float, *, backend: str | None = None) -> torch.Tensor:
     """``mask(silu(gate) * up, threshold) @ W.T`` from ``gu = [gate | up]``, W in the spdp format (fused on
     CUDA, composed elsewhere)."""
-    if gu.shape[-1] % 2:
-        raise ValueError(f"gu must hold the gate and up halves, got an odd width {gu.shape[-1]}")
-    values, bitmap, offsets, n, tile_rows = _spdp_args(gu[..., : gu.shape[-1] // 2], packed)
+    values, bitmap, offsets, n, tile_rows = _spdp_args(reference.glu_halves(gu)[0], packed)
     b = _choose(_dev(gu), backend)
     if b == "reference":
         return reference.spdp_matvec_glu(gu, packed, threshold)

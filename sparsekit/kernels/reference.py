@@ -98,9 +98,7 @@ def teal_matvec_rel(x: torch.Tensor, w_t: torch.Tensor, threshold: float) -> tor
 
 def silu_mul(gu: torch.Tensor) -> torch.Tensor:
     """``F.silu(gate) * up`` in gu's dtype, where ``gate, up = gu[..., :K], gu[..., K:]`` (``gu``: ``[..., 2K]``)."""
-    if gu.shape[-1] % 2:
-        raise ValueError(f"gu must hold the gate and up halves, got an odd width {gu.shape[-1]}")
-    gate, up = gu.chunk(2, dim=-1)
+    gate, up = glu_halves(gu)
     return torch.nn.functional.silu(gate) * up
 
 
@@ -165,6 +163,16 @@ def spinfer_matmul(x: torch.Tensor, packed: dict[str, torch.Tensor]) -> torch.Te
     return (x.float() @ w.float().T).to(x.dtype)
 
 
-def _check_teal(x: torch.Tensor, w_t: torch.Tensor) -> None:
-    if w_t.dim() != 2 or x.shape[-1] != w_t.shape[0]:
-        raise ValueError(f"x has {x.shape[-1]} channels but w_t has shape {tuple(w_t.shape)} (expected [K, N])")
+def _check_teal(x: torch.Tensor, w_t: torch.Tensor, glu: bool = False) -> None:
+    """x [..., K] (glu: the stacked gate/up [..., 2K]) for w_t [K, N], else one ValueError sentence."""
+    want = (2 if glu else 1) * w_t.shape[0] if w_t.dim() == 2 else -1
+    if x.shape[-1] != want:
+        raise ValueError(f"x has {x.shape[-1]} channels but w_t has shape {tuple(w_t.shape)} "
+                         f"(expected x [..., {'2K' if glu else 'K'}] for w_t [K, N])")
+
+
+def glu_halves(gu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(gate, up)`` of a stacked gate/up tensor ``[..., 2K]`` (ValueError for an odd width)."""
+    if gu.shape[-1] % 2:
+        raise ValueError(f"gu must hold the gate and up halves, got an odd width {gu.shape[-1]}")
+    return gu.chunk(2, dim=-1)

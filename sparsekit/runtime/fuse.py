@@ -118,6 +118,11 @@ def _glu_forward(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return mlp.down_proj.forward_glu(mlp.gate_proj.group.inner(x))
 
 
+def _glu_patched(mlp: nn.Module | None) -> bool:
+    """True when ``fuse_projections`` replaced this MLP's forward by ``_glu_forward``."""
+    return mlp is not None and getattr(mlp.__dict__.get("forward"), "__func__", None) is _glu_forward
+
+
 def glu_fusable(mlp: nn.Module) -> bool:
     """True when ``mlp`` computes ``down(silu(gate(x)) * up(x))`` with gate/up fused (in that order,
     equal widths) and a teal or spdp down projection."""
@@ -155,16 +160,14 @@ def fuse_projections(model: nn.Module, sites=FUSED_SITES, glu: bool | None = Non
             del mods
             count += 1
         mlp = getattr(layer, "mlp", None)
-        if glu and mlp is not None and "forward" not in mlp.__dict__ and glu_fusable(mlp):
+        if glu and mlp is not None and not _glu_patched(mlp) and glu_fusable(mlp):
             mlp.forward = types.MethodType(_glu_forward, mlp)
     return count
 
 
 def glu_fused(model: nn.Module) -> int:
     """The number of MLPs whose forward runs the fused SwiGLU down projection."""
-    return sum(1 for layer in decoder_layers(model)
-               if getattr(getattr(layer, "mlp", None), "forward", None) is not None
-               and getattr(layer.mlp.forward, "__func__", None) is _glu_forward)
+    return sum(1 for layer in decoder_layers(model) if _glu_patched(getattr(layer, "mlp", None)))
 
 
 def unfuse_projections(model: nn.Module) -> int:
@@ -172,7 +175,7 @@ def unfuse_projections(model: nn.Module) -> int:
     count = 0
     for layer in decoder_layers(model):
         mlp = getattr(layer, "mlp", None)
-        if mlp is not None and getattr(mlp.__dict__.get("forward"), "__func__", None) is _glu_forward:
+        if _glu_patched(mlp):
             del mlp.forward  # back to the class's forward
         for site in FUSED_SITES:
             paths = [ROLES[r] for r in SITES[site]]
