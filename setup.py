@@ -48,7 +48,10 @@ def _extensions():
 
     cxx = ["-O3", "-std=c++17", "-fopenmp", "-fno-math-errno", "-Wno-unknown-pragmas"]
     define_macros = []
-    link = ["-fopenmp"]
+    # A toolchain that links libstdc++ statically (some images wrap g++ that way) would otherwise
+    # export that copy's symbols, which then mix with the process's own libstdc++: a formatted
+    # TORCH_CHECK message came out cut short, or the process crashed. Keep any static copy private.
+    link = ["-fopenmp", "-Wl,--exclude-libs,ALL"]
     if with_cuda:
         nvcc = ["-O3", "-lineinfo", "-std=c++17", "--expt-relaxed-constexpr"]
         if not os.environ.get("TORCH_CUDA_ARCH_LIST"):  # set it (e.g. "9.0") for quicker builds

@@ -2,13 +2,17 @@
 # One GPU-machine call for the one-token spdp work (run from the repository root, OUT=dir):
 # build, the spdp kernel sweep (cuda_kernels.py --spdp), every CUDA test, ncu of the default and deep
 # spdp launches, decode with DECODE_ARGS, then calibrate_7b.py with what is left of LIMIT seconds.
-# KERNELS=0 / NCU=0 skip the sweep / the profile; TESTS picks the test paths (default: tests);
+# TOOLCHAIN=1 runs toolchain_check.py --relink first; KERNELS=0 / NCU=0 skip the sweep / the profile; TESTS picks the test paths (default: tests);
 # DECODE_ARGS2 runs a second decode.py (an ablation) into $OUT/decode2; DECODE_SWEEP=1 times spdp_decode
 # (CUDA against Triton, prefill_paths.py --decode-sweep).
 # Everything lands in $OUT/all.tgz; summary.txt (short) is printed last.
 set -uo pipefail
 source benchmarks/gpu_common.sh
 build
+if [ "${TOOLCHAIN:-0}" = 1 ]; then  # which libstdc++ the library links, and whether a bad call raises
+  step toolchain 150 python3 benchmarks/toolchain_check.py --relink
+  cat "$OUT/toolchain.log" >>"$S"
+fi
 if [ "${KERNELS:-1}" = 1 ]; then
   step kernels 150 python3 benchmarks/cuda_kernels.py --spdp ${KERNELS_EXTRA:-} --json "$OUT/cuda_kernels.json"
   sed -n '/^## /,$p' "$OUT/kernels.log" >>"$S"

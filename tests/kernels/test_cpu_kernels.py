@@ -217,3 +217,16 @@ def test_teal_channel_split_matches_reference(isa, threads, dtype):
             assert torch.equal(y, ops.teal_matvec(x, w_t, thr, backend="cpu"))  # deterministic
     finally:
         torch.set_num_threads(before)
+
+
+def test_compiled_checks_reach_python_whole():
+    """A failed multi-part check inside the compiled library reaches Python as one ValueError with
+    the whole sentence. Linked against a private libstdc++ whose symbols leaked (g++ -static-libstdc++
+    without `--exclude-libs`, as some images do), the message stopped after its first piece on this
+    machine and the process crashed on the H200 image (NOTES, seventh and eighth sessions)."""
+    sk = torch.ops.sparsekit
+    with pytest.raises(ValueError, match=r"^x has 5 channels but w_t has shape \[4, 3\] \(expected \[K, N\]\)"):
+        sk.teal_matvec(torch.randn(2, 5), torch.randn(4, 3), 0.1)
+    with pytest.raises(ValueError, match="tile_rows must be 32, 64 or 128, got 48"):
+        sk.spdp_decode(torch.zeros(0, dtype=torch.float16), torch.zeros(0, dtype=torch.int32),
+                       torch.zeros(1, dtype=torch.int32), 4, 4, 48)
