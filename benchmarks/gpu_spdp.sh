@@ -2,7 +2,7 @@
 # One GPU-machine call for the one-token spdp work (run from the repository root, OUT=dir):
 # build, the spdp kernel sweep (cuda_kernels.py --spdp), every CUDA test, ncu of the default and deep
 # spdp launches, decode with DECODE_ARGS, then calibrate_7b.py with what is left of LIMIT seconds.
-# TOOLCHAIN=1 runs toolchain_check.py --relink first; KERNELS=0 / NCU=0 skip the sweep / the profile; TESTS picks the test paths (default: tests);
+# EXTRA_CMD runs one more command (EXTRA_LIMIT s); TOOLCHAIN=1 runs toolchain_check.py --relink first; KERNELS=0 / NCU=0 skip the sweep / the profile; TESTS picks the test paths (default: tests);
 # DECODE_ARGS2 runs a second decode.py (an ablation) into $OUT/decode2; DECODE_SWEEP=1 times spdp_decode
 # (CUDA against Triton, prefill_paths.py --decode-sweep).
 # Everything lands in $OUT/all.tgz; summary.txt (short) is printed last.
@@ -34,6 +34,10 @@ if [ -n "${DECODE_ARGS2:-}" ]; then
   # shellcheck disable=SC2086
   step decode2 "${DECODE_LIMIT:-240}" python3 benchmarks/decode.py --out "$OUT/decode2" $DECODE_ARGS2
   tail -20 "$OUT/decode2.log" >>"$S"
+fi
+if [ -n "${EXTRA_CMD:-}" ]; then  # any other command, e.g. "python3 benchmarks/decode_kernels.py --top 24"
+  step extra "${EXTRA_LIMIT:-200}" bash -c "$EXTRA_CMD"
+  tail -"${EXTRA_TAIL:-30}" "$OUT/extra.log" >>"$S"
 fi
 if [ -n "${CALIB_ARGS:-}" ]; then
   # shellcheck disable=SC2086
