@@ -10,6 +10,7 @@ bitmaps/offsets, x) and write (y); GB/s = bytes / time, next to the measured dev
     python benchmarks/cuda_kernels.py --teal [--json OUT.json]   # teal at T=1: kernels, variants, sanity
     python benchmarks/cuda_kernels.py --quick --fused             # the launches of a fused layer
     python benchmarks/cuda_kernels.py --spdp [--fused]            # spdp at T=1: tile rows x variants x splits
+    python benchmarks/cuda_kernels.py --l2pf 0,64,128 [--fused]   # teal at T=1 by L2 prefetch depth
 
 `--teal` times teal_matvec for one token on the three shapes: the default (matvec.cuh), the opt-in
 one-token kernel (teal1.cuh, `teal1=1`) and its geometries, split and other variants, cuBLAS, the
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 
@@ -247,6 +249,46 @@ def teal_sweep(tune, record) -> None:
         torch.cuda.empty_cache()
 
 
+def l2pf_sweep(tune, record, values: list[int], out_dir: str | None) -> None:
+    """teal_matvec at T = 1 with `l2pf` channels' row segments prefetched into L2 per block (fp16 at
+    activation sparsity 0 / 0.5 / 0.7, bf16 at 0.5); prints and writes (to OUT_DIR/l2pf_best) the value with
+    the least total time at 0.5 over the shapes."""
+    import os
+
+    from sparsekit import ops
+    from sparsekit.kernels import reference
+
+    total: dict[int, float] = {v: 0.0 for v in values}
+    for name, (n, k) in SHAPES.items():
+        w16 = [rand_weight(n, k, 0.0, seed=s) for s in range(COPIES)]
+        for dtype in (torch.float16, torch.bfloat16):
+            ws = [w.to(dtype) for w in w16]
+            wts = [w.t().contiguous() for w in ws]
+            x = torch.randn((1, k), device="cuda").to(dtype)
+            dense_us, sp = time_graph([lambda w=w: F.linear(x, w) for w in ws])
+            record(name, dtype, "dense", "cuBLAS F.linear T=1", dense_us, sp, 2 * n * k + 2 * (n + k), dense_us)
+            for s2 in ((0.0, 0.5, 0.7) if dtype == torch.float16 else (0.5,)):
+                thr = threshold(x, s2)
+                active = int((x.abs() > thr).sum()) if s2 > 0 else k
+                nbytes = 2 * active * n + 2 * (n + k)
+                for v in values:
+                    with tuned(tune, {"l2pf": v}):
+                        check(ops.teal_matvec(x, wts[0], thr), reference.teal_matvec(x, wts[0], thr), f"l2pf={v}")
+                        us, spr = time_graph([lambda wt=wt: ops.teal_matvec(x, wt, thr) for wt in wts])
+                    record(name, dtype, "teal_matvec", f"s2={s2} l2pf={v}", us, spr, nbytes, dense_us,
+                           extra=dict(l2pf=v), variant=True)
+                    if s2 == 0.5:
+                        total[v] += us
+        del ws, wts, w16
+        torch.cuda.empty_cache()
+    best = min(values, key=lambda v: total[v])
+    print("l2pf total us at s2=0.5 (fp16 + bf16, all shapes): "
+          + ", ".join(f"{v}: {total[v]:.2f}" for v in values) + f"; BEST l2pf={best}", flush=True)
+    if out_dir:
+        with open(os.path.join(out_dir, "l2pf_best"), "w") as f:
+            f.write(str(best))
+
+
 def spdp_touched(packed: dict, mask: torch.Tensor, n: int, k: int, r: int) -> int:
     """Bytes an spdp matvec must touch: active columns' values, bitmaps and offsets, x and y (fp16/bf16)."""
     nt = -(-n // r)
@@ -301,6 +343,7 @@ def main() -> None:
     ap.add_argument("--ncu", action="store_true", help="only launch teal and spdp twice each (for ncu)")
     ap.add_argument("--fused", action="store_true", help="the shapes of a fused layer (q/k/v and gate/up as one)")
     ap.add_argument("--spdp", action="store_true", help="only spdp at T=1: tile rows x variants x splits")
+    ap.add_argument("--l2pf", default=None, help="only teal at T=1 with these L2 prefetch depths, e.g. 0,32,64,128")
     args = ap.parse_args()
     if args.fused:
         SHAPES.clear()
@@ -351,6 +394,9 @@ def main() -> None:
     if args.spdp:
         spdp_sweep(tune, record)
         return finish("forced splits (fp16, s1=0.5, T=1)")
+    if args.l2pf:
+        l2pf_sweep(tune, record, [int(v) for v in args.l2pf.split(",")], os.environ.get("OUT"))
+        return finish("L2 prefetch depths (T=1)")
     if args.teal:
         teal_sweep(tune, record)
         return finish("variants (fp16, T=1)")
@@ -368,7 +414,7 @@ def main() -> None:
             dense_us, sp = time_graph([lambda w=w: F.linear(x, w) for w in ws])
             record(name, dtype, "dense", "cuBLAS F.linear T=1", dense_us, sp, 2 * n * k + 2 * (n + k), dense_us)
 
-            for s2 in (0.0, 0.5, 0.7):
+            for s2 in ((0.0, 0.5, 0.7) if dtype == torch.float16 else (0.5,)):
                 thr = threshold(x, s2)
                 active = int((x.abs() > thr).sum()) if s2 > 0 else k
                 check(ops.teal_matvec(x, wts[0], thr), reference.teal_matvec(x, wts[0], thr), f"teal {name}")

@@ -2,7 +2,9 @@
 # One GPU-machine call for the one-token spdp work (run from the repository root, OUT=dir):
 # build, the spdp kernel sweep (cuda_kernels.py --spdp), every CUDA test, ncu of the default and deep
 # spdp launches, decode with DECODE_ARGS, then calibrate_7b.py with what is left of LIMIT seconds.
-# EXTRA_CMD runs one more command (EXTRA_LIMIT s); TOOLCHAIN=1 runs toolchain_check.py --relink first; KERNELS=0 / NCU=0 skip the sweep / the profile; TESTS picks the test paths (default: tests);
+# TOOLCHAIN=1 runs toolchain_check.py --relink first; KERNELS=0 / NCU=0 skip the sweep / the profile;
+# KERNELS_ARGS replaces "--spdp $KERNELS_EXTRA"; TESTS picks the test paths (default: tests; none: skip);
+# EXTRA_CMD runs one more command through bash (EXTRA_LIMIT seconds, EXTRA_TAIL lines to the summary);
 # DECODE_ARGS2 runs a second decode.py (an ablation) into $OUT/decode2; DECODE_SWEEP=1 times spdp_decode
 # (CUDA against Triton, prefill_paths.py --decode-sweep).
 # Everything lands in $OUT/all.tgz; summary.txt (short) is printed last.
@@ -14,11 +16,13 @@ if [ "${TOOLCHAIN:-0}" = 1 ]; then  # which libstdc++ the library links, and whe
   cat "$OUT/toolchain.log" >>"$S"
 fi
 if [ "${KERNELS:-1}" = 1 ]; then
-  step kernels 150 python3 benchmarks/cuda_kernels.py --spdp ${KERNELS_EXTRA:-} --json "$OUT/cuda_kernels.json"
+  step kernels 150 python3 benchmarks/cuda_kernels.py ${KERNELS_ARGS:---spdp ${KERNELS_EXTRA:-}} --json "$OUT/cuda_kernels.json"
   sed -n '/^## /,$p' "$OUT/kernels.log" >>"$S"
 fi
-step tests 200 python3 -m pytest -q -p no:cacheprovider -m cuda ${TESTS:-tests}
-tail -3 "$OUT/tests.log" >>"$S"
+if [ "${TESTS:-tests}" != none ]; then
+  step tests 200 python3 -m pytest -q -p no:cacheprovider -m cuda ${TESTS:-tests}
+  tail -3 "$OUT/tests.log" >>"$S"
+fi
 if [ "${DECODE_SWEEP:-0}" = 1 ]; then
   step decode_sweep 120 python3 benchmarks/prefill_paths.py --decode-sweep --json "$OUT/decode_sweep.json"
   grep -E "^(##|[0-9])" "$OUT/decode_sweep.log" >>"$S"

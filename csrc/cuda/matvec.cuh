@@ -40,6 +40,9 @@ struct MatvecParams {
   int nvals;           // SPDP: values readable from w (the NIB variant reads whole 4-byte pairs below it)
   int pipe;            // TEAL: 0 = batches of U register loads; 1 = a cp.async ring of D rows per lane
                        // (only read by the PIPE instantiation)
+  int l2pf;            // TEAL, fused: before waiting for its inputs, the block prefetches into L2 the
+                       // row segments of the first l2pf channels of its slice (active or not), so the
+                       // DRAM works while the block loads x and builds its list (tune("l2pf"))
 };
 
 // Compile-time configuration of one kernel instantiation. R == 0: TEAL, else SPDP with R-row tiles.
@@ -158,6 +161,21 @@ __global__ void __launch_bounds__(MvCfg<T, TC, R, V>::NTHREADS, MvCfg<T, TC, R, 
   float* s_part = s_red + NW * C::TILE_MAX;
   uint4* s_ring = reinterpret_cast<uint4*>(s_part + TC * C::TILE_MAX);  // TEAL: [NW][D][32] 16-byte slots
 
+  if constexpr (!C::SPDP) {
+    // weights do not depend on the previous kernel, so this may run before grid_dependency_wait
+    if (p.l2pf > 0 && p.fused && p.vec) {
+      const int kper = (p.K + p.S - 1) / p.S;
+      const int b0 = min(p.K, static_cast<int>(blockIdx.y) * kper), nch = min(p.l2pf, min(p.K, b0 + kper) - b0);
+      const size_t rowb = static_cast<size_t>(p.N) * sizeof(T);  // bytes per w_t row
+      const size_t segb = static_cast<size_t>(blockIdx.x) * p.lpr * VEC * sizeof(T);
+      const int lines = (p.lpr * VEC * static_cast<int>(sizeof(T)) + 127) / 128;
+      const char* wb = static_cast<const char*>(p.w);
+      for (int i = threadIdx.x; i < nch * lines; i += NT) {
+        const size_t off = segb + static_cast<size_t>(i % lines) * 128;
+        if (off < rowb) prefetch_l2(wb + static_cast<size_t>(b0 + i / lines) * rowb + off);
+      }
+    }
+  }
   grid_dependency_wait();  // launched with programmatic stream serialization: inputs are ready after this
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int tile = blockIdx.x, split = blockIdx.y, t0 = blockIdx.z * TC;

@@ -18,6 +18,7 @@ struct Tuning {
   int teal1 = 0;          // one-token teal kernel (teal1.cuh): 0 = off (matvec.cuh measured faster), 1 = on where it applies
   int teal1_threads = 0;  // its block size: 0 = automatic, 256, 512 or 1024
   int teal1_lpr = 0;      // its lanes per row segment: 0 = automatic, 4, 8, 16 or 32
+  int l2pf = 0;           // fused teal: channels per block whose row segments are prefetched into L2 at the start
   int last_split = 0;  // read-only: the slices chosen by the last launch
   int last_teal1 = 0;  // read-only: 1 when the last teal launch used the one-token kernel
 };

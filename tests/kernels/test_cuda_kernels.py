@@ -663,7 +663,8 @@ def test_sanitizer_smoke(ops, ref, tune, tokens):
     [{"pipe": 1}, {"pipe": 1, "pdl": 1}, {"pdl": 1}, {"spinfer_warps": 8}, {"teal_lpr": 32, "split": 2}, {"teal_lpr": 8},
      {"teal1": 1}, {"teal1": 1, "pdl": 1}, {"teal1": 1, "teal1_threads": 512, "teal1_lpr": 8},
      {"spdp_deep": 1}, {"spdp_deep": 1, "split": 2}, {"spdp_deep": 2},
-     {"spdp_nib": 2}, {"spdp_nib": 2, "spdp_deep": 1}, {"spdp_nib": 1, "split": 3}],
+     {"spdp_nib": 2}, {"spdp_nib": 2, "spdp_deep": 1}, {"spdp_nib": 1, "split": 3},
+     {"l2pf": 64}, {"l2pf": 2048, "split": 3}, {"l2pf": 32, "pdl": 1}],
 )
 def test_variants_compute_the_same_function(ops, tune, knobs, tokens):
     """Every code path behind the tuning knobs agrees with the default one (checked against the reference above)."""
@@ -673,3 +674,21 @@ def test_variants_compute_the_same_function(ops, tune, knobs, tokens):
         tune(key, value)
     for a, b in zip(default, run(x)):
         _check(b, a, torch.float16)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,k", [(200, 333), (4096, 1000), (12288, 4096)])
+def test_l2_prefetch_changes_no_bit(ops, tune, dtype, n, k):
+    """Prefetching weight rows into L2 (tune("l2pf")) is a hint: every teal op gives bit-identical
+    outputs with and without it, including the last, partial tile of a row."""
+    g = _gen(n + k)
+    x = torch.randn(1, k, device="cuda", generator=g).to(dtype)
+    gu = torch.randn(1, 2 * k, device="cuda", generator=g).to(dtype)
+    w_t = torch.randn(k, n, device="cuda", generator=g).to(dtype)
+    calls = (lambda: ops.teal_matvec(x, w_t, 0.5, backend="cuda"),
+             lambda: ops.teal_matvec_rel(x, w_t, 0.7, backend="cuda"),
+             lambda: ops.teal_matvec_glu(gu, w_t, 0.1, backend="cuda"))
+    before = [c() for c in calls]
+    tune("l2pf", 256)
+    for a, c in zip(before, calls):
+        assert torch.equal(a, c())
