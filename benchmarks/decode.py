@@ -56,6 +56,8 @@ def _args(argv=None):
     ap.add_argument("--threshold-rule", default="relative", choices=("relative", "absolute"),
                     help="the o_proj thresholds' rule (calibrate's default is relative; absolute: the ablation)")
     ap.add_argument("--tune", default="", help="CUDA kernel knobs for the whole run, e.g. pdl=1 (sparsekit_cuda.tune)")
+    ap.add_argument("--tune-variants", default="",
+                    help="also time each format with these knobs, e.g. 'l2pf=64;l2pf=32,pdl=1' (rows FMT+KNOBS)")
     ap.add_argument("--child", help=argparse.SUPPRESS)  # dtype handled by this child process
     ap.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
     ap.add_argument("--skip", default="", help=argparse.SUPPRESS)
@@ -91,9 +93,16 @@ def child(a) -> int:
     out = Path(a.out) / "decode.jsonl"
     import sparsekit.ops  # noqa: F401 - loads the extension (and its tune op)
 
-    for item in filter(None, a.tune.split(",")):
-        key, _, value = item.partition("=")
-        torch.ops.sparsekit_cuda.tune(key.strip(), int(value))
+    def set_knobs(spec: str) -> dict[str, int]:
+        """Apply 'k=v,k=v' (sparsekit_cuda.tune); returns the old values."""
+        old = {}
+        for item in filter(None, spec.split(",")):
+            key, _, value = item.partition("=")
+            old[key.strip()] = int(torch.ops.sparsekit_cuda.tune(key.strip(), int(value)))
+        return old
+
+    set_knobs(a.tune)
+    variants = [v.strip() for v in a.tune_variants.split(";") if v.strip()]
     skip = set(filter(None, a.skip.split(",")))
     batches = [int(b) for b in a.batches.split(",")]
     formats = [f for f in FORMATS if f in a.formats.split(",")]
@@ -170,6 +179,14 @@ def child(a) -> int:
             continue
         for b in batches:
             record(fmt, b, timed(fmt, b, s2), extra={"s1": s1, "s2": s2, **conv})
+            for v in variants:  # the same converted model, its decode step captured again with these knobs
+                def with_knobs(fn=timed(fmt, b, s2), v=v):
+                    old = set_knobs(v)
+                    try:
+                        return fn()
+                    finally:
+                        set_knobs(",".join(f"{k}={x}" for k, x in old.items()))
+                record(f"{fmt}+{v}", b, with_knobs, extra={"s1": s1, "s2": s2, "tune": v, **conv})
         bench.densify_(model)
         torch.cuda.empty_cache()
     return 0
@@ -208,10 +225,11 @@ def verdicts(rows: dict[str, dict]) -> list[dict]:
         if r["format"] == "dense":
             checks.append(("TPOT <= 1.25x floor", r["mean_tpot_ms"] <= 1.25 * r["floor_tpot_ms"]))
         else:
-            need = {"teal": 1.75, "spdp": 2.6}.get(r["format"])
+            base = r["format"].split("+")[0]  # FMT+KNOBS rows (--tune-variants) answer to FMT's targets
+            need = {"teal": 1.75, "spdp": 2.6}.get(base)
             if need:
                 checks.append((f"TPOT speedup >= {need}x", r["speedup_tpot_vs_dense"] >= need))
-            if r["format"] == "spinfer":
+            if base == "spinfer":
                 checks.append(("TPOT faster than dense", r["speedup_tpot_vs_dense"] > 1.0))
                 checks.append(("TTFT <= dense", r["ttft_ratio_vs_dense"] <= 1.0))
             checks.append(("TTFT <= 1.05x dense", r["ttft_ratio_vs_dense"] <= 1.05))
@@ -224,7 +242,8 @@ def table(rows: dict[str, dict], checks: list[dict]) -> str:
     lines = [f"{'dtype':9} {'fmt':8} {'B':>3} {'TTFT ms':>8} {'TPOT ms':>8} {'floor':>7} {'%floor':>6} "
              f"{'GB/s':>7} {'speedup':>7} {'TTFT/d':>6}  note"]
     order = {"dense": 0, "hf": 1, "teal": 2, "spdp": 3, "spinfer": 4}
-    for r in sorted(rows.values(), key=lambda r: (r["dtype"], r["batch"], order.get(r["format"], 9))):
+    for r in sorted(rows.values(), key=lambda r: (r["dtype"], r["batch"], order.get(r["format"].split("+")[0], 9),
+                                                   r["format"])):
         if "error" in r:
             lines.append(f"{r['dtype']:9} {r['format']:8} {r['batch']:>3} {r['error'][:80]}")
             continue
@@ -261,7 +280,7 @@ def parent(a) -> int:
                    "--repeat", str(a.repeat), "--out", str(out), "--device", a.device] + (["--hf"] if a.hf else []) \
                 + (["--no-compile"] if a.no_compile else []) + (["--no-fuse"] if a.no_fuse else []) \
                 + (["--eager-prefill"] if a.eager_prefill else []) + ["--threshold-rule", a.threshold_rule] \
-                + (["--tune", a.tune] if a.tune else [])
+                + (["--tune", a.tune] if a.tune else []) + (["--tune-variants", a.tune_variants] if a.tune_variants else [])
             env = {**os.environ, "PYTHONUNBUFFERED": "1", **({"SPARSEKIT_FUSE_GLU": "0"} if a.no_glu else {})}
             rc = subprocess.run(cmd, env=env).returncode
             if rc == 0:
@@ -275,7 +294,7 @@ def parent(a) -> int:
 
     result = {"model": a.model, "input_tokens": a.input_tokens, "max_new_tokens": a.max_new_tokens,
               "warmup": a.warmup, "repeat": a.repeat, "formats": {f: FORMATS[f] for f in a.formats.split(",")},
-              "targets": TARGETS, "tune": a.tune, "glu": not a.no_glu, "rows": list(rows.values()), "checks": checks,
+              "targets": TARGETS, "tune": a.tune, "tune_variants": a.tune_variants, "glu": not a.no_glu, "rows": list(rows.values()), "checks": checks,
               "environment": environment() if torch.cuda.is_available() else {}}
     tmp = out / ".decode.json.tmp"
     tmp.write_text(json.dumps(result, indent=2, default=str))
