@@ -11,6 +11,7 @@ bitmaps/offsets, x) and write (y); GB/s = bytes / time, next to the measured dev
     python benchmarks/cuda_kernels.py --quick --fused             # the launches of a fused layer
     python benchmarks/cuda_kernels.py --spdp [--fused]            # spdp at T=1: tile rows x variants x splits
     python benchmarks/cuda_kernels.py --l2pf 0,64,128 [--fused]   # teal at T=1 by L2 prefetch depth
+    python benchmarks/cuda_kernels.py --chain ";pdl=1;pdl=2,l2pf=64" # a layer's 4 teal launches, per knob set
 
 `--teal` times teal_matvec for one token on the three shapes: the default (matvec.cuh), the opt-in
 one-token kernel (teal1.cuh, `teal1=1`) and its geometries, split and other variants, cuBLAS, the
@@ -289,6 +290,88 @@ def l2pf_sweep(tune, record, values: list[int], out_dir: str | None) -> None:
             f.write(str(best))
 
 
+def parse_knob_sets(text: str) -> list[dict]:
+    """'l2pf=64;pdl=2,l2pf=64' -> [{'l2pf': 64}, {'pdl': 2, 'l2pf': 64}]; an empty set is the default."""
+    sets = []
+    for part in text.split(";"):
+        knobs = {}
+        for kv in filter(None, (p.strip() for p in part.split(","))):
+            key, _, value = kv.partition("=")
+            knobs[key.strip()] = int(value)
+        sets.append(knobs)
+    return sets
+
+
+def layer_chain(tune, record, knob_sets: list[dict], s2: float = 0.5) -> None:
+    """The four teal launches of a fused Llama-2-7B decoder layer back to back, each reading the one
+    before (qkv -> o on q -> gate/up -> down with the SwiGLU product fused), against the same chain in
+    cuBLAS (plus its silu*up kernel), at activation sparsity s2 at every site. Times a whole layer per
+    knob set: this is where launch overlap (pdl) and prefetch (l2pf) can show, since each kernel
+    follows another of ours as it would if the layer's glue were fused too."""
+    from sparsekit import ops
+    from sparsekit.kernels import reference
+
+    d, f = 4096, 11008
+    for dtype in (torch.float16, torch.bfloat16):
+        g = torch.Generator(device="cuda").manual_seed(11)
+
+        def w(k, n):  # [K, N] (teal layout), scaled so every site's values stay near 1
+            return (torch.randn(k, n, device="cuda", generator=g) * k ** -0.5).to(dtype)
+
+        layers = [dict(qkv=w(d, 3 * d), o=w(d, d), gu=w(d, 2 * f), down=w(f, d)) for _ in range(COPIES)]
+        x = torch.randn((1, d), device="cuda", generator=g).to(dtype)
+        nbytes = 0
+        for L in layers:  # thresholds at each site from the chain's own inputs (eager, once)
+            q = x
+            L["t_qkv"] = float(torch.quantile(q.abs().float(), s2))
+            qkv = reference.teal_matvec(q, L["qkv"], L["t_qkv"])
+            L["t_o"] = float(torch.quantile(qkv[:, :d].abs().float(), s2))
+            o = reference.teal_matvec(qkv[:, :d].contiguous(), L["o"], L["t_o"])
+            L["t_gu"] = float(torch.quantile(o.abs().float(), s2))
+            gu = reference.teal_matvec(o, L["gu"], L["t_gu"])
+            h = reference.silu_mul(gu)
+            L["t_down"] = float(torch.quantile(h.abs().float(), s2))
+            active = [(x.abs() > L["t_qkv"]).sum(), (qkv[:, :d].abs() > L["t_o"]).sum(), (o.abs() > L["t_gu"]).sum(),
+                      (h.abs() > L["t_down"]).sum()]
+            n_out = [3 * d, d, 2 * f, d]
+            nbytes += sum(2 * int(a) * n + 2 * n for a, n in zip(active, n_out)) + 2 * (d + d + d + 2 * f)
+        nbytes //= COPIES
+        dense = [dict(qkv=L["qkv"].t().contiguous(), o=L["o"].t().contiguous(), gu=L["gu"].t().contiguous(),
+                      down=L["down"].t().contiguous()) for L in layers]
+
+        def dense_layer(D):
+            qkv = F.linear(x, D["qkv"])
+            o = F.linear(qkv[:, :d], D["o"])
+            gu = F.linear(o, D["gu"])
+            return F.linear(F.silu(gu[:, :f]) * gu[:, f:], D["down"])
+
+        def teal_layer(L, stages=False):
+            qkv = ops.teal_matvec(x, L["qkv"], L["t_qkv"])
+            o = ops.teal_matvec(qkv[:, :d], L["o"], L["t_o"])
+            gu = ops.teal_matvec(o, L["gu"], L["t_gu"])
+            out = ops.teal_matvec_glu(gu, L["down"], L["t_down"])
+            return (qkv, o, gu, out) if stages else out
+
+        def check_layer(L, what):  # each launch against the reference on the inputs it really got
+            qkv, o, gu, out = teal_layer(L, stages=True)
+            check(qkv, reference.teal_matvec(x, L["qkv"], L["t_qkv"]), what + " qkv")
+            check(o, reference.teal_matvec(qkv[:, :d], L["o"], L["t_o"]), what + " o")
+            check(gu, reference.teal_matvec(o, L["gu"], L["t_gu"]), what + " gate/up")
+            check(out, reference.teal_matvec_glu(gu, L["down"], L["t_down"]), what + " down")
+
+        dense_us, sp = time_graph([lambda D=D: dense_layer(D) for D in dense])
+        dense_bytes = 2 * d * (3 * d + d + 2 * f) + 2 * f * d
+        record("layer chain", dtype, "dense", "cuBLAS x4 + silu*up", dense_us, sp, dense_bytes, dense_us)
+        for knobs in knob_sets:
+            with tuned(tune, knobs):
+                check_layer(layers[0], f"layer chain {fmt(knobs)}")
+                us, spr = time_graph([lambda L=L: teal_layer(L) for L in layers])
+            record("layer chain", dtype, "teal x4", f"s2={s2} {fmt(knobs) or 'default'}", us, spr, nbytes, dense_us,
+                   extra=dict(knobs=knobs), variant=True)
+        del layers, dense
+        torch.cuda.empty_cache()
+
+
 def spdp_touched(packed: dict, mask: torch.Tensor, n: int, k: int, r: int) -> int:
     """Bytes an spdp matvec must touch: active columns' values, bitmaps and offsets, x and y (fp16/bf16)."""
     nt = -(-n // r)
@@ -344,6 +427,8 @@ def main() -> None:
     ap.add_argument("--fused", action="store_true", help="the shapes of a fused layer (q/k/v and gate/up as one)")
     ap.add_argument("--spdp", action="store_true", help="only spdp at T=1: tile rows x variants x splits")
     ap.add_argument("--l2pf", default=None, help="only teal at T=1 with these L2 prefetch depths, e.g. 0,32,64,128")
+    ap.add_argument("--chain", default=None,
+                    help="only a fused layer's four teal launches back to back, per knob set, e.g. ';pdl=1;pdl=2,l2pf=64'")
     args = ap.parse_args()
     if args.fused:
         SHAPES.clear()
@@ -394,6 +479,9 @@ def main() -> None:
     if args.spdp:
         spdp_sweep(tune, record)
         return finish("forced splits (fp16, s1=0.5, T=1)")
+    if args.chain is not None:
+        layer_chain(tune, record, parse_knob_sets(args.chain))
+        return finish("a fused layer's teal launches back to back (T=1)")
     if args.l2pf:
         l2pf_sweep(tune, record, [int(v) for v in args.l2pf.split(",")], os.environ.get("OUT"))
         return finish("L2 prefetch depths (T=1)")

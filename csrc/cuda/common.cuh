@@ -111,17 +111,25 @@ template <int N> __device__ __forceinline__ void cp_async_wait() {
 // ---- programmatic dependent launch (Hopper) ---------------------------------------------------
 // A kernel launched with cudaLaunchAttributeProgrammaticStreamSerialization may start while the
 // previous kernel in the stream is still running; it must wait here before reading that kernel's
-// outputs. It then lets the next such kernel start early. Both are no-ops otherwise.
+// outputs. launch_dependents lets the next such kernel start (once every block of this grid has
+// executed it or exited); where a kernel calls it does not change what the next one reads, since
+// that kernel's own wait still waits for this grid to complete. All are no-ops otherwise.
 // Hint: bring the 128-byte line holding `ptr` into L2 (no register, no wait, no fault semantics).
 __device__ __forceinline__ void prefetch_l2(const void* ptr) {
   asm volatile("prefetch.global.L2 [%0];\n" ::"l"(ptr));
 }
 
-__device__ __forceinline__ void grid_dependency_wait() {
+__device__ __forceinline__ void grid_launch_dependents() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;\n" ::: "memory");
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 #endif
+}
+// Wait for the previous kernel; unless `late`, let the next one start at once.
+__device__ __forceinline__ void grid_dependency_wait(bool late = false) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+  if (!late) grid_launch_dependents();
 }
 
 // Launch attributes: a (1, S, 1) thread-block cluster when S > 1; programmatic stream

@@ -43,6 +43,8 @@ struct MatvecParams {
   int l2pf;            // TEAL, fused: before waiting for its inputs, the block prefetches into L2 the
                        // row segments of the first l2pf channels of its slice (active or not), so the
                        // DRAM works while the block loads x and builds its list (tune("l2pf"))
+  int pdl_late;        // launched with PDL: let the next kernel start after this block's weight stream
+                       // (before its reductions) instead of at its start (tune("pdl", 2))
 };
 
 // Compile-time configuration of one kernel instantiation. R == 0: TEAL, else SPDP with R-row tiles.
@@ -176,7 +178,7 @@ __global__ void __launch_bounds__(MvCfg<T, TC, R, V>::NTHREADS, MvCfg<T, TC, R, 
       }
     }
   }
-  grid_dependency_wait();  // launched with programmatic stream serialization: inputs are ready after this
+  grid_dependency_wait(p.pdl_late != 0);  // launched with programmatic stream serialization: inputs are ready after this
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int tile = blockIdx.x, split = blockIdx.y, t0 = blockIdx.z * TC;
   const int tn = min(TC, p.T - t0);
@@ -541,6 +543,7 @@ __global__ void __launch_bounds__(MvCfg<T, TC, R, V>::NTHREADS, MvCfg<T, TC, R, 
   }
 
   // ---- 3. reduce: lane groups (TEAL), warps (shared memory), blocks (cluster) ------------------
+  if (p.pdl_late) grid_launch_dependents();  // every thread reaches this point (no early return above)
   int g = 0, li = lane;
   if constexpr (C::NIB) {
     constexpr int LPC = R / 4;

@@ -69,6 +69,7 @@ void matvec_dispatch_tc(sk::MatvecParams& p, int tiles, int device, cudaStream_t
   }
   p.pipe = sk::MvCfg<T, TC, R, V>::PIPE ? 1 : 0;
   p.l2pf = R == 0 ? tuning().l2pf : 0;
+  p.pdl_late = tuning().pdl == 2 ? 1 : 0;
   const bool pdl = tuning().pdl != 0 && cc_major(device) >= 9;
   const cudaError_t err = sk::matvec_launch<T, TC, R, V>(p, tiles, tchunks, stream, pdl);
   C10_CUDA_CHECK(err);

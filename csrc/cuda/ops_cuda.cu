@@ -135,7 +135,8 @@ static int64_t tune(const std::string& key, int64_t value) {
     TORCH_CHECK(key != "spinfer_warps" || value == 4 || value == 8, "sparsekit_cuda.tune: spinfer_warps must be 4 or 8");
     TORCH_CHECK(key != "spdp_deep" || value <= 2, "sparsekit_cuda.tune: spdp_deep must be 0, 1 or 2");
     TORCH_CHECK(key != "spdp_nib" || value <= 2, "sparsekit_cuda.tune: spdp_nib must be 0, 1 or 2");
-    TORCH_CHECK((key != "pipe" && key != "pdl") || value <= 1, "sparsekit_cuda.tune: ", key, " must be 0 or 1");
+    TORCH_CHECK(key != "pipe" || value <= 1, "sparsekit_cuda.tune: pipe must be 0 or 1");
+    TORCH_CHECK(key != "pdl" || value <= 2, "sparsekit_cuda.tune: pdl must be 0, 1 or 2");
     *slot = static_cast<int>(value);
   }
   return old;

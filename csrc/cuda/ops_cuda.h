@@ -11,7 +11,9 @@ struct Tuning {
   int split = 0;     // force the number of channel slices (cluster size, <= 8; 1 on pre-Hopper GPUs)
   int teal_lpr = 0;  // TEAL lanes per row segment: 8, 16 or 32
   int pipe = 0;      // teal weight streaming: 0 = batches of register loads, 1 = cp.async ring
-  int pdl = 0;       // 1: launch with programmatic stream serialization (overlap with the previous kernel)
+  int pdl = 0;       // launch with programmatic stream serialization (overlap with the previous kernel):
+                     // 1 = let the next kernel start at this one's start, 2 = after its weight stream
+                     // (teal/spdp matvec; teal1 and spinfer treat 2 as 1)
   int spdp_deep = 0;  // one-token spdp, deep variant (MvCfg DEEP): 0 = for 128-row tiles, 1 = always, 2 = never
   int spdp_nib = 0;   // one-token spdp of 16-bit values, nibble variant (MvCfg NIB): 0/1 = where values are 4-byte aligned, 2 = never
   int spinfer_warps = 4;  // 4 or 8 warps per spinfer block (4 measured faster on the H200)

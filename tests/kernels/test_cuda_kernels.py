@@ -664,7 +664,8 @@ def test_sanitizer_smoke(ops, ref, tune, tokens):
      {"teal1": 1}, {"teal1": 1, "pdl": 1}, {"teal1": 1, "teal1_threads": 512, "teal1_lpr": 8},
      {"spdp_deep": 1}, {"spdp_deep": 1, "split": 2}, {"spdp_deep": 2},
      {"spdp_nib": 2}, {"spdp_nib": 2, "spdp_deep": 1}, {"spdp_nib": 1, "split": 3},
-     {"l2pf": 64}, {"l2pf": 2048, "split": 3}, {"l2pf": 32, "pdl": 1}],
+     {"l2pf": 64}, {"l2pf": 2048, "split": 3}, {"l2pf": 32, "pdl": 1},
+     {"pdl": 2}, {"pdl": 2, "l2pf": 64}, {"pdl": 2, "teal1": 1}, {"pdl": 2, "split": 1}],
 )
 def test_variants_compute_the_same_function(ops, tune, knobs, tokens):
     """Every code path behind the tuning knobs agrees with the default one (checked against the reference above)."""
@@ -674,6 +675,49 @@ def test_variants_compute_the_same_function(ops, tune, knobs, tokens):
         tune(key, value)
     for a, b in zip(default, run(x)):
         _check(b, a, torch.float16)
+
+
+@pytest.mark.parametrize("pdl", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_pdl_chain_reads_each_previous_output(ops, tune, pdl, dtype):
+    """With programmatic dependent launch, each kernel of a chain of dependent ops (every one reads
+    the output of the one before, as a decoder layer does) starts before the previous one ends, and
+    must still see all of its output: bit-equal to the chain without PDL, eager and graph-replayed.
+    pdl = 2 lets the next kernel start only after each block's weight stream."""
+    from sparsekit.formats import spdp
+
+    g = _gen(97 + pdl)
+    k, n = 1000, 2 * 1000
+    scale = k ** -0.5  # keeps every stage's values near 1, so nothing overflows in fp16
+    x = torch.randn(1, k, device="cuda", generator=g).to(dtype)
+    w1 = (torch.randn(k, n, device="cuda", generator=g) * scale).to(dtype)  # teal: [K, N]; N = 2K for the glu op
+    w2 = (torch.randn(k, k, device="cuda", generator=g) * scale).to(dtype)
+    w3 = torch.randn(k, k, device="cuda", generator=g) * scale * (torch.rand(k, k, device="cuda", generator=g) > 0.5)
+    packed = {key: (v.cuda() if torch.is_tensor(v) else v) for key, v in spdp.encode(w3.to(dtype)).items()}
+
+    def chain(inp):
+        gu = ops.teal_matvec(inp, w1, 0.3, backend="cuda")
+        h = ops.teal_matvec_glu(gu, w2, 0.05, backend="cuda")
+        h = ops.teal_matvec_rel(h, w2, 0.5, backend="cuda")
+        return ops.spdp_matvec(h, packed, 0.01, backend="cuda")
+
+    expect = chain(x)
+    assert torch.isfinite(expect).all() and expect.abs().max() > 0
+    tune("pdl", pdl)
+    for _ in range(3):
+        assert torch.equal(chain(x), expect)
+    static_x = x.clone()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = chain(static_x)
+    for seed in (3, 4):
+        static_x.copy_(torch.randn(x.shape, device="cuda", generator=_gen(seed)).to(dtype))
+        graph.replay()
+        torch.cuda.synchronize()
+        tune("pdl", 0)
+        assert torch.equal(out, chain(static_x))
+        tune("pdl", pdl)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
