@@ -11,6 +11,7 @@ bitmaps/offsets, x) and write (y); GB/s = bytes / time, next to the measured dev
     python benchmarks/cuda_kernels.py --quick --fused             # the launches of a fused layer
     python benchmarks/cuda_kernels.py --spdp [--fused]            # spdp at T=1: tile rows x variants x splits
     python benchmarks/cuda_kernels.py --l2pf 0,64,128 [--fused]   # teal at T=1 by L2 prefetch depth
+    python benchmarks/cuda_kernels.py --trace [--fused]             # block timelines of the teal kernel
     python benchmarks/cuda_kernels.py --chain ";pdl=1;pdl=2,l2pf=64" # a layer's 4 teal launches, per knob set
 
 `--teal` times teal_matvec for one token on the three shapes: the default (matvec.cuh), the opt-in
@@ -290,6 +291,95 @@ def l2pf_sweep(tune, record, values: list[int], out_dir: str | None) -> None:
             f.write(str(best))
 
 
+TRACE_SLOTS = ("g0", "c0", "list", "stream", "red", "c1", "g1", "info")  # sk::TraceSlot, common.cuh
+
+
+def summarize_trace(rec: torch.Tensor, row_bytes: int) -> dict:
+    """One traced launch's block timelines ([blocks, 8] int64 as the PROBE kernel writes them) as
+    phase times. Per-block phases come from the SM clock (cycles, converted with the clock rate the
+    blocks themselves show against the global timer); start/end skews and the span from the global
+    timer (ns). `row_bytes`: weight bytes one block reads per active channel (its row segment)."""
+    r = rec.to(torch.float64).cpu()
+    col = {name: r[:, i] for i, name in enumerate(TRACE_SLOTS)}
+    info = rec[:, 7].cpu()
+    sm = (info & 0xFFFFFFFF).to(torch.int64)
+    rows = (info >> 32).to(torch.int64)
+    g_dur = (col["g1"] - col["g0"]).clamp_min(1.0)
+    ghz = float(((col["c1"] - col["c0"]) / g_dur).median())  # cycles per ns
+    to_us = 1.0 / (ghz * 1e3)
+
+    def stat(x):
+        return dict(med=round(float(x.median()) * to_us, 2), max=round(float(x.max()) * to_us, 2))
+
+    span_ns = float(col["g1"].max() - col["g0"].min())
+    per_sm = torch.bincount(sm)
+    per_sm = per_sm[per_sm > 0]
+    last = int(col["g1"].argmax())
+    return dict(
+        blocks=int(r.shape[0]), clock_ghz=round(ghz, 3), span_us=round(span_ns / 1e3, 2),
+        start_skew_us=round(float(col["g0"].max() - col["g0"].min()) / 1e3, 2),
+        end_skew_us=round(float(col["g1"].max() - col["g1"].min()) / 1e3, 2),
+        prologue=stat(col["list"] - col["c0"]), stream=stat(col["stream"] - col["list"]),
+        reduce=stat(col["red"] - col["stream"]), cluster=stat(col["c1"] - col["red"]),
+        total=stat(col["c1"] - col["c0"]),
+        rows=dict(min=int(rows.min()), med=int(rows.median()), max=int(rows.max())),
+        blocks_per_sm=dict(min=int(per_sm.min()), max=int(per_sm.max()), sms=int(per_sm.numel())),
+        gbs=round(float(rows.sum()) * row_bytes / span_ns, 1),
+        last_block=dict(start_us=round(float(col["g0"][last] - col["g0"].min()) / 1e3, 2),
+                        rows=int(rows[last]), total_us=round(float(col["c1"][last] - col["c0"][last]) * to_us, 2)),
+    )
+
+
+def trace_launches(record, reps: int = 3) -> list[dict]:
+    """Block timelines of the default teal kernel (its PROBE twin) at T = 1 on the current SHAPES, fp16,
+    activation sparsity 0.5 and 0, each launch after a 512 MB copy has flushed L2, and the phase summary."""
+    from sparsekit import ops
+    from sparsekit.kernels import reference
+
+    buf = torch.zeros((8192, len(TRACE_SLOTS)), dtype=torch.int64, device="cuda")
+    flush_a = torch.empty(1 << 29, dtype=torch.uint8, device="cuda")
+    flush_b = torch.empty_like(flush_a)
+    out = []
+    for name, (n, k) in SHAPES.items():
+        w_t = rand_weight(n, k, 0.0, seed=1).half().t().contiguous()
+        x = torch.randn((1, k), device="cuda").half()
+        for s2 in (0.5, 0.0):
+            thr = threshold(x, s2)
+            plain = ops.teal_matvec(x, w_t, thr)
+            for rep in range(reps):
+                buf.zero_()
+                flush_b.copy_(flush_a)
+                torch.ops.sparsekit_cuda.trace(buf)
+                try:
+                    y = ops.teal_matvec(x, w_t, thr)
+                    torch.cuda.synchronize()
+                finally:
+                    torch.ops.sparsekit_cuda.trace(None)
+                if not torch.equal(y, plain):
+                    raise SystemExit(f"trace {name}: the PROBE kernel's output differs from the default kernel's")
+                split = int(torch.ops.sparsekit_cuda.tune("last_split", -1))
+                blocks = int((buf[:, 0] != 0).sum())
+                seg = min(n, 128) * 2  # fp16: 16 lanes x 16 bytes per row segment (MvCfg, lpr 16)
+                sm = summarize_trace(buf[:blocks], seg)
+                sm.update(shape=name, s2=s2, rep=rep, split=split)
+                out.append(sm)
+                print(f"{name:20s} s2={s2:.1f} S={split} blocks={sm['blocks']:4d} span {sm['span_us']:6.2f} us "
+                      f"start skew {sm['start_skew_us']:5.2f} end skew {sm['end_skew_us']:5.2f} | per block (med/max us) "
+                      f"prologue {sm['prologue']['med']:.2f}/{sm['prologue']['max']:.2f} "
+                      f"stream {sm['stream']['med']:.2f}/{sm['stream']['max']:.2f} "
+                      f"reduce {sm['reduce']['med']:.2f}/{sm['reduce']['max']:.2f} "
+                      f"cluster {sm['cluster']['med']:.2f}/{sm['cluster']['max']:.2f} | rows "
+                      f"{sm['rows']['min']}/{sm['rows']['med']}/{sm['rows']['max']} blocks/SM "
+                      f"{sm['blocks_per_sm']['min']}-{sm['blocks_per_sm']['max']} on {sm['blocks_per_sm']['sms']} SMs "
+                      f"| {sm['gbs']:.0f} GB/s | last block starts +{sm['last_block']['start_us']:.2f} us, "
+                      f"{sm['last_block']['rows']} rows, {sm['last_block']['total_us']:.2f} us | {sm['clock_ghz']:.2f} GHz",
+                      flush=True)
+            check(plain, reference.teal_matvec(x, w_t, thr), f"trace {name}")
+        del w_t
+    del flush_a, flush_b
+    return out
+
+
 def parse_knob_sets(text: str) -> list[dict]:
     """'l2pf=64;pdl=2,l2pf=64' -> [{'l2pf': 64}, {'pdl': 2, 'l2pf': 64}]; an empty set is the default."""
     sets = []
@@ -427,6 +517,8 @@ def main() -> None:
     ap.add_argument("--fused", action="store_true", help="the shapes of a fused layer (q/k/v and gate/up as one)")
     ap.add_argument("--spdp", action="store_true", help="only spdp at T=1: tile rows x variants x splits")
     ap.add_argument("--l2pf", default=None, help="only teal at T=1 with these L2 prefetch depths, e.g. 0,32,64,128")
+    ap.add_argument("--trace", action="store_true",
+                    help="only block timelines of the teal kernel (prologue, stream, reductions, skews) per shape")
     ap.add_argument("--chain", default=None,
                     help="only a fused layer's four teal launches back to back, per knob set, e.g. ';pdl=1;pdl=2,l2pf=64'")
     args = ap.parse_args()
@@ -479,6 +571,12 @@ def main() -> None:
     if args.spdp:
         spdp_sweep(tune, record)
         return finish("forced splits (fp16, s1=0.5, T=1)")
+    if args.trace:
+        traces = trace_launches(record)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(dict(gpu=gpu, copy_gbs=bw, traces=traces), f, indent=1)
+        return
     if args.chain is not None:
         layer_chain(tune, record, parse_knob_sets(args.chain))
         return finish("a fused layer's teal launches back to back (T=1)")

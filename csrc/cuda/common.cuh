@@ -111,25 +111,39 @@ template <int N> __device__ __forceinline__ void cp_async_wait() {
 // ---- programmatic dependent launch (Hopper) ---------------------------------------------------
 // A kernel launched with cudaLaunchAttributeProgrammaticStreamSerialization may start while the
 // previous kernel in the stream is still running; it must wait here before reading that kernel's
-// outputs. launch_dependents lets the next such kernel start (once every block of this grid has
-// executed it or exited); where a kernel calls it does not change what the next one reads, since
-// that kernel's own wait still waits for this grid to complete. All are no-ops otherwise.
+// outputs. It then lets the next such kernel start early. Both are no-ops otherwise. (Letting the
+// next kernel start only after each block's weight stream instead was measured no better; NOTES,
+// ninth session.)
 // Hint: bring the 128-byte line holding `ptr` into L2 (no register, no wait, no fault semantics).
 __device__ __forceinline__ void prefetch_l2(const void* ptr) {
   asm volatile("prefetch.global.L2 [%0];\n" ::"l"(ptr));
 }
 
-__device__ __forceinline__ void grid_launch_dependents() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-#endif
+// ---- block timelines (diagnostics: sparsekit_cuda::trace) -------------------------------------
+__device__ __forceinline__ unsigned long long global_ns() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
 }
-// Wait for the previous kernel; unless `late`, let the next one start at once.
-__device__ __forceinline__ void grid_dependency_wait(bool late = false) {
+__device__ __forceinline__ unsigned sm_id() {
+  unsigned s;
+  asm volatile("mov.u32 %0, %%smid;" : "=r"(s));
+  return s;
+}
+// Slots of one block's record: global ns at entry, SM clock at entry, at the first list, after the
+// weight stream, before the cluster reduction, at the end; global ns at the end; SM id | the first
+// pass's active channels << 32.
+enum TraceSlot { TR_G0 = 0, TR_C0, TR_LIST, TR_STREAM, TR_RED, TR_C1, TR_G1, TR_INFO, TR_N };
+// This block's slot (recomputed at each use, so no register holds the address across the kernel).
+__device__ __forceinline__ unsigned long long& trace_slot(unsigned long long* trace, int slot) {
+  return trace[TR_N * (blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z)) + slot];
+}
+
+__device__ __forceinline__ void grid_dependency_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 #endif
-  if (!late) grid_launch_dependents();
 }
 
 // Launch attributes: a (1, S, 1) thread-block cluster when S > 1; programmatic stream

@@ -43,8 +43,7 @@ struct MatvecParams {
   int l2pf;            // TEAL, fused: before waiting for its inputs, the block prefetches into L2 the
                        // row segments of the first l2pf channels of its slice (active or not), so the
                        // DRAM works while the block loads x and builds its list (tune("l2pf"))
-  int pdl_late;        // launched with PDL: let the next kernel start after this block's weight stream
-                       // (before its reductions) instead of at its start (tune("pdl", 2))
+  unsigned long long* trace;  // TEAL, PROBE instantiation: TR_N slots per block, thread 0 writes them
 };
 
 // Compile-time configuration of one kernel instantiation. R == 0: TEAL, else SPDP with R-row tiles.
@@ -61,15 +60,20 @@ struct MatvecParams {
 //   and two byte permutes driven by a 16-entry table expand it into the 4 rows. The V = 0 kernel spends a
 //   popcount, a bit test and a 2-byte load per row and lane (about 22 warp-instructions per row
 //   slot measured on the H200); this one spends them once per 4 rows (tune("spdp_nib")).
+// - TEAL, V = 3 (PROBE): the default kernel that also writes each block's timeline to p.trace
+//   (sparsekit_cuda::trace). Its own instantiation: the stamps cost the default kernel 8-23
+//   registers wherever they were placed (nvcc 13.0, sm_90).
 template <typename T, int TC, int R, int V = 0>
 struct MvCfg {
   static constexpr bool SPDP = R > 0;
   static constexpr bool PIPE = !SPDP && V == 1;
   static constexpr bool DEEP = SPDP && V == 1;
   static constexpr bool NIB = SPDP && V == 2;
+  static constexpr bool PROBE = !SPDP && V == 3;  // the default TEAL kernel plus its block timeline
   static constexpr int NTHREADS = (SPDP && !DEEP) ? 512 : 256;
   static constexpr int NW = NTHREADS / 32;
-  static constexpr int MINB = (SPDP && TC > 1) ? 1 : 2;             // resident blocks asked of ptxas
+  // resident blocks asked of ptxas (PROBE: 3, the default TEAL kernel's occupancy, despite the stamps)
+  static constexpr int MINB = PROBE ? 3 : ((SPDP && TC > 1) ? 1 : 2);
   static constexpr int VEC = Vec<T>::N;
   static constexpr int W = SPDP ? R / 32 : 1;                       // bitmap words per column
   static constexpr int ACC = NIB ? 4 : (SPDP ? W : VEC);            // accumulators per lane per token
@@ -163,6 +167,10 @@ __global__ void __launch_bounds__(MvCfg<T, TC, R, V>::NTHREADS, MvCfg<T, TC, R, 
   float* s_part = s_red + NW * C::TILE_MAX;
   uint4* s_ring = reinterpret_cast<uint4*>(s_part + TC * C::TILE_MAX);  // TEAL: [NW][D][32] 16-byte slots
 
+  if (C::PROBE && threadIdx.x == 0) {
+    trace_slot(p.trace, TR_G0) = global_ns();
+    trace_slot(p.trace, TR_C0) = clock64();
+  }
   if constexpr (!C::SPDP) {
     // weights do not depend on the previous kernel, so this may run before grid_dependency_wait
     if (p.l2pf > 0 && p.fused && p.vec) {
@@ -178,7 +186,7 @@ __global__ void __launch_bounds__(MvCfg<T, TC, R, V>::NTHREADS, MvCfg<T, TC, R, 
       }
     }
   }
-  grid_dependency_wait(p.pdl_late != 0);  // launched with programmatic stream serialization: inputs are ready after this
+  grid_dependency_wait();  // launched with programmatic stream serialization: inputs are ready after this
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int tile = blockIdx.x, split = blockIdx.y, t0 = blockIdx.z * TC;
   const int tn = min(TC, p.T - t0);
@@ -315,6 +323,10 @@ __global__ void __launch_bounds__(MvCfg<T, TC, R, V>::NTHREADS, MvCfg<T, TC, R, 
       }
     }
     __syncthreads();
+    if (C::PROBE && tid == 0 && c0 == beg) {  // the first pass's list (the only one at decode shapes)
+      trace_slot(p.trace, TR_LIST) = clock64();
+      trace_slot(p.trace, TR_INFO) = sm_id() | (static_cast<unsigned long long>(cnt) << 32);
+    }
     if constexpr (C::SPDP) {
       // stage each active column's bitmap words and the value index of each word's first bit
       constexpr int SG = C::SG;  // entries per thread per round (all their loads in flight)
@@ -543,7 +555,7 @@ __global__ void __launch_bounds__(MvCfg<T, TC, R, V>::NTHREADS, MvCfg<T, TC, R, 
   }
 
   // ---- 3. reduce: lane groups (TEAL), warps (shared memory), blocks (cluster) ------------------
-  if (p.pdl_late) grid_launch_dependents();  // every thread reaches this point (no early return above)
+  if (C::PROBE && tid == 0) trace_slot(p.trace, TR_STREAM) = clock64();
   int g = 0, li = lane;
   if constexpr (C::NIB) {
     constexpr int LPC = R / 4;
@@ -587,12 +599,17 @@ __global__ void __launch_bounds__(MvCfg<T, TC, R, V>::NTHREADS, MvCfg<T, TC, R, 
     }
   }
   __syncthreads();
+  if (C::PROBE && tid == 0) trace_slot(p.trace, TR_RED) = clock64();
   T* y = static_cast<T*>(p.y);
   const int n0 = tile * tile_out;
   cluster_reduce_store<TC, NT>(s_part, tile_out, p.S, [&](int t, int o, float s) {
     const int n = n0 + o;
     if (t < tn && n < N) y[static_cast<size_t>(t0 + t) * N + n] = from_f<T>(s);
   });
+  if (C::PROBE && tid == 0) {
+    trace_slot(p.trace, TR_C1) = clock64();
+    trace_slot(p.trace, TR_G1) = global_ns();
+  }
 }
 
 // ---- host side (no torch) -----------------------------------------------------------------------

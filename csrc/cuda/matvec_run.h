@@ -69,7 +69,10 @@ void matvec_dispatch_tc(sk::MatvecParams& p, int tiles, int device, cudaStream_t
   }
   p.pipe = sk::MvCfg<T, TC, R, V>::PIPE ? 1 : 0;
   p.l2pf = R == 0 ? tuning().l2pf : 0;
-  p.pdl_late = tuning().pdl == 2 ? 1 : 0;
+  if constexpr (sk::MvCfg<T, TC, R, V>::PROBE) {
+    static_assert(sk::TR_N == 8, "trace_slots counts 8 slots per block");
+    p.trace = trace_slots(static_cast<int64_t>(tiles) * p.S * tchunks, device);
+  }
   const bool pdl = tuning().pdl != 0 && cc_major(device) >= 9;
   const cudaError_t err = sk::matvec_launch<T, TC, R, V>(p, tiles, tchunks, stream, pdl);
   C10_CUDA_CHECK(err);
@@ -85,6 +88,7 @@ template <typename T, int TC, int R>
 void matvec_dispatch_pipe(sk::MatvecParams& p, int tiles, int device, cudaStream_t stream, int min_per_slice) {
   if constexpr (R == 0) {
     if (tuning().pipe != 0 && p.vec) return matvec_dispatch_tc<T, TC, R, 1>(p, tiles, device, stream, min_per_slice);
+    if (trace_slots(0, device) != nullptr) return matvec_dispatch_tc<T, TC, R, 3>(p, tiles, device, stream, min_per_slice);
   } else if constexpr (TC == 1) {
     if constexpr (sizeof(T) == 2) {
       // NIB (a lane owns 4 rows; 4-byte value loads, so values must start 4-byte aligned)

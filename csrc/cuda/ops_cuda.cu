@@ -8,12 +8,39 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <optional>
 #include <string>
 
 #include "ops_cuda.h"
 #include "select.cuh"
 
 namespace sparsekit::cuda {
+
+static at::Tensor& trace_buffer() {
+  static at::Tensor buf;
+  return buf;
+}
+
+unsigned long long* trace_slots(int64_t blocks, int device) {
+  const at::Tensor& buf = trace_buffer();
+  if (!buf.defined()) return nullptr;
+  TORCH_CHECK(buf.device().index() == device, "sparsekit_cuda.trace: the buffer is on cuda:", buf.device().index(),
+              " but the launch runs on cuda:", device);
+  TORCH_CHECK(buf.numel() >= blocks * 8, "sparsekit_cuda.trace: the buffer holds ", buf.numel() / 8,
+              " block records but the launch has ", blocks, " blocks");
+  return reinterpret_cast<unsigned long long*>(buf.data_ptr<int64_t>());
+}
+
+// Set (a contiguous int64 CUDA tensor of [blocks, 8]) or clear (None) the trace buffer.
+static void set_trace(const std::optional<at::Tensor>& buf) {
+  if (!buf.has_value() || !buf->defined()) {
+    trace_buffer() = at::Tensor();
+    return;
+  }
+  TORCH_CHECK(buf->is_cuda() && buf->scalar_type() == at::kLong && buf->is_contiguous(),
+              "sparsekit_cuda.trace: the buffer must be a contiguous int64 CUDA tensor");
+  trace_buffer() = *buf;
+}
 
 Tuning& tuning() {
   static Tuning t;
@@ -135,8 +162,7 @@ static int64_t tune(const std::string& key, int64_t value) {
     TORCH_CHECK(key != "spinfer_warps" || value == 4 || value == 8, "sparsekit_cuda.tune: spinfer_warps must be 4 or 8");
     TORCH_CHECK(key != "spdp_deep" || value <= 2, "sparsekit_cuda.tune: spdp_deep must be 0, 1 or 2");
     TORCH_CHECK(key != "spdp_nib" || value <= 2, "sparsekit_cuda.tune: spdp_nib must be 0, 1 or 2");
-    TORCH_CHECK(key != "pipe" || value <= 1, "sparsekit_cuda.tune: pipe must be 0 or 1");
-    TORCH_CHECK(key != "pdl" || value <= 2, "sparsekit_cuda.tune: pdl must be 0, 1 or 2");
+    TORCH_CHECK((key != "pipe" && key != "pdl") || value <= 1, "sparsekit_cuda.tune: ", key, " must be 0 or 1");
     *slot = static_cast<int>(value);
   }
   return old;
@@ -160,4 +186,5 @@ TORCH_LIBRARY_IMPL(sparsekit, CUDA, m) {
 
 TORCH_LIBRARY(sparsekit_cuda, m) {
   m.def("tune(str key, int value=-1) -> int", &sparsekit::cuda::tune);
+  m.def("trace(Tensor? buf) -> ()", &sparsekit::cuda::set_trace);
 }

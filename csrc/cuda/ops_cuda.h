@@ -11,9 +11,7 @@ struct Tuning {
   int split = 0;     // force the number of channel slices (cluster size, <= 8; 1 on pre-Hopper GPUs)
   int teal_lpr = 0;  // TEAL lanes per row segment: 8, 16 or 32
   int pipe = 0;      // teal weight streaming: 0 = batches of register loads, 1 = cp.async ring
-  int pdl = 0;       // launch with programmatic stream serialization (overlap with the previous kernel):
-                     // 1 = let the next kernel start at this one's start, 2 = after its weight stream
-                     // (teal/spdp matvec; teal1 and spinfer treat 2 as 1)
+  int pdl = 0;       // 1: launch with programmatic stream serialization (overlap with the previous kernel)
   int spdp_deep = 0;  // one-token spdp, deep variant (MvCfg DEEP): 0 = for 128-row tiles, 1 = always, 2 = never
   int spdp_nib = 0;   // one-token spdp of 16-bit values, nibble variant (MvCfg NIB): 0/1 = where values are 4-byte aligned, 2 = never
   int spinfer_warps = 4;  // 4 or 8 warps per spinfer block (4 measured faster on the H200)
@@ -25,6 +23,10 @@ struct Tuning {
   int last_teal1 = 0;  // read-only: 1 when the last teal launch used the one-token kernel
 };
 Tuning& tuning();
+// Diagnostics (op sparsekit_cuda::trace): while a buffer is set, teal matvec launches run the PROBE
+// instantiation, which writes each block's timeline into it (sk::TR_N int64 slots per block);
+// nullptr otherwise. Checks that the buffer is on `device` and holds `blocks` records.
+unsigned long long* trace_slots(int64_t blocks, int device);
 
 int sm_count(int device);
 int cc_major(int device);
