@@ -330,54 +330,86 @@ def summarize_trace(rec: torch.Tensor, row_bytes: int) -> dict:
     )
 
 
-def trace_launches(record, reps: int = 3) -> list[dict]:
+def trace_launches(record, knob_sets: list[dict], reps: int = 2) -> list[dict]:
     """Block timelines of the default teal kernel (its PROBE twin) at T = 1 on the current SHAPES, fp16,
-    activation sparsity 0.5 and 0, each launch after a 512 MB copy has flushed L2, and the phase summary."""
+    activation sparsity 0.5 and 0, per knob set: each traced launch runs after a 512 MB copy has
+    flushed L2; the graph-replayed time of the default kernel with the same knobs comes with it.
+    Prints a line per traced launch, then a short table (the first launch of each case)."""
     from sparsekit import ops
     from sparsekit.kernels import reference
 
+    tune = torch.ops.sparsekit_cuda.tune
     buf = torch.zeros((8192, len(TRACE_SLOTS)), dtype=torch.int64, device="cuda")
     flush_a = torch.empty(1 << 29, dtype=torch.uint8, device="cuda")
     flush_b = torch.empty_like(flush_a)
+
+    def traced(x, w_t, thr):
+        buf.zero_()
+        flush_b.copy_(flush_a)
+        tune_trace = torch.ops.sparsekit_cuda.trace
+        tune_trace(buf)
+        try:
+            y = ops.teal_matvec(x, w_t, thr)
+            torch.cuda.synchronize()
+        finally:
+            tune_trace(None)
+        return y, buf[: int((buf[:, 0] != 0).sum())].clone()
+
     out = []
     for name, (n, k) in SHAPES.items():
-        w_t = rand_weight(n, k, 0.0, seed=1).half().t().contiguous()
+        wts = [rand_weight(n, k, 0.0, seed=s).half().t().contiguous() for s in range(COPIES)]
         x = torch.randn((1, k), device="cuda").half()
         for s2 in (0.5, 0.0):
             thr = threshold(x, s2)
-            plain = ops.teal_matvec(x, w_t, thr)
-            for rep in range(reps):
-                buf.zero_()
-                flush_b.copy_(flush_a)
-                torch.ops.sparsekit_cuda.trace(buf)
-                try:
-                    y = ops.teal_matvec(x, w_t, thr)
-                    torch.cuda.synchronize()
-                finally:
-                    torch.ops.sparsekit_cuda.trace(None)
-                if not torch.equal(y, plain):
-                    raise SystemExit(f"trace {name}: the PROBE kernel's output differs from the default kernel's")
-                split = int(torch.ops.sparsekit_cuda.tune("last_split", -1))
-                blocks = int((buf[:, 0] != 0).sum())
-                seg = min(n, 128) * 2  # fp16: 16 lanes x 16 bytes per row segment (MvCfg, lpr 16)
-                sm = summarize_trace(buf[:blocks], seg)
-                sm.update(shape=name, s2=s2, rep=rep, split=split)
-                out.append(sm)
-                print(f"{name:20s} s2={s2:.1f} S={split} blocks={sm['blocks']:4d} span {sm['span_us']:6.2f} us "
-                      f"start skew {sm['start_skew_us']:5.2f} end skew {sm['end_skew_us']:5.2f} | per block (med/max us) "
-                      f"prologue {sm['prologue']['med']:.2f}/{sm['prologue']['max']:.2f} "
-                      f"stream {sm['stream']['med']:.2f}/{sm['stream']['max']:.2f} "
-                      f"reduce {sm['reduce']['med']:.2f}/{sm['reduce']['max']:.2f} "
-                      f"cluster {sm['cluster']['med']:.2f}/{sm['cluster']['max']:.2f} | rows "
-                      f"{sm['rows']['min']}/{sm['rows']['med']}/{sm['rows']['max']} blocks/SM "
-                      f"{sm['blocks_per_sm']['min']}-{sm['blocks_per_sm']['max']} on {sm['blocks_per_sm']['sms']} SMs "
-                      f"| {sm['gbs']:.0f} GB/s | last block starts +{sm['last_block']['start_us']:.2f} us, "
-                      f"{sm['last_block']['rows']} rows, {sm['last_block']['total_us']:.2f} us | {sm['clock_ghz']:.2f} GHz",
-                      flush=True)
-            check(plain, reference.teal_matvec(x, w_t, thr), f"trace {name}")
-        del w_t
+            check(ops.teal_matvec(x, wts[0], thr), reference.teal_matvec(x, wts[0], thr), f"trace {name}")
+            for knobs in knob_sets:
+                with tuned(tune, knobs):
+                    plain = ops.teal_matvec(x, wts[0], thr)
+                    split = int(knobs.get("split", 0)) or int(tune("last_split", -1))
+                    us, _ = time_graph([lambda wt=wt: ops.teal_matvec(x, wt, thr) for wt in wts])
+                    for rep in range(reps):
+                        y, rec = traced(x, wts[0], thr)
+                        if not torch.equal(y, plain):
+                            raise SystemExit(f"trace {name}: the PROBE kernel's output differs from the default kernel's")
+                        sm = summarize_trace(rec, min(n, 128) * 2)  # fp16 row segment: 16 lanes x 16 bytes
+                        sm.update(shape=name, s2=s2, rep=rep, split=split, knobs=knobs, graph_us=round(us, 2))
+                        out.append(sm)
+                        print(trace_line(sm), flush=True)
+        del wts
     del flush_a, flush_b
+    print(trace_table(out))
     return out
+
+
+def trace_table(out: list[dict]) -> str:
+    """The short table of trace_launches: the first traced launch of each case."""
+    lines = ["", "## teal block timelines (T=1, fp16, cold L2; phases per block, median/max us)",
+             f"{'shape':20s} {'s2':>3s} {'knobs':10s} {'S':>2s} {'graph':>6s} {'span':>6s} {'prolog':>9s} {'stream':>11s} "
+             f"{'reduce':>9s} {'cluster':>9s} {'endskew':>7s} {'rows min/max':>12s} {'blk/SM':>6s} {'SMs':>4s}"]
+    for sm in out:
+        if sm["rep"] == 0:
+            lines.append(
+                f"{sm['shape']:20s} {sm['s2']:3.1f} {fmt(sm['knobs']) or 'default':10s} {sm['split']:2d} "
+                f"{sm['graph_us']:6.2f} {sm['span_us']:6.2f} {sm['prologue']['med']:4.2f}/{sm['prologue']['max']:4.2f} "
+                f"{sm['stream']['med']:5.2f}/{sm['stream']['max']:5.2f} {sm['reduce']['med']:4.2f}/{sm['reduce']['max']:4.2f} "
+                f"{sm['cluster']['med']:4.2f}/{sm['cluster']['max']:4.2f} {sm['end_skew_us']:7.2f} "
+                f"{sm['rows']['min']:5d}/{sm['rows']['max']:<6d} {sm['blocks_per_sm']['min']}-{sm['blocks_per_sm']['max']:<4d} "
+                f"{sm['blocks_per_sm']['sms']:4d}")
+    return "\n".join(lines)
+
+
+def trace_line(sm: dict) -> str:
+    return (f"{sm['shape']:20s} s2={sm['s2']:.1f} {fmt(sm['knobs']) or 'default':8s} S={sm['split']} graph {sm['graph_us']:6.2f} us | "
+            f"blocks={sm['blocks']:4d} span {sm['span_us']:6.2f} us start skew {sm['start_skew_us']:5.2f} "
+            f"end skew {sm['end_skew_us']:5.2f} | per block (med/max us) "
+            f"prologue {sm['prologue']['med']:.2f}/{sm['prologue']['max']:.2f} "
+            f"stream {sm['stream']['med']:.2f}/{sm['stream']['max']:.2f} "
+            f"reduce {sm['reduce']['med']:.2f}/{sm['reduce']['max']:.2f} "
+            f"cluster {sm['cluster']['med']:.2f}/{sm['cluster']['max']:.2f} | rows "
+            f"{sm['rows']['min']}/{sm['rows']['med']}/{sm['rows']['max']} blocks/SM "
+            f"{sm['blocks_per_sm']['min']}-{sm['blocks_per_sm']['max']} on {sm['blocks_per_sm']['sms']} SMs "
+            f"| {sm['gbs']:.0f} GB/s | last block starts +{sm['last_block']['start_us']:.2f} us, "
+            f"{sm['last_block']['rows']} rows, {sm['last_block']['total_us']:.2f} us | {sm['clock_ghz']:.2f} GHz")
 
 
 def parse_knob_sets(text: str) -> list[dict]:
@@ -519,6 +551,7 @@ def main() -> None:
     ap.add_argument("--l2pf", default=None, help="only teal at T=1 with these L2 prefetch depths, e.g. 0,32,64,128")
     ap.add_argument("--trace", action="store_true",
                     help="only block timelines of the teal kernel (prologue, stream, reductions, skews) per shape")
+    ap.add_argument("--trace-knobs", default="", help="with --trace: knob sets to trace, e.g. ';split=4;split=2'")
     ap.add_argument("--chain", default=None,
                     help="only a fused layer's four teal launches back to back, per knob set, e.g. ';pdl=1;pdl=2,l2pf=64'")
     args = ap.parse_args()
@@ -572,7 +605,7 @@ def main() -> None:
         spdp_sweep(tune, record)
         return finish("forced splits (fp16, s1=0.5, T=1)")
     if args.trace:
-        traces = trace_launches(record)
+        traces = trace_launches(record, parse_knob_sets(args.trace_knobs))
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(dict(gpu=gpu, copy_gbs=bw, traces=traces), f, indent=1)

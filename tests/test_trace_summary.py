@@ -37,3 +37,14 @@ def test_summary_converts_cycles_with_the_blocks_own_clock_rate():
     assert s["blocks_per_sm"] == {"min": 1, "max": 2, "sms": 2}
     assert s["gbs"] == round(600 * 256 / 8000, 1)  # bytes of every active row over the span
     assert s["last_block"] == {"start_us": 1.0, "rows": 300, "total_us": 7.0}
+
+
+def test_table_shows_the_first_launch_of_each_case():
+    bench = _bench()
+    recs = torch.tensor([_record(0 + 5, 0, 100, 900, 1000, 1200, 605, sm=3, rows=42)], dtype=torch.int64)
+    s = bench.summarize_trace(recs, row_bytes=256)
+    first = dict(s, shape="o 4096->4096", s2=0.5, rep=0, split=4, knobs={"split": 4}, graph_us=12.5)
+    text = bench.trace_table([first, dict(first, rep=1, graph_us=99.0)])
+    rows = [line for line in text.splitlines() if line.startswith("o 4096->4096")]
+    assert len(rows) == 1 and "split=4" in rows[0] and "12.50" in rows[0] and "99.00" not in rows[0]
+    assert "## teal block timelines" in text
