@@ -313,6 +313,11 @@ def summarize_trace(rec: torch.Tensor, row_bytes: int) -> dict:
 
     span_ns = float(col["g1"].max() - col["g0"].min())
     per_sm = torch.bincount(sm)
+    load = per_sm[sm]  # blocks that shared each block's SM
+    stream = col["stream"] - col["list"]
+    by_load = {int(n): dict(blocks=int((load == n).sum()), med=round(float(stream[load == n].median()) * to_us, 2),
+                            rows=int(rows[load == n].median()))
+               for n in torch.unique(load)}
     per_sm = per_sm[per_sm > 0]
     last = int(col["g1"].argmax())
     return dict(
@@ -324,6 +329,7 @@ def summarize_trace(rec: torch.Tensor, row_bytes: int) -> dict:
         total=stat(col["c1"] - col["c0"]),
         rows=dict(min=int(rows.min()), med=int(rows.median()), max=int(rows.max())),
         blocks_per_sm=dict(min=int(per_sm.min()), max=int(per_sm.max()), sms=int(per_sm.numel())),
+        stream_by_sm_load=by_load,
         gbs=round(float(rows.sum()) * row_bytes / span_ns, 1),
         last_block=dict(start_us=round(float(col["g0"][last] - col["g0"].min()) / 1e3, 2),
                         rows=int(rows[last]), total_us=round(float(col["c1"][last] - col["c0"][last]) * to_us, 2)),
@@ -407,8 +413,9 @@ def trace_line(sm: dict) -> str:
             f"reduce {sm['reduce']['med']:.2f}/{sm['reduce']['max']:.2f} "
             f"cluster {sm['cluster']['med']:.2f}/{sm['cluster']['max']:.2f} | rows "
             f"{sm['rows']['min']}/{sm['rows']['med']}/{sm['rows']['max']} blocks/SM "
-            f"{sm['blocks_per_sm']['min']}-{sm['blocks_per_sm']['max']} on {sm['blocks_per_sm']['sms']} SMs "
-            f"| {sm['gbs']:.0f} GB/s | last block starts +{sm['last_block']['start_us']:.2f} us, "
+            f"{sm['blocks_per_sm']['min']}-{sm['blocks_per_sm']['max']} on {sm['blocks_per_sm']['sms']} SMs, stream by SM load "
+            + " ".join(f"{n}:{v['blocks']}x{v['med']:.2f}us/{v['rows']}r" for n, v in sm['stream_by_sm_load'].items())
+            + f" | {sm['gbs']:.0f} GB/s | last block starts +{sm['last_block']['start_us']:.2f} us, "
             f"{sm['last_block']['rows']} rows, {sm['last_block']['total_us']:.2f} us | {sm['clock_ghz']:.2f} GHz")
 
 

@@ -35,6 +35,8 @@ def test_summary_converts_cycles_with_the_blocks_own_clock_rate():
     assert s["total"]["max"] == 7.0
     assert s["rows"] == {"min": 100, "med": 200, "max": 300}
     assert s["blocks_per_sm"] == {"min": 1, "max": 2, "sms": 2}
+    # the block alone on SM 0 streamed 3 us; the two sharing SM 1 streamed 4 and 2 us (lower median: 2)
+    assert s["stream_by_sm_load"] == {1: {"blocks": 1, "med": 3.0, "rows": 100}, 2: {"blocks": 2, "med": 2.0, "rows": 200}}
     assert s["gbs"] == round(600 * 256 / 8000, 1)  # bytes of every active row over the span
     assert s["last_block"] == {"start_us": 1.0, "rows": 300, "total_us": 7.0}
 
