@@ -170,6 +170,18 @@ def print_table(gpu: str, bw: float, rows: list[dict]) -> None:
               f"{r['gbs']:7.0f} {r['pct_bw']:6.1f}")
 
 
+def dense_case(record, name: str, w16: list[torch.Tensor], dtype: torch.dtype):
+    """The rotated weights in `dtype`, their teal layout, one random token, and cuBLAS's time on them
+    (recorded as the shape's dense row)."""
+    n, k = w16[0].shape
+    ws = [w.to(dtype) for w in w16]
+    wts = [w.t().contiguous() for w in ws]
+    x = torch.randn((1, k), device="cuda").to(dtype)
+    dense_us, sp = time_graph([lambda w=w: F.linear(x, w) for w in ws])
+    record(name, dtype, "dense", "cuBLAS F.linear T=1", dense_us, sp, 2 * n * k + 2 * (n + k), dense_us)
+    return ws, wts, x, dense_us
+
+
 def teal_sweep(tune, record) -> None:
     """teal_matvec at T = 1: teal1 (automatic and variants), matvec.cuh, cuBLAS; spdp/spinfer sanity."""
     from sparsekit import ops
@@ -187,11 +199,7 @@ def teal_sweep(tune, record) -> None:
     for name, (n, k) in SHAPES.items():
         w16 = [rand_weight(n, k, 0.0, seed=s) for s in range(COPIES)]
         for dtype in (torch.float16, torch.bfloat16):
-            ws = [w.to(dtype) for w in w16]
-            wts = [w.t().contiguous() for w in ws]
-            x = torch.randn((1, k), device="cuda").to(dtype)
-            dense_us, sp = time_graph([lambda w=w: F.linear(x, w) for w in ws])
-            record(name, dtype, "dense", "cuBLAS F.linear T=1", dense_us, sp, 2 * n * k + 2 * (n + k), dense_us)
+            ws, wts, x, dense_us = dense_case(record, name, w16, dtype)
 
             def teal(s2, knobs, label, variant, sel=False):
                 thr = threshold(x, s2) if s2 < 1 else 1e9
@@ -264,11 +272,7 @@ def l2pf_sweep(tune, record, values: list[int], out_dir: str | None) -> None:
     for name, (n, k) in SHAPES.items():
         w16 = [rand_weight(n, k, 0.0, seed=s) for s in range(COPIES)]
         for dtype in (torch.float16, torch.bfloat16):
-            ws = [w.to(dtype) for w in w16]
-            wts = [w.t().contiguous() for w in ws]
-            x = torch.randn((1, k), device="cuda").to(dtype)
-            dense_us, sp = time_graph([lambda w=w: F.linear(x, w) for w in ws])
-            record(name, dtype, "dense", "cuBLAS F.linear T=1", dense_us, sp, 2 * n * k + 2 * (n + k), dense_us)
+            ws, wts, x, dense_us = dense_case(record, name, w16, dtype)
             for s2 in ((0.0, 0.5, 0.7) if dtype == torch.float16 else (0.5,)):
                 thr = threshold(x, s2)
                 active = int((x.abs() > thr).sum()) if s2 > 0 else k
@@ -382,7 +386,6 @@ def trace_launches(record, knob_sets: list[dict], reps: int = 2) -> list[dict]:
                         out.append(sm)
                         print(trace_line(sm), flush=True)
         del wts
-    del flush_a, flush_b
     print(trace_table(out))
     return out
 
@@ -634,11 +637,7 @@ def main() -> None:
         enc_spdp = {r: spdp.encode(w50, r) for r in (32, 64, 128)}
         enc_spi = {s1: spinfer.encode(rand_weight(n, k, s1, seed=200)) for s1 in (0.5, 0.7)}
         for dtype in dtypes:
-            ws = [w.to(dtype) for w in w16]
-            wts = [w.t().contiguous() for w in ws]
-            x = torch.randn((1, k), device="cuda").to(dtype)
-            dense_us, sp = time_graph([lambda w=w: F.linear(x, w) for w in ws])
-            record(name, dtype, "dense", "cuBLAS F.linear T=1", dense_us, sp, 2 * n * k + 2 * (n + k), dense_us)
+            ws, wts, x, dense_us = dense_case(record, name, w16, dtype)
 
             for s2 in ((0.0, 0.5, 0.7) if dtype == torch.float16 else (0.5,)):
                 thr = threshold(x, s2)
