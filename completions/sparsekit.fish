@@ -56,7 +56,7 @@ complete -c sparsekit -n '__fish_seen_subcommand_from convert' -l dtype -r -a 'a
 complete -c sparsekit -n '__fish_seen_subcommand_from convert' -l json -d 'Print machine-readable results on stdout.'
 complete -c sparsekit -n '__fish_seen_subcommand_from kernel-test' -l device -r -d 'auto, cpu, cuda or cuda:N.'
 complete -c sparsekit -n '__fish_seen_subcommand_from kernel-test' -l shapes -r -d 'tiny, llama2-7b, llama3-8b or all.'
-complete -c sparsekit -n '__fish_seen_subcommand_from kernel-test' -l dtype -r -d 'float16, bfloat16, float32 (default: all the device supports).'
+complete -c sparsekit -n '__fish_seen_subcommand_from kernel-test' -l dtype -r -d 'float16, bfloat16 or float32 (default: every dtype the device supports).'
 complete -c sparsekit -n '__fish_seen_subcommand_from kernel-test' -l backend -r -d 'Only this backend: reference, cpu, triton or cuda.'
 complete -c sparsekit -n '__fish_seen_subcommand_from kernel-test' -l bench -d 'Also time each op against the dense baseline.'
 complete -c sparsekit -n '__fish_seen_subcommand_from kernel-test' -l seed -r -d 'Random seed (calibration samples, synthetic weights).'

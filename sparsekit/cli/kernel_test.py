@@ -13,7 +13,7 @@ NAME = "kernel-test"
 def command(
     device: o.Device = "auto",
     shapes: Annotated[str, typer.Option(help="tiny, llama2-7b, llama3-8b or all.")] = "tiny",
-    dtype: Annotated[Optional[str], typer.Option("--dtype", help="float16, bfloat16, float32 [default: all the device supports].")] = None,
+    dtype: Annotated[Optional[str], typer.Option("--dtype", help="float16, bfloat16 or float32 (default: every dtype the device supports).")] = None,
     backend: Annotated[Optional[str], typer.Option(help="Only this backend: reference, cpu, triton or cuda.")] = None,
     bench: Annotated[bool, typer.Option("--bench", help="Also time each op against the dense baseline.")] = False,
     seed: o.Seed = 0,
