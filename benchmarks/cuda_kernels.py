@@ -11,8 +11,8 @@ bitmaps/offsets, x) and write (y); GB/s = bytes / time, next to the measured dev
     python benchmarks/cuda_kernels.py --quick --fused             # the launches of a fused layer
     python benchmarks/cuda_kernels.py --spdp [--fused]            # spdp at T=1: tile rows x variants x splits
     python benchmarks/cuda_kernels.py --l2pf 0,64,128 [--fused]   # teal at T=1 by L2 prefetch depth
-    python benchmarks/cuda_kernels.py --trace [--fused]             # block timelines of the teal kernel
-    python benchmarks/cuda_kernels.py --chain ";pdl=1;pdl=2,l2pf=64" # a layer's 4 teal launches, per knob set
+    python benchmarks/cuda_kernels.py --trace [--fused]           # block timelines of the teal kernel
+    python benchmarks/cuda_kernels.py --chain ";pdl=1;l2pf=64"    # a layer's 4 teal launches, per knob set
 
 `--teal` times teal_matvec for one token on the three shapes: the default (matvec.cuh), the opt-in
 one-token kernel (teal1.cuh, `teal1=1`) and its geometries, split and other variants, cuBLAS, the
@@ -316,9 +316,9 @@ def summarize_trace(rec: torch.Tensor, row_bytes: int) -> dict:
         return dict(med=round(float(x.median()) * to_us, 2), max=round(float(x.max()) * to_us, 2))
 
     span_ns = float(col["g1"].max() - col["g0"].min())
+    stream = col["stream"] - col["list"]
     per_sm = torch.bincount(sm)
     load = per_sm[sm]  # blocks that shared each block's SM
-    stream = col["stream"] - col["list"]
     by_load = {int(n): dict(blocks=int((load == n).sum()), med=round(float(stream[load == n].median()) * to_us, 2),
                             rows=int(rows[load == n].median()))
                for n in torch.unique(load)}
@@ -328,7 +328,7 @@ def summarize_trace(rec: torch.Tensor, row_bytes: int) -> dict:
         blocks=int(r.shape[0]), clock_ghz=round(ghz, 3), span_us=round(span_ns / 1e3, 2),
         start_skew_us=round(float(col["g0"].max() - col["g0"].min()) / 1e3, 2),
         end_skew_us=round(float(col["g1"].max() - col["g1"].min()) / 1e3, 2),
-        prologue=stat(col["list"] - col["c0"]), stream=stat(col["stream"] - col["list"]),
+        prologue=stat(col["list"] - col["c0"]), stream=stat(stream),
         reduce=stat(col["red"] - col["stream"]), cluster=stat(col["c1"] - col["red"]),
         total=stat(col["c1"] - col["c0"]),
         rows=dict(min=int(rows.min()), med=int(rows.median()), max=int(rows.max())),
@@ -340,7 +340,7 @@ def summarize_trace(rec: torch.Tensor, row_bytes: int) -> dict:
     )
 
 
-def trace_launches(record, knob_sets: list[dict], reps: int = 2) -> list[dict]:
+def trace_launches(knob_sets: list[dict], reps: int = 2) -> list[dict]:
     """Block timelines of the default teal kernel (its PROBE twin) at T = 1 on the current SHAPES, fp16,
     activation sparsity 0.5 and 0, per knob set: each traced launch runs after a 512 MB copy has
     flushed L2; the graph-replayed time of the default kernel with the same knobs comes with it.
@@ -356,13 +356,12 @@ def trace_launches(record, knob_sets: list[dict], reps: int = 2) -> list[dict]:
     def traced(x, w_t, thr):
         buf.zero_()
         flush_b.copy_(flush_a)
-        tune_trace = torch.ops.sparsekit_cuda.trace
-        tune_trace(buf)
+        torch.ops.sparsekit_cuda.trace(buf)
         try:
             y = ops.teal_matvec(x, w_t, thr)
             torch.cuda.synchronize()
         finally:
-            tune_trace(None)
+            torch.ops.sparsekit_cuda.trace(None)
         return y, buf[: int((buf[:, 0] != 0).sum())].clone()
 
     out = []
@@ -423,7 +422,7 @@ def trace_line(sm: dict) -> str:
 
 
 def parse_knob_sets(text: str) -> list[dict]:
-    """'l2pf=64;pdl=2,l2pf=64' -> [{'l2pf': 64}, {'pdl': 2, 'l2pf': 64}]; an empty set is the default."""
+    """'l2pf=64;pdl=1,l2pf=64' -> [{'l2pf': 64}, {'pdl': 1, 'l2pf': 64}]; an empty set is the default."""
     sets = []
     for part in text.split(";"):
         knobs = {}
@@ -454,16 +453,15 @@ def layer_chain(tune, record, knob_sets: list[dict], s2: float = 0.5) -> None:
         x = torch.randn((1, d), device="cuda", generator=g).to(dtype)
         nbytes = 0
         for L in layers:  # thresholds at each site from the chain's own inputs (eager, once)
-            q = x
-            L["t_qkv"] = float(torch.quantile(q.abs().float(), s2))
-            qkv = reference.teal_matvec(q, L["qkv"], L["t_qkv"])
-            L["t_o"] = float(torch.quantile(qkv[:, :d].abs().float(), s2))
-            o = reference.teal_matvec(qkv[:, :d].contiguous(), L["o"], L["t_o"])
+            L["t_qkv"] = float(torch.quantile(x.abs().float(), s2))
+            q = reference.teal_matvec(x, L["qkv"], L["t_qkv"])[:, :d]
+            L["t_o"] = float(torch.quantile(q.abs().float(), s2))
+            o = reference.teal_matvec(q, L["o"], L["t_o"])
             L["t_gu"] = float(torch.quantile(o.abs().float(), s2))
             gu = reference.teal_matvec(o, L["gu"], L["t_gu"])
             h = reference.silu_mul(gu)
             L["t_down"] = float(torch.quantile(h.abs().float(), s2))
-            active = [(x.abs() > L["t_qkv"]).sum(), (qkv[:, :d].abs() > L["t_o"]).sum(), (o.abs() > L["t_gu"]).sum(),
+            active = [(x.abs() > L["t_qkv"]).sum(), (q.abs() > L["t_o"]).sum(), (o.abs() > L["t_gu"]).sum(),
                       (h.abs() > L["t_down"]).sum()]
             n_out = [3 * d, d, 2 * f, d]
             nbytes += sum(2 * int(a) * n + 2 * n for a, n in zip(active, n_out)) + 2 * (d + d + d + 2 * f)
@@ -563,7 +561,7 @@ def main() -> None:
                     help="only block timelines of the teal kernel (prologue, stream, reductions, skews) per shape")
     ap.add_argument("--trace-knobs", default="", help="with --trace: knob sets to trace, e.g. ';split=4;split=2'")
     ap.add_argument("--chain", default=None,
-                    help="only a fused layer's four teal launches back to back, per knob set, e.g. ';pdl=1;pdl=2,l2pf=64'")
+                    help="only a fused layer's four teal launches back to back, per knob set, e.g. ';pdl=1;pdl=1,l2pf=64'")
     args = ap.parse_args()
     if args.fused:
         SHAPES.clear()
@@ -615,7 +613,7 @@ def main() -> None:
         spdp_sweep(tune, record)
         return finish("forced splits (fp16, s1=0.5, T=1)")
     if args.trace:
-        traces = trace_launches(record, parse_knob_sets(args.trace_knobs))
+        traces = trace_launches(parse_knob_sets(args.trace_knobs))
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(dict(gpu=gpu, copy_gbs=bw, traces=traces), f, indent=1)

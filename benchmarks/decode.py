@@ -93,15 +93,15 @@ def child(a) -> int:
     out = Path(a.out) / "decode.jsonl"
     import sparsekit.ops  # noqa: F401 - loads the extension (and its tune op)
 
-    def set_knobs(spec: str) -> dict[str, int]:
-        """Apply 'k=v,k=v' (sparsekit_cuda.tune); returns the old values."""
-        old = {}
-        for item in filter(None, spec.split(",")):
-            key, _, value = item.partition("=")
-            old[key.strip()] = int(torch.ops.sparsekit_cuda.tune(key.strip(), int(value)))
-        return old
+    def knobs_of(spec: str) -> dict[str, int]:
+        """'k=v,k=v' -> {k: v}."""
+        return {k.strip(): int(v) for k, _, v in (item.partition("=") for item in filter(None, spec.split(",")))}
 
-    set_knobs(a.tune)
+    def set_knobs(knobs: dict[str, int]) -> dict[str, int]:
+        """Apply the knobs (sparsekit_cuda.tune); returns the old values."""
+        return {k: int(torch.ops.sparsekit_cuda.tune(k, v)) for k, v in knobs.items()}
+
+    set_knobs(knobs_of(a.tune))
     variants = [v.strip() for v in a.tune_variants.split(";") if v.strip()]
     skip = set(filter(None, a.skip.split(",")))
     batches = [int(b) for b in a.batches.split(",")]
@@ -181,11 +181,11 @@ def child(a) -> int:
             record(fmt, b, timed(fmt, b, s2), extra={"s1": s1, "s2": s2, **conv})
             for v in variants:  # the same converted model, its decode step captured again with these knobs
                 def with_knobs(fn=timed(fmt, b, s2), v=v):
-                    old = set_knobs(v)
+                    old = set_knobs(knobs_of(v))
                     try:
                         return fn()
                     finally:
-                        set_knobs(",".join(f"{k}={x}" for k, x in old.items()))
+                        set_knobs(old)
                 record(f"{fmt}+{v}", b, with_knobs, extra={"s1": s1, "s2": s2, "tune": v, **conv})
         bench.densify_(model)
         torch.cuda.empty_cache()

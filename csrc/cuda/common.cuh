@@ -108,12 +108,7 @@ template <int N> __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
-// ---- programmatic dependent launch (Hopper) ---------------------------------------------------
-// A kernel launched with cudaLaunchAttributeProgrammaticStreamSerialization may start while the
-// previous kernel in the stream is still running; it must wait here before reading that kernel's
-// outputs. It then lets the next such kernel start early. Both are no-ops otherwise. (Letting the
-// next kernel start only after each block's weight stream instead was measured no better; NOTES,
-// ninth session.)
+// ---- L2 prefetch -------------------------------------------------------------------------------
 // Hint: bring the 128-byte line holding `ptr` into L2 (no register, no wait, no fault semantics).
 __device__ __forceinline__ void prefetch_l2(const void* ptr) {
   asm volatile("prefetch.global.L2 [%0];\n" ::"l"(ptr));
@@ -139,6 +134,12 @@ __device__ __forceinline__ unsigned long long& trace_slot(unsigned long long* tr
   return trace[TR_N * (blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z)) + slot];
 }
 
+// ---- programmatic dependent launch (Hopper) ---------------------------------------------------
+// A kernel launched with cudaLaunchAttributeProgrammaticStreamSerialization may start while the
+// previous kernel in the stream is still running; it must wait here before reading that kernel's
+// outputs. It then lets the next such kernel start early. Both are no-ops otherwise. (Letting the
+// next kernel start only after each block's weight stream instead was measured no better; NOTES,
+// ninth session.)
 __device__ __forceinline__ void grid_dependency_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
