@@ -138,7 +138,7 @@ def check(out: torch.Tensor, ref: torch.Tensor, what: str) -> None:
 
 def ncu_launches() -> None:
     """fp16, 4096 -> 11008, 50% activation (and 50% weight) sparsity, two launches each: teal, spdp
-    (tile rows 64) as by default (the nibble kernel), spdp with the plain kernel (tune("spdp_nib", 2))."""
+    (tile rows 64) as by default (the staged kernel), spdp with the nibble kernel (tune("spdp_stage", 2))."""
     from sparsekit import ops
     from sparsekit.formats import spdp
 
@@ -151,11 +151,11 @@ def ncu_launches() -> None:
     tune = torch.ops.sparsekit_cuda.tune
     for _ in range(2):
         ops.teal_matvec(x, wt, thr)
-    for nib in (0, 2):
-        tune("spdp_nib", nib)
+    for stage in (0, 2):
+        tune("spdp_stage", stage)
         for _ in range(2):
             ops.spdp_matvec(x, packed, thr)
-    tune("spdp_nib", 0)
+    tune("spdp_stage", 0)
     torch.cuda.synchronize()
 
 
@@ -510,7 +510,8 @@ def spdp_touched(packed: dict, mask: torch.Tensor, n: int, k: int, r: int) -> in
 
 
 def spdp_sweep(tune, record) -> None:
-    """spdp_matvec at T = 1: tile rows 32/64/128 x the default (nibble), plain and deep kernels x forced splits, cuBLAS."""
+    """spdp_matvec at T = 1: tile rows 32/64/128 x the default (staged), nibble, plain and deep kernels x forced
+    splits, cuBLAS."""
     from sparsekit import ops
     from sparsekit.formats import spdp
     from sparsekit.kernels import reference
@@ -532,8 +533,9 @@ def spdp_sweep(tune, record) -> None:
                     touched = spdp_touched(packed, mask, n, k, r)
                     cps = clones(packed)
                     expect = reference.spdp_matvec(x, packed, thr)
-                    # default (the nibble kernel for 16-bit values), then the plain and deep kernels
-                    grid = [{}, {"spdp_nib": 2, "spdp_deep": 2}, {"spdp_nib": 2, "spdp_deep": 1}]
+                    # default (the staged kernel for 16-bit values), then the nibble, plain and deep kernels
+                    grid = [{}, {"spdp_stage": 2}, {"spdp_stage": 2, "spdp_nib": 2, "spdp_deep": 2},
+                            {"spdp_stage": 2, "spdp_nib": 2, "spdp_deep": 1}]
                     if dtype == torch.float16 and s1 == 0.5:
                         grid += [{"split": sv} for sv in (1, 2, 3, 4, 6, 8)]
                     for knobs in grid:

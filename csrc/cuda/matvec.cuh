@@ -63,6 +63,13 @@ struct MatvecParams {
 // - TEAL, V = 3 (PROBE): the default kernel that also writes each block's timeline to p.trace
 //   (sparsekit_cuda::trace). Its own instantiation: the stamps cost the default kernel 8-23
 //   registers wherever they were placed (nvcc 13.0, sm_90).
+// - SPDP, V = 4 (STG, one token, 16-bit values): the weight stream is split from the decode. Each warp
+//   copies the packed values of its next active columns (one record per column: the 16-byte-aligned
+//   span of its values) into a ring of NST stages in shared memory with cp.async, 16 bytes per lane,
+//   SB records per stage, while it decodes the stage copied before: lanes own rows lane + 32*w as in
+//   the V = 0 kernel, but a value is a shared-memory load with a 32-bit address instead of a 2-byte
+//   global load (the V = 0 kernel keeps only 2-byte loads in flight: ~16 KB per SM, below what the
+//   DRAM latency needs, and spends most of its instructions on 64-bit address math; tune("spdp_stage")).
 template <typename T, int TC, int R, int V = 0>
 struct MvCfg {
   static constexpr bool SPDP = R > 0;
@@ -70,6 +77,7 @@ struct MvCfg {
   static constexpr bool DEEP = SPDP && V == 1;
   static constexpr bool NIB = SPDP && V == 2;
   static constexpr bool PROBE = !SPDP && V == 3;  // the default TEAL kernel plus its block timeline
+  static constexpr bool STG = SPDP && V == 4;
   static constexpr int NTHREADS = (SPDP && !DEEP) ? 512 : 256;
   static constexpr int NW = NTHREADS / 32;
   // resident blocks asked of ptxas (PROBE: 3, the default TEAL kernel's occupancy, despite the stamps)
@@ -78,11 +86,18 @@ struct MvCfg {
   static constexpr int W = SPDP ? R / 32 : 1;                       // bitmap words per column
   static constexpr int ACC = NIB ? 4 : (SPDP ? W : VEC);            // accumulators per lane per token
   static constexpr int TILE_MAX = SPDP ? R : 32 * VEC;              // outputs per tile (max)
-  static constexpr int CH = TC == 1 ? 2048 : 1024;                  // list capacity per pass
+  // list capacity per pass (STG, 128-row tiles: 1024, so two blocks with their rings fit one SM)
+  static constexpr int CH = (TC == 1 && !(STG && R == 128)) ? 2048 : 1024;
   static constexpr int PER = CH / NTHREADS;                         // channels per thread (fused build)
   // loads in flight per lane in the batch loops (SPDP: columns, each R/32 values)
   static_assert(!DEEP || TC == 1, "the deep spdp variant exists for one token only");
   static_assert(!NIB || (TC == 1 && sizeof(T) == 2), "the nibble spdp variant exists for one token of 16-bit values");
+  static_assert(!STG || (TC == 1 && sizeof(T) == 2), "the staged spdp variant exists for one token of 16-bit values");
+  // STG: records per stage (32 / SB lanes copy one record), stages per warp, bytes per record slot
+  // (the record's aligned span: at most R values plus 16 bytes of alignment slack)
+  static constexpr int SB = R == 128 ? 4 : 8;
+  static constexpr int NST = 3;
+  static constexpr int SLOT = R * static_cast<int>(sizeof(T)) + 16;
   static constexpr int U = NIB ? 4
                                : SPDP ? (DEEP ? (W == 4 ? 12 : 32) : (TC == 1 ? 8 : (TC == 4 ? 4 : 2)))
                                       : (TC == 1 ? 8 : 4);
@@ -96,7 +111,8 @@ struct MvCfg {
   static constexpr size_t RED_BYTES = size_t(NW) * TILE_MAX * 4;
   static constexpr size_t PART_BYTES = size_t(TC) * TILE_MAX * 4;
   static constexpr size_t RING_BYTES = !PIPE ? 0 : size_t(NW) * D * 32 * 16;
-  static constexpr size_t SMEM = BM_BYTES + OFF_BYTES + J_BYTES + X_BYTES + RED_BYTES + PART_BYTES + RING_BYTES;
+  static constexpr size_t STG_BYTES = STG ? size_t(NW) * NST * SB * SLOT : 0;
+  static constexpr size_t SMEM = BM_BYTES + OFF_BYTES + J_BYTES + X_BYTES + RED_BYTES + PART_BYTES + RING_BYTES + STG_BYTES;
 };
 
 template <typename T> __device__ __forceinline__ uint32_t ld_val_bits(const T* base, int i);
@@ -166,6 +182,7 @@ __global__ void __launch_bounds__(MvCfg<T, TC, R, V>::NTHREADS, MvCfg<T, TC, R, 
   float* s_red = reinterpret_cast<float*>(smem + C::BM_BYTES + C::OFF_BYTES + C::J_BYTES + C::X_BYTES);
   float* s_part = s_red + NW * C::TILE_MAX;
   uint4* s_ring = reinterpret_cast<uint4*>(s_part + TC * C::TILE_MAX);  // TEAL: [NW][D][32] 16-byte slots
+  unsigned char* s_stage = reinterpret_cast<unsigned char*>(s_ring) + C::RING_BYTES;  // STG: [NW][NST][SB] slots
 
   if (C::PROBE && threadIdx.x == 0) {
     trace_slot(p.trace, TR_G0) = global_ns();
@@ -450,6 +467,73 @@ __global__ void __launch_bounds__(MvCfg<T, TC, R, V>::NTHREADS, MvCfg<T, TC, R, 
           }
         }
       }
+    } else if constexpr (C::STG) {
+      constexpr int SB = C::SB, LPRC = 32 / SB, NST = C::NST, SLOT = C::SLOT, ES = static_cast<int>(sizeof(T));
+      const uint32_t lanebit = 1u << lane, lt = lanebit - 1u;
+      const char* vbytes = static_cast<const char*>(p.w);  // 16-byte aligned (the dispatch checks)
+      const long long vend = static_cast<long long>(p.nvals) * ES;  // readable bytes from p.w
+      unsigned char* ring = s_stage + static_cast<size_t>(warp) * NST * SB * SLOT;
+      const int ni = warp < cnt ? (cnt - 1 - warp) / NW + 1 : 0;  // this warp's entries: warp + i * NW
+      const int nb = (ni + SB - 1) / SB;
+      const int cu = lane / LPRC, cq = lane - cu * LPRC;  // the record this lane copies, its first chunk
+      // copy batch b (entries b*SB .. b*SB + SB - 1 of this warp) into stage b % NST; one commit group
+      // per batch and thread, empty or not, so wait_group counts batches
+      auto issue = [&](int b) {
+        const int i = b * SB + cu;
+        if (b < nb && i < ni) {
+          const int e = warp + i * NW;
+          const int v0 = s_off[e * W], v1 = s_off[e * W + W - 1] + __popc(s_bm[e * W + W - 1]);
+          const long long a0 = (static_cast<long long>(v0) * ES) & ~15LL, a1 = static_cast<long long>(v1) * ES;
+          unsigned char* dst = ring + ((b % NST) * SB + cu) * SLOT;
+          for (long long c = a0 + cq * 16; c < a1; c += LPRC * 16)
+            cp_async16_n(dst + (c - a0), vbytes + c, static_cast<int>(max(0LL, min(16LL, vend - c))));
+        }
+        cp_async_commit();
+      };
+#pragma unroll
+      for (int b = 0; b < NST - 1; ++b) issue(b);
+      for (int b = 0; b < nb; ++b) {
+        issue(b + NST - 1);  // into the stage decoded in iteration b - 1
+        cp_async_wait<NST - 1>();
+        __syncwarp();  // every lane's copies of batch b are visible to the warp
+        const unsigned char* st = ring + (b % NST) * SB * SLOT;
+#pragma unroll
+        for (int u = 0; u < SB; ++u) {
+          const int i = b * SB + u;
+          if (i < ni) {
+            const int e = warp + i * NW;
+            uint32_t m[W];
+            int o[W];
+            if constexpr (W == 4) {
+              const uint4 q = *reinterpret_cast<const uint4*>(s_bm + e * W);
+              const int4 f = *reinterpret_cast<const int4*>(s_off + e * W);
+              m[0] = q.x; m[1] = q.y; m[2] = q.z; m[3] = q.w;
+              o[0] = f.x; o[1] = f.y; o[2] = f.z; o[3] = f.w;
+            } else if constexpr (W == 2) {
+              const uint2 q = *reinterpret_cast<const uint2*>(s_bm + e * W);
+              const int2 f = *reinterpret_cast<const int2*>(s_off + e * W);
+              m[0] = q.x; m[1] = q.y;
+              o[0] = f.x; o[1] = f.y;
+            } else {
+              m[0] = s_bm[e];
+              o[0] = s_off[e];
+            }
+            // the slot holds the bytes from value o[0] rounded down to 16 bytes
+            const unsigned char* sl = st + u * SLOT + (o[0] & (16 / ES - 1)) * ES;
+            const float xe = s_x[e];
+#pragma unroll
+            for (int w = 0; w < W; ++w) {
+              if (m[w] & lanebit) {
+                const int r = o[w] - o[0] + __popc(m[w] & lt);
+                const uint32_t bits = *reinterpret_cast<const unsigned short*>(sl + r * ES);
+                acc[0][w] = fmaf(xe, bits16_to_f<T>(bits), acc[0][w]);
+              }
+            }
+          }
+        }
+        __syncwarp();  // the stage is read before iteration b + 1 refills it
+      }
+      cp_async_wait<0>();
     } else if constexpr (C::NIB) {
       // lane li of a column group owns rows 4li..4li+3 of the tile: bits 4(li%8).. of word li/8
       constexpr int LPC = R / 4, G = 32 / LPC;  // lanes per column, columns per warp step

@@ -78,6 +78,8 @@ void matvec_dispatch_tc(sk::MatvecParams& p, int tiles, int device, cudaStream_t
   C10_CUDA_CHECK(err);
 }
 
+// Variant 4: SPDP's one-token staged kernel for 16-bit values (tune("spdp_stage"): 0 = automatic, i.e.
+// whenever the values start 16-byte aligned, 1 = the same, 2 = never); it comes before the others.
 // Variant 2: SPDP's one-token nibble kernel for 16-bit values (tune("spdp_nib"): 0 = automatic, i.e.
 // whenever the values are 4-byte aligned, 1 = the same, 2 = never).
 // Variant 1 instantiations: TEAL's cp.async ring (tune("pipe", 1)); SPDP's deep one-token kernel
@@ -91,6 +93,9 @@ void matvec_dispatch_pipe(sk::MatvecParams& p, int tiles, int device, cudaStream
     if (trace_slots(0, device) != nullptr) return matvec_dispatch_tc<T, TC, R, 3>(p, tiles, device, stream, min_per_slice);
   } else if constexpr (TC == 1) {
     if constexpr (sizeof(T) == 2) {
+      // STG (values staged through shared memory by 16-byte cp.async: values must start 16-byte aligned)
+      const bool aligned16 = reinterpret_cast<uintptr_t>(p.w) % 16 == 0;
+      if (aligned16 && tuning().spdp_stage != 2) return matvec_dispatch_tc<T, TC, R, 4>(p, tiles, device, stream, min_per_slice);
       // NIB (a lane owns 4 rows; 4-byte value loads, so values must start 4-byte aligned)
       const int nib = tuning().spdp_nib;
       const bool aligned4 = reinterpret_cast<uintptr_t>(p.w) % 4 == 0;

@@ -318,8 +318,10 @@ def test_spdp_decode_is_bit_exact(ops, ref, dtype, tile_rows):
         assert torch.equal(got.view(bits), w.view(bits))
 
 
-# one-token spdp instantiations: the nibble kernel (16-bit values), the deep one, the plain one
-SPDP_VARIANTS = {"nib": {"spdp_nib": 1}, "deep": {"spdp_nib": 2, "spdp_deep": 1}, "plain": {"spdp_nib": 2, "spdp_deep": 2}}
+# one-token spdp instantiations: the staged and nibble kernels (16-bit values), the deep one, the plain one
+SPDP_VARIANTS = {"stage": {"spdp_stage": 1}, "nib": {"spdp_stage": 2, "spdp_nib": 1},
+                 "deep": {"spdp_stage": 2, "spdp_nib": 2, "spdp_deep": 1},
+                 "plain": {"spdp_stage": 2, "spdp_nib": 2, "spdp_deep": 2}}
 SPDP_ONE_TOKEN_CASES = [(dtype, r, k, n, variant) for dtype in DTYPES for r in (32, 64, 128)
                         for k, n in ((2048, 1024), (301, 100), (4096, 11008), (11008, 4096), (37, 5))
                         for variant in SPDP_VARIANTS]
@@ -327,8 +329,9 @@ SPDP_ONE_TOKEN_CASES = [(dtype, r, k, n, variant) for dtype in DTYPES for r in (
 
 @pytest.mark.parametrize("dtype,tile_rows,k,n,variant", SPDP_ONE_TOKEN_CASES)
 def test_spdp_one_token_variants_match_reference(ops, ref, tune, dtype, tile_rows, k, n, variant):
-    """T = 1 through each instantiation: nib (a lane owns 4 rows; fp32 falls through to the others),
-    deep (256 threads, more columns in flight) and plain."""
+    """T = 1 through each instantiation: stage (values copied through shared memory) and nib (a lane
+    owns 4 rows), where fp32 falls through to the others, deep (256 threads, more columns in flight)
+    and plain."""
     from sparsekit.formats import spdp
 
     seed = hash(("deep", k, n, tile_rows)) % 1000
@@ -361,10 +364,39 @@ def test_spdp_nib_reads_values_at_any_offset(ops, ref, tune, dtype, shift, densi
         store = torch.full((packed["values"].numel() + shift,), float("nan"), dtype=dtype, device="cuda")
         store[shift:] = packed["values"]
         packed["values"] = store[shift:]
+        tune("spdp_stage", 2)
         tune("spdp_nib", 1)
         _poison((1, n), dtype=dtype)
         _check(ops.spdp_matvec(x, packed, thr, backend="cuda"), ref.spdp_matvec(x, packed, thr), dtype)
         xs, idx, nnz = ops.select(x, thr, backend="cuda")
+        _check(ops.spdp_matvec_sel(xs, idx, nnz, packed, backend="cuda"),
+               ref.spdp_matvec_sel(xs, idx, nnz, packed), dtype)
+
+
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
+@pytest.mark.parametrize("shift", (0, 1, 8, 13))
+@pytest.mark.parametrize("density", (0.05, 0.5, 1.0))
+def test_spdp_stage_copies_aligned_spans(ops, ref, tune, dtype, shift, density):
+    """The staged kernel copies each active column's values as the 16-byte-aligned span around them:
+    values that start `shift` elements into their storage (8 keeps 16-byte alignment, so the staged
+    kernel runs with spans starting at every offset; 1 and 13 fall back to the other kernels), and a
+    storage that ends right after the last value (the last span is zero-filled past the end), give
+    the reference's result at every tile size, through the automatic choice."""
+    from sparsekit.formats import spdp
+
+    k, n = 517, 301
+    x, thr = _x((1, k), dtype, 70 + shift, 0.4)
+    w = _weight(n, k, dtype, 71 + shift, 1.0 - density)
+    for r in (32, 64, 128):
+        packed = {key: (v.cuda() if key != "shape" else v) for key, v in spdp.encode(w, r).items()}
+        store = torch.full((packed["values"].numel() + shift,), float("nan"), dtype=dtype, device="cuda")
+        store[shift:] = packed["values"]
+        packed["values"] = store[shift:]
+        assert store.untyped_storage().nbytes() == store.numel() * store.element_size()
+        _poison((1, n), dtype=dtype)
+        _check(ops.spdp_matvec(x, packed, thr, backend="cuda"), ref.spdp_matvec(x, packed, thr), dtype)
+        xs, idx, nnz = ops.select(x, thr, backend="cuda")
+        _poison((1, n), dtype=dtype)
         _check(ops.spdp_matvec_sel(xs, idx, nnz, packed, backend="cuda"),
                ref.spdp_matvec_sel(xs, idx, nnz, packed), dtype)
 
@@ -663,7 +695,8 @@ def test_sanitizer_smoke(ops, ref, tune, tokens):
     [{"pipe": 1}, {"pipe": 1, "pdl": 1}, {"pdl": 1}, {"spinfer_warps": 8}, {"teal_lpr": 32, "split": 2}, {"teal_lpr": 8},
      {"teal1": 1}, {"teal1": 1, "pdl": 1}, {"teal1": 1, "teal1_threads": 512, "teal1_lpr": 8},
      {"spdp_deep": 1}, {"spdp_deep": 1, "split": 2}, {"spdp_deep": 2},
-     {"spdp_nib": 2}, {"spdp_nib": 2, "spdp_deep": 1}, {"spdp_nib": 1, "split": 3},
+     {"spdp_stage": 2}, {"spdp_stage": 1, "split": 3}, {"spdp_stage": 2, "spdp_nib": 2},
+     {"spdp_stage": 2, "spdp_nib": 2, "spdp_deep": 1}, {"spdp_stage": 2, "spdp_nib": 1, "split": 3},
      {"l2pf": 64}, {"l2pf": 2048, "split": 3}, {"l2pf": 32, "pdl": 1},
      {"pdl": 1, "l2pf": 64, "split": 1}],
 )
