@@ -469,10 +469,12 @@ __global__ void __launch_bounds__(MvCfg<T, TC, R, V>::NTHREADS, MvCfg<T, TC, R, 
       }
     } else if constexpr (C::STG) {
       constexpr int SB = C::SB, LPRC = 32 / SB, NST = C::NST, SLOT = C::SLOT, ES = static_cast<int>(sizeof(T));
+      constexpr int CPR = (SLOT / 16 + LPRC - 1) / LPRC;  // 16-byte chunks per lane per record (max)
       const uint32_t lanebit = 1u << lane, lt = lanebit - 1u;
       const char* vbytes = static_cast<const char*>(p.w);  // 16-byte aligned (the dispatch checks)
       const long long vend = static_cast<long long>(p.nvals) * ES;  // readable bytes from p.w
-      unsigned char* ring = s_stage + static_cast<size_t>(warp) * NST * SB * SLOT;
+      // this warp's ring as a 32-bit shared-memory address
+      const uint32_t ring = static_cast<uint32_t>(__cvta_generic_to_shared(s_stage)) + warp * (NST * SB * SLOT);
       const int ni = warp < cnt ? (cnt - 1 - warp) / NW + 1 : 0;  // this warp's entries: warp + i * NW
       const int nb = (ni + SB - 1) / SB;
       const int cu = lane / LPRC, cq = lane - cu * LPRC;  // the record this lane copies, its first chunk
@@ -483,10 +485,20 @@ __global__ void __launch_bounds__(MvCfg<T, TC, R, V>::NTHREADS, MvCfg<T, TC, R, 
         if (b < nb && i < ni) {
           const int e = warp + i * NW;
           const int v0 = s_off[e * W], v1 = s_off[e * W + W - 1] + __popc(s_bm[e * W + W - 1]);
-          const long long a0 = (static_cast<long long>(v0) * ES) & ~15LL, a1 = static_cast<long long>(v1) * ES;
-          unsigned char* dst = ring + ((b % NST) * SB + cu) * SLOT;
-          for (long long c = a0 + cq * 16; c < a1; c += LPRC * 16)
-            cp_async16_n(dst + (c - a0), vbytes + c, static_cast<int>(max(0LL, min(16LL, vend - c))));
+          const long long a0 = (static_cast<long long>(v0) * ES) & ~15LL;
+          const int len = static_cast<int>(static_cast<long long>(v1) * ES - a0);  // bytes from a0 (< SLOT)
+          const int rem = static_cast<int>(min(static_cast<long long>(SLOT), vend - a0));  // readable of them
+          const char* src = vbytes + a0;
+          const uint32_t dst = ring + ((b % NST) * SB + cu) * SLOT;
+#pragma unroll
+          for (int k = 0; k < CPR; ++k) {
+            const int c = (cq + k * LPRC) * 16;
+            if (c < len) {
+              const int nbytes = max(0, min(16, rem - c));
+              asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst + c), "l"(src + c), "r"(nbytes)
+                           : "memory");
+            }
+          }
         }
         cp_async_commit();
       };
@@ -496,40 +508,47 @@ __global__ void __launch_bounds__(MvCfg<T, TC, R, V>::NTHREADS, MvCfg<T, TC, R, 
         issue(b + NST - 1);  // into the stage decoded in iteration b - 1
         cp_async_wait<NST - 1>();
         __syncwarp();  // every lane's copies of batch b are visible to the warp
-        const unsigned char* st = ring + (b % NST) * SB * SLOT;
-#pragma unroll
-        for (int u = 0; u < SB; ++u) {
-          const int i = b * SB + u;
-          if (i < ni) {
-            const int e = warp + i * NW;
-            uint32_t m[W];
-            int o[W];
-            if constexpr (W == 4) {
-              const uint4 q = *reinterpret_cast<const uint4*>(s_bm + e * W);
-              const int4 f = *reinterpret_cast<const int4*>(s_off + e * W);
-              m[0] = q.x; m[1] = q.y; m[2] = q.z; m[3] = q.w;
-              o[0] = f.x; o[1] = f.y; o[2] = f.z; o[3] = f.w;
-            } else if constexpr (W == 2) {
-              const uint2 q = *reinterpret_cast<const uint2*>(s_bm + e * W);
-              const int2 f = *reinterpret_cast<const int2*>(s_off + e * W);
-              m[0] = q.x; m[1] = q.y;
-              o[0] = f.x; o[1] = f.y;
-            } else {
-              m[0] = s_bm[e];
-              o[0] = s_off[e];
-            }
-            // the slot holds the bytes from value o[0] rounded down to 16 bytes
-            const unsigned char* sl = st + u * SLOT + (o[0] & (16 / ES - 1)) * ES;
-            const float xe = s_x[e];
-#pragma unroll
-            for (int w = 0; w < W; ++w) {
-              if (m[w] & lanebit) {
-                const int r = o[w] - o[0] + __popc(m[w] & lt);
-                const uint32_t bits = *reinterpret_cast<const unsigned short*>(sl + r * ES);
-                acc[0][w] = fmaf(xe, bits16_to_f<T>(bits), acc[0][w]);
-              }
-            }
+        const uint32_t st = ring + (b % NST) * (SB * SLOT);
+        // record u of the stage: bitmap words and value offsets, x, then one predicated 2-byte
+        // shared-memory load, a convert and an FMA per row this lane owns
+        auto record = [&](int u) {
+          const int e = warp + (b * SB + u) * NW;
+          uint32_t m[W];
+          int o[W];
+          if constexpr (W == 4) {
+            const uint4 q = *reinterpret_cast<const uint4*>(s_bm + e * W);
+            const int4 f = *reinterpret_cast<const int4*>(s_off + e * W);
+            m[0] = q.x; m[1] = q.y; m[2] = q.z; m[3] = q.w;
+            o[0] = f.x; o[1] = f.y; o[2] = f.z; o[3] = f.w;
+          } else if constexpr (W == 2) {
+            const uint2 q = *reinterpret_cast<const uint2*>(s_bm + e * W);
+            const int2 f = *reinterpret_cast<const int2*>(s_off + e * W);
+            m[0] = q.x; m[1] = q.y;
+            o[0] = f.x; o[1] = f.y;
+          } else {
+            m[0] = s_bm[e];
+            o[0] = s_off[e];
           }
+          const float xe = s_x[e];
+          // value v of the record sits at byte (v - o[0]) * ES + (o[0] * ES) % 16 of its slot; unsigned
+          // arithmetic wraps, so only the final address needs to be in range
+          const uint32_t base = st + u * SLOT + static_cast<uint32_t>((o[0] & (16 / ES - 1)) - o[0]) * ES;
+#pragma unroll
+          for (int w = 0; w < W; ++w) {
+            const uint32_t addr = base + static_cast<uint32_t>(o[w] + __popc(m[w] & lt)) * ES;
+            uint32_t bits = 0u;
+            asm volatile("{\n .reg .pred q;\n setp.ne.b32 q, %2, 0;\n @q ld.shared.u16 %0, [%1];\n}"
+                         : "+r"(bits)
+                         : "r"(addr), "r"(m[w] & lanebit));
+            acc[0][w] = fmaf(xe, bits16_to_f<T>(bits), acc[0][w]);
+          }
+        };
+        const int nu = min(SB, ni - b * SB);
+        if (nu == SB) {  // a full stage: no per-record test
+#pragma unroll
+          for (int u = 0; u < SB; ++u) record(u);
+        } else {
+          for (int u = 0; u < nu; ++u) record(u);
         }
         __syncwarp();  // the stage is read before iteration b + 1 refills it
       }
