@@ -79,7 +79,9 @@ void matvec_dispatch_tc(sk::MatvecParams& p, int tiles, int device, cudaStream_t
 }
 
 // Variant 4: SPDP's one-token staged kernel for 16-bit values (tune("spdp_stage"): 0 = automatic, i.e.
-// whenever the values start 16-byte aligned, 1 = the same, 2 = never); it comes before the others.
+// for 64- and 128-row tiles whose values start 16-byte aligned, 1 = at every tile size, 2 = never); it
+// comes before the others. On the H200 it takes 4-16 % less time than the nibble kernel at 64 and 128
+// rows and up to 17 % more at 32 (benchmarks/NOTES.md, "Tenth session").
 // Variant 2: SPDP's one-token nibble kernel for 16-bit values (tune("spdp_nib"): 0 = automatic, i.e.
 // whenever the values are 4-byte aligned, 1 = the same, 2 = never).
 // Variant 1 instantiations: TEAL's cp.async ring (tune("pipe", 1)); SPDP's deep one-token kernel
@@ -95,7 +97,8 @@ void matvec_dispatch_pipe(sk::MatvecParams& p, int tiles, int device, cudaStream
     if constexpr (sizeof(T) == 2) {
       // STG (values staged through shared memory by 16-byte cp.async: values must start 16-byte aligned)
       const bool aligned16 = reinterpret_cast<uintptr_t>(p.w) % 16 == 0;
-      if (aligned16 && tuning().spdp_stage != 2) return matvec_dispatch_tc<T, TC, R, 4>(p, tiles, device, stream, min_per_slice);
+      const int stg = tuning().spdp_stage;
+      if (aligned16 && (stg == 1 || (stg == 0 && R >= 64))) return matvec_dispatch_tc<T, TC, R, 4>(p, tiles, device, stream, min_per_slice);
       // NIB (a lane owns 4 rows; 4-byte value loads, so values must start 4-byte aligned)
       const int nib = tuning().spdp_nib;
       const bool aligned4 = reinterpret_cast<uintptr_t>(p.w) % 4 == 0;

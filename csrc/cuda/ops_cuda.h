@@ -13,7 +13,7 @@ struct Tuning {
   int pipe = 0;      // teal weight streaming: 0 = batches of register loads, 1 = cp.async ring
   int pdl = 0;       // 1: launch with programmatic stream serialization (overlap with the previous kernel)
   int spdp_deep = 0;  // one-token spdp, deep variant (MvCfg DEEP): 0 = for 128-row tiles, 1 = always, 2 = never
-  int spdp_stage = 0;  // one-token spdp of 16-bit values, staged variant (MvCfg STG): 0/1 = where values are 16-byte aligned, 2 = never
+  int spdp_stage = 0;  // one-token spdp of 16-bit values, staged variant (MvCfg STG): 0 = 64/128-row tiles, 1 = every tile size (values 16-byte aligned), 2 = never
   int spdp_nib = 0;   // one-token spdp of 16-bit values, nibble variant (MvCfg NIB): 0/1 = where values are 4-byte aligned, 2 = never
   int spinfer_warps = 4;  // 4 or 8 warps per spinfer block (4 measured faster on the H200)
   int teal1 = 0;          // one-token teal kernel (teal1.cuh): 0 = off (matvec.cuh measured faster), 1 = on where it applies
