@@ -95,7 +95,7 @@ def test_weight_bytes_and_bytes_read():
     assert teal.bytes_read(0.5) == dense_bytes // 2
     spdp = SparseLinear.from_linear(lin, "spdp", None)
     packed = spdp.packed()
-    assert packed["shape"] == (96, 64, 128)  # the default 128-row tiles, as plain ints: no device read, traceable by torch.compile
+    assert packed["shape"] == (96, 64, 64)  # the default 64-row tiles, as plain ints: no device read, traceable by torch.compile
     stored = [getattr(spdp, k) for k in spdp.keys]
     assert spdp.weight_bytes() == sum(v.numel() * v.element_size() for v in stored)
     assert spdp.bytes_read(0.5) == spdp.weight_bytes()  # no threshold: every column is read

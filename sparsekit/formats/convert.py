@@ -176,7 +176,7 @@ def write_tensors(directory: Path, tensors: dict[str, torch.Tensor], max_shard_b
 
 def run_convert(out: Path, model: str = "demo", fmt: str = "spdp", calibration: Path | None = None,
                 activation_sparsity: float | None = None, greedy: bool = False, dtype="auto",
-                thresholds: dict[str, float] | None = None, ignore=(), tile_rows: int = 128,
+                thresholds: dict[str, float] | None = None, ignore=(), tile_rows: int = 64,
                 max_shard_bytes: int = MAX_SHARD_BYTES, on_progress: Progress | None = None) -> ConvertOutcome:
     """Validate, load, pack, write (atomically). ``thresholds`` (name -> t) may be given instead of
     a calibration dir (library use); warnings are returned in the outcome and also issued with

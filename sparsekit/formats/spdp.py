@@ -39,7 +39,7 @@ def dims(packed: dict) -> tuple[int, int, int]:
     return n, k, r
 
 
-def encode(weight: torch.Tensor, tile_rows: int = 128) -> dict[str, torch.Tensor]:
+def encode(weight: torch.Tensor, tile_rows: int = 64) -> dict[str, torch.Tensor]:
     if weight.dim() != 2:
         raise ValueError(f"spdp encodes 2-D weights, got shape {tuple(weight.shape)}")
     if tile_rows not in (32, 64, 128):
