@@ -675,8 +675,11 @@ def test_sanitizer_smoke(ops, ref, tune, tokens):
                ref.teal_matvec_sel(xs, idx, nnz, w.t().contiguous()), dtype)
     for r in (32, 64, 128):
         sp = {key: (v.cuda() if key != "shape" else v) for key, v in spdp.encode(w, r).items()}
-        _check(ops.spdp_matvec(x, sp, thr, backend="cuda"), ref.spdp_matvec(x, sp, thr), dtype)
-        _check(ops.spdp_matvec_sel(xs, idx, nnz, sp, backend="cuda"), ref.spdp_matvec_sel(xs, idx, nnz, sp), dtype)
+        for stage in (1, 2):  # one token: the staged kernel, then the nibble one
+            tune("spdp_stage", stage)
+            _check(ops.spdp_matvec(x, sp, thr, backend="cuda"), ref.spdp_matvec(x, sp, thr), dtype)
+            _check(ops.spdp_matvec_sel(xs, idx, nnz, sp, backend="cuda"), ref.spdp_matvec_sel(xs, idx, nnz, sp), dtype)
+        tune("spdp_stage", 0)
         assert torch.equal(ops.spdp_decode(sp, backend="cuda"), ref.spdp_decode(sp))
         xr = _x_relative(x.shape, dtype, 40 + tokens, 1.1)
         _check(ops.spdp_matvec_rel(xr, sp, 1.1, backend="cuda"), ref.spdp_matvec_rel(xr, sp, 1.1), dtype)
