@@ -80,7 +80,7 @@ void matvec_dispatch_tc(sk::MatvecParams& p, int tiles, int device, cudaStream_t
 
 // Variant 4: SPDP's one-token staged kernel for 16-bit values (tune("spdp_stage"): 0 = automatic, i.e.
 // for 64- and 128-row tiles whose values start 16-byte aligned, 1 = at every tile size, 2 = never); it
-// comes before the others. On the H200 it takes 4-16 % less time than the nibble kernel at 64 and 128
+// comes before the others. On the H200 it takes 4-11 % less time than the nibble kernel at 64 and 128
 // rows and up to 17 % more at 32 (benchmarks/NOTES.md, "Tenth session").
 // Variant 2: SPDP's one-token nibble kernel for 16-bit values (tune("spdp_nib"): 0 = automatic, i.e.
 // whenever the values are 4-byte aligned, 1 = the same, 2 = never).
