@@ -167,6 +167,27 @@ template <> __device__ __forceinline__ void unpack2<__nv_bfloat16>(uint32_t w, f
   b = __uint_as_float(w & 0xffff0000u);
 }
 
+// SPDP: the staged bitmap words of list entry e and the value index of each word's first bit (one
+// shared-memory vector load each).
+template <int W>
+__device__ __forceinline__ void staged_words(const uint32_t* s_bm, const int* s_off, int e, uint32_t (&m)[W],
+                                             int (&o)[W]) {
+  if constexpr (W == 4) {
+    const uint4 q = *reinterpret_cast<const uint4*>(s_bm + e * W);
+    const int4 f = *reinterpret_cast<const int4*>(s_off + e * W);
+    m[0] = q.x; m[1] = q.y; m[2] = q.z; m[3] = q.w;
+    o[0] = f.x; o[1] = f.y; o[2] = f.z; o[3] = f.w;
+  } else if constexpr (W == 2) {
+    const uint2 q = *reinterpret_cast<const uint2*>(s_bm + e * W);
+    const int2 f = *reinterpret_cast<const int2*>(s_off + e * W);
+    m[0] = q.x; m[1] = q.y;
+    o[0] = f.x; o[1] = f.y;
+  } else {
+    m[0] = s_bm[e];
+    o[0] = s_off[e];
+  }
+}
+
 template <typename T, int TC, int R, int V = 0>
 __global__ void __launch_bounds__(MvCfg<T, TC, R, V>::NTHREADS, MvCfg<T, TC, R, V>::MINB)
     matvec_kernel(const MatvecParams p) {
@@ -515,20 +536,7 @@ __global__ void __launch_bounds__(MvCfg<T, TC, R, V>::NTHREADS, MvCfg<T, TC, R, 
           const int e = warp + (b * SB + u) * NW;
           uint32_t m[W];
           int o[W];
-          if constexpr (W == 4) {
-            const uint4 q = *reinterpret_cast<const uint4*>(s_bm + e * W);
-            const int4 f = *reinterpret_cast<const int4*>(s_off + e * W);
-            m[0] = q.x; m[1] = q.y; m[2] = q.z; m[3] = q.w;
-            o[0] = f.x; o[1] = f.y; o[2] = f.z; o[3] = f.w;
-          } else if constexpr (W == 2) {
-            const uint2 q = *reinterpret_cast<const uint2*>(s_bm + e * W);
-            const int2 f = *reinterpret_cast<const int2*>(s_off + e * W);
-            m[0] = q.x; m[1] = q.y;
-            o[0] = f.x; o[1] = f.y;
-          } else {
-            m[0] = s_bm[e];
-            o[0] = s_off[e];
-          }
+          staged_words<W>(s_bm, s_off, e, m, o);
           const float xe = s_x[e];
           // value v of the record sits at byte (v - o[0]) * ES + (o[0] * ES) % 16 of its slot; unsigned
           // arithmetic wraps, so only the final address needs to be in range
@@ -619,20 +627,7 @@ __global__ void __launch_bounds__(MvCfg<T, TC, R, V>::NTHREADS, MvCfg<T, TC, R, 
       auto fetch = [&](int e, uint32_t (&v)[W]) {
         uint32_t m[W];
         int b[W];
-        if constexpr (W == 4) {
-          const uint4 q = *reinterpret_cast<const uint4*>(s_bm + e * W);
-          const int4 o = *reinterpret_cast<const int4*>(s_off + e * W);
-          m[0] = q.x; m[1] = q.y; m[2] = q.z; m[3] = q.w;
-          b[0] = o.x; b[1] = o.y; b[2] = o.z; b[3] = o.w;
-        } else if constexpr (W == 2) {
-          const uint2 q = *reinterpret_cast<const uint2*>(s_bm + e * W);
-          const int2 o = *reinterpret_cast<const int2*>(s_off + e * W);
-          m[0] = q.x; m[1] = q.y;
-          b[0] = o.x; b[1] = o.y;
-        } else {
-          m[0] = s_bm[e];
-          b[0] = s_off[e];
-        }
+        staged_words<W>(s_bm, s_off, e, m, b);
 #pragma unroll
         for (int w = 0; w < W; ++w) v[w] = (m[w] & lanebit) ? ld_val_bits<T>(vals, b[w] + __popc(m[w] & lt)) : 0u;
       };

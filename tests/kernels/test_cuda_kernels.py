@@ -347,6 +347,18 @@ def test_spdp_one_token_variants_match_reference(ops, ref, tune, dtype, tile_row
     _check(ops.spdp_matvec_sel(xs, idx, nnz, packed, backend="cuda"), ref.spdp_matvec_sel(xs, idx, nnz, packed), dtype)
 
 
+def _spdp_shifted(w, tile_rows, shift):
+    """w in the spdp format on the GPU, its values starting `shift` elements into a NaN-filled storage
+    that ends right after the last value."""
+    from sparsekit.formats import spdp
+
+    packed = {key: (v.cuda() if key != "shape" else v) for key, v in spdp.encode(w, tile_rows).items()}
+    store = torch.full((packed["values"].numel() + shift,), float("nan"), dtype=w.dtype, device="cuda")
+    store[shift:] = packed["values"]
+    packed["values"] = store[shift:]
+    return packed
+
+
 @pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
 @pytest.mark.parametrize("shift", (1, 2, 4))
 @pytest.mark.parametrize("density", (0.05, 0.5, 1.0))
@@ -354,16 +366,11 @@ def test_spdp_nib_reads_values_at_any_offset(ops, ref, tune, dtype, shift, densi
     """The nibble kernel loads 8-byte words of values: values that start `shift` elements into their
     storage (not 8-byte aligned for 1 and 2: the plain kernel runs; aligned for 4), and runs that
     end at the tensor's last element (the tail loads 16-bit values), give the reference's result."""
-    from sparsekit.formats import spdp
-
     k, n = 333, 203
     x, thr = _x((1, k), dtype, 90 + shift, 0.3)
     w = _weight(n, k, dtype, 91 + shift, 1.0 - density)
     for r in (32, 64, 128):
-        packed = {key: (v.cuda() if key != "shape" else v) for key, v in spdp.encode(w, r).items()}
-        store = torch.full((packed["values"].numel() + shift,), float("nan"), dtype=dtype, device="cuda")
-        store[shift:] = packed["values"]
-        packed["values"] = store[shift:]
+        packed = _spdp_shifted(w, r, shift)
         tune("spdp_stage", 2)
         tune("spdp_nib", 1)
         _poison((1, n), dtype=dtype)
@@ -382,17 +389,13 @@ def test_spdp_stage_copies_aligned_spans(ops, ref, tune, dtype, shift, density):
     kernel runs with spans starting at every offset; 1 and 13 fall back to the other kernels), and a
     storage that ends right after the last value (the last span is zero-filled past the end), give
     the reference's result at every tile size."""
-    from sparsekit.formats import spdp
-
     k, n = 517, 301
     x, thr = _x((1, k), dtype, 70 + shift, 0.4)
     w = _weight(n, k, dtype, 71 + shift, 1.0 - density)
     for r in (32, 64, 128):
-        packed = {key: (v.cuda() if key != "shape" else v) for key, v in spdp.encode(w, r).items()}
-        store = torch.full((packed["values"].numel() + shift,), float("nan"), dtype=dtype, device="cuda")
-        store[shift:] = packed["values"]
-        packed["values"] = store[shift:]
-        assert store.untyped_storage().nbytes() == store.numel() * store.element_size()
+        packed = _spdp_shifted(w, r, shift)
+        vals = packed["values"]
+        assert vals.untyped_storage().nbytes() == (vals.numel() + shift) * vals.element_size()
         tune("spdp_stage", 1)
         _poison((1, n), dtype=dtype)
         _check(ops.spdp_matvec(x, packed, thr, backend="cuda"), ref.spdp_matvec(x, packed, thr), dtype)
