@@ -92,16 +92,14 @@ __device__ __forceinline__ uint32_t ld_stream_u32(const void* p) {
 }
 
 // ---- cp.async (sm_80+) -----------------------------------------------------------------------
+// 16-byte global -> shared copy (shared-memory address `smem_addr`) of the first `nbytes` (0..16)
+// source bytes; the rest is zero-filled.
+__device__ __forceinline__ void cp_async16_bytes(unsigned smem_addr, const void* gsrc, int nbytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr), "l"(gsrc), "r"(nbytes) : "memory");
+}
 // 16-byte global -> shared copy, zero-filled when !valid.
 __device__ __forceinline__ void cp_async16(void* smem_dst, const void* gsrc, bool valid) {
-  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
-  const int n = valid ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(gsrc), "r"(n) : "memory");
-}
-// 16-byte global -> shared copy of the first `nbytes` (0..16) source bytes; the rest is zero-filled.
-__device__ __forceinline__ void cp_async16_n(void* smem_dst, const void* gsrc, int nbytes) {
-  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(gsrc), "r"(nbytes) : "memory");
+  cp_async16_bytes(static_cast<unsigned>(__cvta_generic_to_shared(smem_dst)), gsrc, valid ? 16 : 0);
 }
 // Streaming variant for weights read once: L2 fetches the whole 256-byte block.
 __device__ __forceinline__ void cp_async16_stream(void* smem_dst, const void* gsrc) {

@@ -514,11 +514,7 @@ __global__ void __launch_bounds__(MvCfg<T, TC, R, V>::NTHREADS, MvCfg<T, TC, R, 
 #pragma unroll
           for (int k = 0; k < CPR; ++k) {
             const int c = (cq + k * LPRC) * 16;
-            if (c < len) {
-              const int nbytes = max(0, min(16, rem - c));
-              asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst + c), "l"(src + c), "r"(nbytes)
-                           : "memory");
-            }
+            if (c < len) cp_async16_bytes(dst + c, src + c, max(0, min(16, rem - c)));
           }
         }
         cp_async_commit();
