@@ -6,6 +6,8 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <type_traits>
+
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
 #define SK_HAS_CLUSTER 1
 #include <cooperative_groups.h>
@@ -111,6 +113,51 @@ template <int N> __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
+// 16-bit shared-memory load at shared-window address `addr` where `pred` != 0, else 0 (predicated:
+// no branch, so a warp keeps every load in flight).
+__device__ __forceinline__ uint32_t lds_u16_if(uint32_t addr, uint32_t pred) {
+  uint32_t v = 0u;
+  asm volatile("{\n .reg .pred q;\n setp.ne.b32 q, %2, 0;\n @q ld.shared.u16 %0, [%1];\n}" : "+r"(v) : "r"(addr), "r"(pred));
+  return v;
+}
+
+// ---- tensor cores (sm_80+): mma.sync m16n8k16 with fp32 accumulation, ldmatrix ----------------
+// c += a (16x16, row-major fragment) * b (16x8, column-major fragment); T = __half or __nv_bfloat16.
+template <typename T>
+__device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  if constexpr (sizeof(T) == 2 && std::is_same<T, __half>::value) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* smem_row) {
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(smem_row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+__device__ __forceinline__ void ldmatrix_x2(uint32_t (&r)[2], const void* smem_row) {
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(smem_row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(a));
+}
+
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* smem_row) {
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(smem_row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+
 // ---- L2 prefetch -------------------------------------------------------------------------------
 // Hint: bring the 128-byte line holding `ptr` into L2 (no register, no wait, no fault semantics).
 __device__ __forceinline__ void prefetch_l2(const void* ptr) {
@@ -167,6 +214,32 @@ inline unsigned launch_attrs(cudaLaunchAttribute (&attr)[2], int S, bool pdl) {
     ++n;
   }
   return n;
+}
+
+// ---- per-device launch facts, cached (host) ----------------------------------------------------
+// Resident blocks per SM of `Kernel` at `threads` threads and `smem` dynamic bytes (>= 1).
+template <auto Kernel>
+inline int blocks_per_sm_cached(int device, int threads, size_t smem) {
+  static int cache[64] = {0};
+  if (device < 0 || device >= 64) return 1;
+  if (cache[device] == 0) {
+    int n = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, Kernel, threads, smem) != cudaSuccess || n < 1) n = 1;
+    cache[device] = n;
+  }
+  return cache[device];
+}
+// Lets `Kernel` use `smem` bytes of dynamic shared memory (beyond 48 KB needs this opt-in), once per device.
+template <auto Kernel>
+inline cudaError_t allow_smem_cached(int device, size_t smem) {
+  static bool done[64] = {false};
+  if (device < 0 || device >= 64) return cudaErrorInvalidDevice;
+  if (!done[device]) {
+    const cudaError_t e = cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    if (e != cudaSuccess) return e;
+    done[device] = true;
+  }
+  return cudaSuccess;
 }
 
 // ---- block-wide exclusive scan (NW warps), returns exclusive prefix, sets total --------------

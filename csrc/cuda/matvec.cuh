@@ -540,10 +540,7 @@ __global__ void __launch_bounds__(MvCfg<T, TC, R, V>::NTHREADS, MvCfg<T, TC, R, 
 #pragma unroll
           for (int w = 0; w < W; ++w) {
             const uint32_t addr = base + static_cast<uint32_t>(o[w] + __popc(m[w] & lt)) * ES;
-            uint32_t bits = 0u;
-            asm volatile("{\n .reg .pred q;\n setp.ne.b32 q, %2, 0;\n @q ld.shared.u16 %0, [%1];\n}"
-                         : "+r"(bits)
-                         : "r"(addr), "r"(m[w] & lanebit));
+            const uint32_t bits = lds_u16_if(addr, m[w] & lanebit);
             acc[0][w] = fmaf(xe, bits16_to_f<T>(bits), acc[0][w]);
           }
         };

@@ -140,6 +140,7 @@ static int64_t tune(const std::string& key, int64_t value) {
   else if (key == "spdp_deep") slot = &tuning().spdp_deep;
   else if (key == "spdp_nib") slot = &tuning().spdp_nib;
   else if (key == "spdp_stage") slot = &tuning().spdp_stage;
+  else if (key == "spdp_mm") slot = &tuning().spdp_mm;
   else if (key == "teal1") slot = &tuning().teal1;
   else if (key == "teal1_threads") slot = &tuning().teal1_threads;
   else if (key == "teal1_lpr") slot = &tuning().teal1_lpr;
@@ -147,7 +148,7 @@ static int64_t tune(const std::string& key, int64_t value) {
   else if (key == "last_split") slot = &tuning().last_split;
   else if (key == "last_teal1") slot = &tuning().last_teal1;
   TORCH_CHECK(slot != nullptr, "sparsekit_cuda.tune: unknown key '", key,
-              "' (split, teal_lpr, pipe, pdl, spdp_deep, spdp_nib, spdp_stage, spinfer_warps, teal1, teal1_threads, teal1_lpr, l2pf, last_split, last_teal1)");
+              "' (split, teal_lpr, pipe, pdl, spdp_deep, spdp_nib, spdp_stage, spdp_mm, spinfer_warps, teal1, teal1_threads, teal1_lpr, l2pf, last_split, last_teal1)");
   const int old = *slot;
   if (value >= 0) {
     TORCH_CHECK(key != "last_split" && key != "last_teal1", "sparsekit_cuda.tune: ", key, " is read-only");
@@ -161,6 +162,7 @@ static int64_t tune(const std::string& key, int64_t value) {
     TORCH_CHECK(key != "split" || value <= 8, "sparsekit_cuda.tune: split must be 0..8");
     TORCH_CHECK(key != "l2pf" || value <= 2048, "sparsekit_cuda.tune: l2pf must be 0..2048");
     TORCH_CHECK(key != "spinfer_warps" || value == 4 || value == 8, "sparsekit_cuda.tune: spinfer_warps must be 4 or 8");
+    TORCH_CHECK(key != "spdp_mm" || value <= 2, "sparsekit_cuda.tune: spdp_mm must be 0, 1 or 2");
     TORCH_CHECK(key != "spdp_deep" || value <= 2, "sparsekit_cuda.tune: spdp_deep must be 0, 1 or 2");
     TORCH_CHECK(key != "spdp_nib" || value <= 2, "sparsekit_cuda.tune: spdp_nib must be 0, 1 or 2");
     TORCH_CHECK(key != "spdp_stage" || value <= 2, "sparsekit_cuda.tune: spdp_stage must be 0, 1 or 2");

@@ -15,6 +15,7 @@ struct Tuning {
   int spdp_deep = 0;  // one-token spdp, deep variant (MvCfg DEEP): 0 = for 128-row tiles, 1 = always, 2 = never
   int spdp_stage = 0;  // one-token spdp of 16-bit values, staged variant (MvCfg STG): 0 = 64/128-row tiles, 1 = every tile size (values 16-byte aligned), 2 = never
   int spdp_nib = 0;   // one-token spdp of 16-bit values, nibble variant (MvCfg NIB): 0/1 = where values are 4-byte aligned, 2 = never
+  int spdp_mm = 0;    // several-token spdp on tensor cores (spdp_mm.cuh): 0 = from kSpdpMmMinTokens tokens, 1 = from 2, 2 = never
   int spinfer_warps = 4;  // 4 or 8 warps per spinfer block (4 measured faster on the H200)
   int teal1 = 0;          // one-token teal kernel (teal1.cuh): 0 = off (matvec.cuh measured faster), 1 = on where it applies
   int teal1_threads = 0;  // its block size: 0 = automatic, 256, 512 or 1024
@@ -24,6 +25,8 @@ struct Tuning {
   int last_teal1 = 0;  // read-only: 1 when the last teal launch used the one-token kernel
 };
 Tuning& tuning();
+// spdp_matvec runs the tensor-core kernel from this many tokens (fp16/bf16, K % 8 == 0).
+constexpr int64_t kSpdpMmMinTokens = 4;
 // Diagnostics (op sparsekit_cuda::trace): while a buffer is set, teal matvec launches run the PROBE
 // instantiation, which writes each block's timeline into it (sk::TR_N int64 slots per block);
 // nullptr otherwise. Checks that the buffer is on `device` and holds `blocks` records.

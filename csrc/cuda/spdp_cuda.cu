@@ -1,7 +1,8 @@
-// spdp_matvec / spdp_matvec_sel on CUDA (kernel: matvec.cuh with R = tile_rows), and spdp_decode
-// (kernel: spdp_decode.cuh), the prefill path.
+// spdp_matvec / spdp_matvec_sel on CUDA (kernels: matvec.cuh with R = tile_rows; spdp_mm.cuh, the
+// tensor-core kernel, for several tokens), and spdp_decode (kernel: spdp_decode.cuh).
 #include "matvec_run.h"
 #include "spdp_decode.cuh"
+#include "spdp_mm.cuh"
 
 namespace sparsekit::cuda {
 
@@ -15,6 +16,46 @@ void spdp_dispatch_r(sk::MatvecParams& p, int tiles, int R, int device, cudaStre
     case 64: matvec_dispatch<T, 64>(p, tiles, device, stream, kMinColsPerSlice); break;
     default: matvec_dispatch<T, 128>(p, tiles, device, stream, kMinColsPerSlice); break;
   }
+}
+
+// ---- the tensor-core kernel (spdp_mm.cuh) ----------------------------------------------------
+constexpr int kMmRows = 8;  // G: rows per expansion unit
+
+template <typename T, int R, int TN>
+void mm_go(sk::SpdpMmParams& p, int device, cudaStream_t stream) {
+  using C = sk::MmCfg<R, TN, kMmRows>;
+  int bps = 1;
+  C10_CUDA_CHECK((sk::spdp_mm_prepare<T, R, TN, kMmRows>(device, &bps)));
+  const int tiles = (p.N + R - 1) / R, tchunks = (p.T + TN - 1) / TN;
+  p.S = choose_split(device, tiles * tchunks, bps, (p.K + C::KC - 1) / C::KC);
+  const bool pdl = tuning().pdl != 0 && cc_major(device) >= 9;
+  C10_CUDA_CHECK((sk::spdp_mm_launch<T, R, TN, kMmRows>(p, stream, pdl)));
+}
+
+template <typename T, int R>
+void mm_tok(sk::SpdpMmParams& p, int device, cudaStream_t stream) {
+  if (p.T <= 8) mm_go<T, R, 8>(p, device, stream);
+  else if (p.T <= 16) mm_go<T, R, 16>(p, device, stream);
+  else if (p.T <= 32) mm_go<T, R, 32>(p, device, stream);
+  else mm_go<T, R, 64>(p, device, stream);
+}
+
+template <typename T>
+void mm_rows(sk::SpdpMmParams& p, int R, int device, cudaStream_t stream) {
+  switch (R) {
+    case 32: mm_tok<T, 32>(p, device, stream); break;
+    case 64: mm_tok<T, 64>(p, device, stream); break;
+    default: mm_tok<T, 128>(p, device, stream); break;
+  }
+}
+
+// Whether spdp_matvec of T tokens runs the tensor-core kernel: fp16/bf16, K % 8 == 0, values
+// 16-byte aligned, and T >= kSpdpMmMinTokens (knob spdp_mm: 1 = from 2 tokens, 2 = never).
+bool use_mm(at::ScalarType dt, int64_t T, int64_t K, const at::Tensor& vc) {
+  const int knob = tuning().spdp_mm;
+  if (knob == 2 || (dt != at::kHalf && dt != at::kBFloat16) || K % 8 != 0) return false;
+  if (reinterpret_cast<uintptr_t>(vc.data_ptr()) % 16 != 0) return false;
+  return T >= (knob == 1 ? 2 : kSpdpMmMinTokens);
 }
 
 // A tensor whose data starts `align`-byte aligned (a copy only when the input is not).
@@ -62,6 +103,29 @@ at::Tensor spdp_run(const at::Tensor& x, const at::Tensor* idx, const at::Tensor
   const at::Tensor bc = aligned(bitmap, static_cast<int>(R / 8));
   const at::Tensor oc = offsets.contiguous();
   const int device = x.get_device();
+  auto stream = at::cuda::getCurrentCUDAStream();
+  // values readable from the values pointer: the storage may hold more than the view (the NIB kernel
+  // reads whole 4-byte pairs, so a run ending at the view's last value can read one value past it)
+  const int64_t avail = static_cast<int64_t>(vc.storage().nbytes() / vc.element_size()) - vc.storage_offset();
+  const int64_t nvals = std::min<int64_t>(std::max<int64_t>(avail, vc.numel()), INT32_MAX);
+
+  if (idx == nullptr && !relative && !glu && use_mm(x.scalar_type(), T, K, vc)) {
+    const at::Tensor xa = aligned(xc, 16), ba = aligned(bitmap, 16), oa = aligned(offsets, 16);
+    sk::SpdpMmParams q{};
+    q.x = xa.data_ptr();
+    q.vals = vc.data_ptr();
+    q.bitmap = reinterpret_cast<const uint32_t*>(ba.data_ptr<int>());
+    q.offsets = oa.data_ptr<int>();
+    q.y = y.data_ptr();
+    q.nvals = nvals;
+    q.T = static_cast<int>(T);
+    q.N = static_cast<int>(N);
+    q.K = static_cast<int>(K);
+    q.thr = mask_threshold(threshold, x.scalar_type(), false);
+    if (x.scalar_type() == at::kHalf) mm_rows<__half>(q, static_cast<int>(R), device, stream);
+    else mm_rows<__nv_bfloat16>(q, static_cast<int>(R), device, stream);
+    return y;
+  }
 
   sk::MatvecParams p{};
   p.x = xc.data_ptr();
@@ -82,12 +146,8 @@ at::Tensor spdp_run(const at::Tensor& x, const at::Tensor* idx, const at::Tensor
   p.w = vc.data_ptr();
   p.bitmap = bc.data_ptr<int>();
   p.offsets = oc.data_ptr<int>();
-  // values readable from p.w: the storage may hold more than the view (the NIB kernel reads whole
-  // 4-byte pairs, so a run ending at the view's last value can read one value past it)
-  const int64_t avail = static_cast<int64_t>(vc.storage().nbytes() / vc.element_size()) - vc.storage_offset();
-  p.nvals = static_cast<int>(std::min<int64_t>(std::max<int64_t>(avail, vc.numel()), INT32_MAX));
+  p.nvals = static_cast<int>(nvals);
   const int tiles = static_cast<int>(NT);
-  auto stream = at::cuda::getCurrentCUDAStream();
   switch (x.scalar_type()) {
     case at::kHalf: spdp_dispatch_r<__half>(p, tiles, static_cast<int>(R), device, stream); break;
     case at::kBFloat16: spdp_dispatch_r<__nv_bfloat16>(p, tiles, static_cast<int>(R), device, stream); break;

@@ -10,8 +10,6 @@
 // below. B fragments come from the x tile by ldmatrix. The S blocks of a stripe reduce their
 // partial sums through distributed shared memory (thread-block cluster), in a fixed order.
 #pragma once
-#include <type_traits>
-
 #include "common.cuh"
 
 namespace sk {
@@ -41,34 +39,6 @@ struct SpiCfg {
   static constexpr size_t PART = size_t(NTOK) * 64 * 4;
   static constexpr size_t SMEM = (SPI_NSTAGE * STAGE > PART) ? SPI_NSTAGE * STAGE : PART;
 };
-
-template <typename T>
-__device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  if constexpr (sizeof(T) == 2 && std::is_same<T, __half>::value) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  } else {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-}
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* smem_row) {
-  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(smem_row));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(a));
-}
-__device__ __forceinline__ void ldmatrix_x2(uint32_t (&r)[2], const void* smem_row) {
-  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(smem_row));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(a));
-}
 
 // NWARP = 4: warp w decodes all 16 bitmaps of tensor-core tile w. NWARP = 8: warps w and w + 4
 // split tile w's four k-steps (8 bitmaps each), halving the serial decode per warp; their partial
@@ -235,30 +205,12 @@ __global__ void __launch_bounds__(64) spinfer_decode_kernel(const V* __restrict_
 
 template <typename T, int NTOK, int NWARP>
 inline int spinfer_blocks_per_sm(int device) {
-  static int cache[64] = {0};
-  if (device < 0 || device >= 64) return 1;
-  if (cache[device] == 0) {
-    int n = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, spinfer_kernel<T, NTOK, NWARP>, NWARP * 32, SpiCfg<NTOK>::SMEM) !=
-            cudaSuccess ||
-        n < 1)
-      n = 1;
-    cache[device] = n;
-  }
-  return cache[device];
+  return blocks_per_sm_cached<spinfer_kernel<T, NTOK, NWARP>>(device, NWARP * 32, SpiCfg<NTOK>::SMEM);
 }
 
 template <typename T, int NTOK, int NWARP>
 inline cudaError_t spinfer_prepare(int device) {
-  static bool done[64] = {false};
-  if (device < 0 || device >= 64) return cudaErrorInvalidDevice;
-  if (!done[device]) {
-    const cudaError_t e = cudaFuncSetAttribute(spinfer_kernel<T, NTOK, NWARP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                               static_cast<int>(SpiCfg<NTOK>::SMEM));
-    if (e != cudaSuccess) return e;
-    done[device] = true;
-  }
-  return cudaSuccess;
+  return allow_smem_cached<spinfer_kernel<T, NTOK, NWARP>>(device, SpiCfg<NTOK>::SMEM);
 }
 
 template <typename T, int NTOK, int NWARP>

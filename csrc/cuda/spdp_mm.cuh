@@ -1,0 +1,297 @@
+// spdp_mm: y[T, N] = mask(x)[T, K] @ W.T with W in the spdp format, on tensor cores. It is how
+// spdp_matvec runs on CUDA for several tokens (a prefill, a decode batch): fp16/bf16, K % 8 == 0,
+// values 16-byte aligned. Bytes read from DRAM: the packed weight once per TN tokens.
+//
+// A block (8 warps) owns one R-row tile, up to TN tokens (blockIdx.z picks the token chunk) and one
+// of S slices of the tile's column chunks. A chunk is KC = 4096 / R input columns, so its dense
+// tile holds 4096 values. cp.async copies each chunk into an NST-deep shared-memory ring: the
+// chunk's packed values (one contiguous run in the format, copied from the 16-byte boundary below
+// its first value), its bitmap words, its column offsets and the x tile [TN][KC]. Then, per chunk:
+//  1. every thread masks 16-byte pieces of the x tile in place (|x| > t, compared in x's dtype);
+//  2. the threads expand the packed values into a dense shared tile A^T [KC][R] (column-major):
+//     a unit is G consecutive rows of one column: its bitmap bits, the popcount below them, G
+//     predicated 2-byte shared loads and one 2G-byte store;
+//  3. the warps multiply: A fragments by ldmatrix.trans from A^T, B fragments from the x tile by
+//     ldmatrix, mma.m16n8k16 with fp32 accumulation.
+// The S slices of a tile add their partial sums through distributed shared memory (a (1, S, 1)
+// cluster, cluster_reduce_store), in a fixed order: results are bitwise deterministic.
+// No torch headers: compile with `nvcc -arch=sm_90 -Xptxas -v -c` to read the resource report.
+#pragma once
+#include "common.cuh"
+
+namespace sk {
+
+struct SpdpMmParams {
+  const void* x;           // [T, K] contiguous, K % 8 == 0, 16-byte aligned
+  const void* vals;        // 16-bit values, 16-byte aligned
+  const uint32_t* bitmap;  // [NT, K, R / 32], 16-byte aligned
+  const int* offsets;      // [NT * K + 1], 16-byte aligned
+  void* y;                 // [T, N]
+  long long nvals;         // values readable from vals (copies past it are zero-filled)
+  int T, N, K, S;
+  float thr;               // keep |x| > thr (already rounded to x's dtype)
+};
+
+constexpr int kMmThreads = 256;
+
+template <int R, int TN, int G>
+struct MmCfg {
+  static constexpr int NW = kMmThreads / 32, NST = 3;
+  static constexpr int KC = 4096 / R;  // columns per chunk
+  static constexpr int W = R / 32;     // bitmap words per column
+  static constexpr int KS = KC / 16;   // mma k-steps per chunk
+  static constexpr int V_BYTES = R * KC * 2 + 16;  // a fully dense run plus its misalignment
+  static constexpr int B_BYTES = KC * W * 4;
+  static constexpr int O_BYTES = KC * 4;
+  static constexpr int XLD = KC + 8;  // halves per x-tile row (16 bytes of padding: conflict-free ldmatrix)
+  static constexpr int X_BYTES = TN * XLD * 2;
+  static constexpr int STAGE = V_BYTES + B_BYTES + O_BYTES + X_BYTES;
+  static constexpr int ALD = R + 8;  // halves per A^T row (one column of the tile)
+  static constexpr int A_BYTES = KC * ALD * 2;
+  static constexpr int PART = TN * R * 4;
+  static constexpr size_t SMEM = (NST * STAGE + A_BYTES > PART) ? NST * STAGE + A_BYTES : PART;
+  // the output tile is MT x NT8 mma tiles: warp w owns m16 strip w % MT and every n8 tile (B
+  // fragments are shared by no other warp's A); WK = NW / MT warps split a strip's k-steps
+  static constexpr int MT = R / 16, NT8 = TN / 8, WK = NW / MT;
+  static constexpr int UC = R / G;                     // expansion units per column
+  static constexpr int UNITS = KC * UC / kMmThreads;  // per thread per chunk
+  static_assert(STAGE % 16 == 0 && A_BYTES % 16 == 0, "16-byte aligned stages");
+  static_assert(MT <= NW && KS % WK == 0, "warp tiling");
+  static_assert(G == 2 || G == 4 || G == 8, "G rows per unit");
+  static_assert(kMmThreads % UC == 0 && UNITS >= 1, "units");
+  static constexpr int NXP = TN * KC / 8;  // 16-byte pieces of the x tile
+};
+
+// 2 x 16 bits of `w` where |value| > thr, else 0 (NaN fails the comparison, as in torch).
+template <typename T>
+__device__ __forceinline__ uint32_t mask_pair(uint32_t w, uint32_t thr2);
+template <>
+__device__ __forceinline__ uint32_t mask_pair<__half>(uint32_t w, uint32_t thr2) {
+  const __half2 a = __habs2(*reinterpret_cast<const __half2*>(&w));
+  return w & __hgt2_mask(a, *reinterpret_cast<const __half2*>(&thr2));
+}
+template <>
+__device__ __forceinline__ uint32_t mask_pair<__nv_bfloat16>(uint32_t w, uint32_t thr2) {
+  const __nv_bfloat162 a = __habs2(*reinterpret_cast<const __nv_bfloat162*>(&w));
+  return w & __hgt2_mask(a, *reinterpret_cast<const __nv_bfloat162*>(&thr2));
+}
+template <typename T>
+__device__ __forceinline__ uint32_t splat_threshold(float t) {
+  const T h = from_f<T>(t);
+  const uint32_t b = *reinterpret_cast<const unsigned short*>(&h);
+  return b | (b << 16);
+}
+
+template <typename T, int R, int TN, int G>
+__global__ void __launch_bounds__(kMmThreads) spdp_mm_kernel(const SpdpMmParams p) {
+  using C = MmCfg<R, TN, G>;
+  constexpr int KC = C::KC, W = C::W, NST = C::NST, UC = C::UC;
+  extern __shared__ __align__(16) unsigned char smem[];
+  grid_dependency_wait();
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int tile = blockIdx.x, split = blockIdx.y, t0 = blockIdx.z * TN;
+  const int nck = (p.K + KC - 1) / KC;
+  const int per = (nck + p.S - 1) / p.S;
+  const int ca = min(nck, split * per), nc = min(nck, ca + per) - ca;
+  const long long tbase = static_cast<long long>(tile) * p.K;  // (tile, column 0) index
+  const unsigned short* xg = static_cast<const unsigned short*>(p.x);
+  const unsigned short* vg = static_cast<const unsigned short*>(p.vals);
+  unsigned short* const at = reinterpret_cast<unsigned short*>(smem + NST * C::STAGE);
+
+  auto bounds = [&](int q, int& o0, int& o1) {  // chunk q's packed values: [o0, o1)
+    o0 = __ldg(p.offsets + tbase + q * KC);
+    o1 = __ldg(p.offsets + tbase + min(p.K, (q + 1) * KC));
+  };
+  auto issue = [&](int slot, int q, int o0, int o1) {
+    const unsigned st = static_cast<unsigned>(__cvta_generic_to_shared(smem + slot * C::STAGE));
+    const int j0 = q * KC;
+    const long long a = o0 & ~7;                        // copied from here: 16-byte aligned
+    const int nv = static_cast<int>((o1 - a + 7) >> 3);  // 16-byte pieces of values
+    constexpr int NBP = C::B_BYTES / 16, NOP = C::O_BYTES / 16, NXP = TN * KC / 8;
+    const int total = nv + NBP + NOP + NXP;
+    for (int i = tid; i < total; i += kMmThreads) {
+      if (i < nv) {
+        const long long e = a + 8LL * i, left = p.nvals - e;
+        const int nb = left >= 8 ? 16 : (left > 0 ? static_cast<int>(left) * 2 : 0);
+        cp_async16_bytes(st + i * 16, nb > 0 ? vg + e : vg, nb);
+      } else if (i < nv + NBP) {
+        const int b = i - nv;
+        const bool ok = j0 + b * 4 / W < p.K;  // piece b holds columns j0 + 4b/W ...
+        cp_async16_bytes(st + C::V_BYTES + b * 16, ok ? p.bitmap + (tbase + j0) * W + b * 4 : p.bitmap, ok ? 16 : 0);
+      } else if (i < nv + NBP + NOP) {
+        const int b = i - nv - NBP;
+        const bool ok = j0 + 4 * b < p.K;
+        cp_async16_bytes(st + C::V_BYTES + C::B_BYTES + b * 16, ok ? p.offsets + tbase + j0 + 4 * b : p.offsets,
+                         ok ? 16 : 0);
+      } else {
+        const int c = i - nv - NBP - NOP, t = c / (KC / 8), kp = c % (KC / 8);
+        const int col = j0 + kp * 8;
+        const bool ok = t0 + t < p.T && col < p.K;
+        cp_async16_bytes(st + C::V_BYTES + C::B_BYTES + C::O_BYTES + (t * C::XLD + kp * 8) * 2,
+                         ok ? xg + static_cast<long long>(t0 + t) * p.K + col : xg, ok ? 16 : 0);
+      }
+    }
+  };
+
+  float acc[C::NT8][4];
+#pragma unroll
+  for (int o = 0; o < C::NT8; ++o)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) acc[o][i] = 0.f;
+
+  // this thread's expansion unit: rows r0 .. r0 + G - 1 of its columns
+  const int r0 = (tid % UC) * G, wsel = r0 >> 5, sh = r0 & 31;
+  const uint32_t below = (1u << sh) - 1u;
+  // this warp's mma tiles
+  const int mt = warp % C::MT, kq = warp / C::MT;
+  const uint32_t thr2 = splat_threshold<T>(p.thr);
+
+#pragma unroll
+  for (int s = 0; s < NST - 1; ++s) {
+    if (s < nc) {
+      int o0, o1;
+      bounds(ca + s, o0, o1);
+      issue(s, ca + s, o0, o1);
+    }
+    cp_async_commit();
+  }
+  int n0v = 0, n1v = 0;  // bounds of the next chunk to issue, loaded one iteration ahead
+  if (NST - 1 < nc) bounds(ca + NST - 1, n0v, n1v);
+
+  for (int i = 0; i < nc; ++i) {
+    cp_async_wait<NST - 2>();
+    __syncthreads();  // chunk i has landed; every warp is done with chunk i - 1
+    const int qn = i + NST - 1;
+    if (qn < nc) issue(qn % NST, ca + qn, n0v, n1v);
+    cp_async_commit();
+    if (qn + 1 < nc) bounds(ca + qn + 1, n0v, n1v);
+
+    unsigned char* st = smem + (i % NST) * C::STAGE;
+    const uint32_t sva = static_cast<uint32_t>(__cvta_generic_to_shared(st));
+    const uint32_t* bm = reinterpret_cast<const uint32_t*>(st + C::V_BYTES);
+    const int* offs = reinterpret_cast<const int*>(st + C::V_BYTES + C::B_BYTES);
+    unsigned short* xt = reinterpret_cast<unsigned short*>(st + C::V_BYTES + C::B_BYTES + C::O_BYTES);
+
+    // 1. mask the x tile
+#pragma unroll
+    for (int k = 0; k < (C::NXP + kMmThreads - 1) / kMmThreads; ++k) {
+      const int v = k * kMmThreads + tid;
+      if (C::NXP % kMmThreads != 0 && v >= C::NXP) break;
+      uint4* q = reinterpret_cast<uint4*>(xt + (v / (KC / 8)) * C::XLD + (v % (KC / 8)) * 8);
+      uint4 u = *q;
+      u.x = mask_pair<T>(u.x, thr2);
+      u.y = mask_pair<T>(u.y, thr2);
+      u.z = mask_pair<T>(u.z, thr2);
+      u.w = mask_pair<T>(u.w, thr2);
+      *q = u;
+    }
+    // 2. expand the packed values into A^T
+    const int abase = offs[0] & ~7;  // the value index the run was copied from
+#pragma unroll
+    for (int u = 0; u < C::UNITS; ++u) {
+      const int c = u * (kMmThreads / UC) + tid / UC;
+      uint32_t m;
+      int idx = offs[c] - abase;
+      if constexpr (W == 1) {
+        m = bm[c];
+      } else if constexpr (W == 2) {
+        const uint2 b2 = reinterpret_cast<const uint2*>(bm)[c];
+        m = wsel ? b2.y : b2.x;
+        idx += wsel ? __popc(b2.x) : 0;
+      } else {
+        const uint4 b4 = reinterpret_cast<const uint4*>(bm)[c];
+        m = wsel == 0 ? b4.x : (wsel == 1 ? b4.y : (wsel == 2 ? b4.z : b4.w));
+        idx += (wsel > 0 ? __popc(b4.x) : 0) + (wsel > 1 ? __popc(b4.y) : 0) + (wsel > 2 ? __popc(b4.z) : 0);
+      }
+      idx += __popc(m & below);
+      const uint32_t bits = m >> sh;
+      uint32_t a = sva + 2u * static_cast<uint32_t>(idx), v[G], out[G / 2];
+#pragma unroll
+      for (int k = 0; k < G; ++k) {
+        v[k] = lds_u16_if(a, bits & (1u << k));
+        if (bits & (1u << k)) a += 2u;
+      }
+#pragma unroll
+      for (int k = 0; k < G / 2; ++k) out[k] = __byte_perm(v[2 * k], v[2 * k + 1], 0x5410);
+      unsigned short* dst = at + c * C::ALD + r0;
+      if constexpr (G == 2) *reinterpret_cast<uint32_t*>(dst) = out[0];
+      else if constexpr (G == 4) *reinterpret_cast<uint2*>(dst) = make_uint2(out[0], out[1]);
+      else *reinterpret_cast<uint4*>(dst) = make_uint4(out[0], out[1], out[2], out[3]);
+    }
+    __syncthreads();
+    // 3. multiply
+#pragma unroll
+    for (int s = 0; s < C::KS / C::WK; ++s) {
+      const int ks = kq + s * C::WK;
+      uint32_t af[4];
+      const int qm = lane >> 3, r8 = lane & 7;
+      ldmatrix_x4_trans(af, at + (ks * 16 + (qm >> 1) * 8 + r8) * C::ALD + mt * 16 + (qm & 1) * 8);
+      if constexpr (C::NT8 == 1) {
+        uint32_t r[2];
+        const int rr = lane & 15;
+        ldmatrix_x2(r, xt + (rr & 7) * C::XLD + ks * 16 + (rr >> 3) * 8);
+        mma16816<T>(acc[0], af, r[0], r[1]);
+      } else {
+#pragma unroll
+        for (int o = 0; o < C::NT8; o += 2) {
+          uint32_t r[4];
+          const int tok = (o + (lane >> 4)) * 8 + (lane & 7);
+          ldmatrix_x4(r, xt + tok * C::XLD + ks * 16 + ((lane >> 3) & 1) * 8);
+          mma16816<T>(acc[o], af, r[0], r[1]);
+          mma16816<T>(acc[o + 1], af, r[2], r[3]);
+        }
+      }
+    }
+  }
+  cp_async_wait<0>();
+  __syncthreads();  // the ring is free: reuse it for the partial sums
+
+  float* part = reinterpret_cast<float*>(smem);  // [TN][R]
+  const int gq = lane >> 2, tq = lane & 3;
+  for (int h = 0; h < C::WK; ++h) {  // the k-split warps of a group add in a fixed order
+    if (kq == h) {
+#pragma unroll
+      for (int o = 0; o < C::NT8; ++o)
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh)
+#pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            float* dst = part + (o * 8 + 2 * tq + j) * R + mt * 16 + gq + 8 * hh;
+            *dst = h == 0 ? acc[o][2 * hh + j] : *dst + acc[o][2 * hh + j];
+          }
+    }
+    __syncthreads();
+  }
+  T* y = static_cast<T*>(p.y);
+  const int nrow0 = tile * R;
+  cluster_reduce_store<TN, kMmThreads>(part, R, p.S, [&](int t, int o, float s) {
+    const int n = nrow0 + o;
+    if (t0 + t < p.T && n < p.N) y[static_cast<size_t>(t0 + t) * p.N + n] = from_f<T>(s);
+  });
+}
+
+// Opts in to the kernel's shared memory (once per device), then returns its resident blocks per SM.
+template <typename T, int R, int TN, int G>
+inline cudaError_t spdp_mm_prepare(int device, int* blocks_per_sm) {
+  const cudaError_t e = allow_smem_cached<spdp_mm_kernel<T, R, TN, G>>(device, MmCfg<R, TN, G>::SMEM);
+  if (e != cudaSuccess) return e;
+  *blocks_per_sm = blocks_per_sm_cached<spdp_mm_kernel<T, R, TN, G>>(device, kMmThreads, MmCfg<R, TN, G>::SMEM);
+  return cudaSuccess;
+}
+
+// Launches with grid (tiles, S, token chunks); p.S must be set and spdp_mm_prepare called.
+template <typename T, int R, int TN, int G>
+inline cudaError_t spdp_mm_launch(const SpdpMmParams& p, cudaStream_t stream, bool pdl) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(static_cast<unsigned>((p.N + R - 1) / R), static_cast<unsigned>(p.S),
+                     static_cast<unsigned>((p.T + TN - 1) / TN));
+  cfg.blockDim = dim3(kMmThreads, 1, 1);
+  cfg.dynamicSmemBytes = MmCfg<R, TN, G>::SMEM;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[2];
+  cfg.numAttrs = launch_attrs(attr, p.S, pdl);
+  cfg.attrs = attr;
+  return cudaLaunchKernelEx(&cfg, spdp_mm_kernel<T, R, TN, G>, p);
+}
+
+}  // namespace sk
