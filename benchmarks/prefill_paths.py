@@ -1,11 +1,17 @@
 """Prefill-sized calls (T = 8 ... 128 tokens) of a packed weight: which path is fastest (GPU).
 
     python benchmarks/prefill_paths.py [--json OUT.json]
+    python benchmarks/prefill_paths.py --mm [--tokens 1,2,4,8,16,32,64,128,256,512] [--json OUT.json]
 
 For Llama-2-7B shapes at 50 % (spdp) / 60 % (spinfer) weight sparsity, fp16, dense activations, times
 in the harness of ``cuda_kernels.py`` (CUDA-graph replays over 8 rotated weight copies):
 cuBLAS on the dense weight; spdp decode + cuBLAS (the runtime's prefill path from 8 tokens);
 ``spdp_decode`` alone; the spdp matvec kernels on T tokens (CUDA, Triton); spinfer (CUDA, Triton).
+
+``--mm``: the tensor-core spdp kernel (``spdp_matvec`` from 4 tokens, csrc/cuda/spdp_mm.cuh) against
+cuBLAS, decode + cuBLAS and the matvec kernels (``tune("spdp_mm", 2)``), fp16 at 64-row tiles over
+the token counts of a prefill and a decode batch, on the shapes of a fused Llama-2-7B layer; then
+tile rows 32/128 and bf16 at 32 tokens. Each configuration is checked against ``F.linear`` first.
 """
 from __future__ import annotations
 
@@ -30,9 +36,12 @@ def main() -> None:
     ap.add_argument("--tokens", default="8,32,128")
     ap.add_argument("--json", default=None)
     ap.add_argument("--decode-sweep", action="store_true", help="only time spdp_decode, CUDA against Triton")
+    ap.add_argument("--mm", action="store_true", help="the tensor-core spdp kernel against cuBLAS and the other paths")
     a = ap.parse_args()
     if a.decode_sweep:
         return decode_sweep(a)
+    if a.mm:
+        return mm_sweep(a)
     from sparsekit import ops
     from sparsekit.formats import spdp, spinfer
 
@@ -74,6 +83,76 @@ def main() -> None:
                 print(f"{name:12s} T={r['T']:<4d} {r['path']:22s} {r['us']:9.2f} µs {ratio}")
     if a.json:
         Path(a.json).write_text(json.dumps({"gpu": gpu, "rows": rows}, indent=1))
+
+
+FUSED = {"qkv 4096->12288": (12288, 4096), "o 4096->4096": (4096, 4096), "gate/up 4096->22016": (22016, 4096),
+         "down 11008->4096": (4096, 11008)}
+
+
+def mm_sweep(a) -> None:
+    from sparsekit import ops
+    from sparsekit.formats import spdp
+
+    tune = torch.ops.sparsekit_cuda.tune
+    tokens = [int(v) for v in (a.tokens if a.tokens != "8,32,128" else "1,2,4,8,16,32,64,128,256,512").split(",")]
+    gpu = torch.cuda.get_device_name()
+    rows = []
+    print(f"## spdp on tensor cores, 50% weights, dense activations, {gpu} (µs per call; x = cuBLAS / path)")
+
+    def run(name, n, k, r, dtype, ts, others):
+        w = [rand_weight(n, k, 0.5, seed=s).to(dtype) for s in range(COPIES)]
+        sp = [{key: (v.cuda() if key != "shape" else tuple(v.tolist())) for key, v in spdp.encode(x, r).items()}
+              for x in w]
+        layer = {}
+        for t in ts:
+            x = (torch.randn((t, k), device="cuda") * 0.5).to(dtype)
+            expect = F.linear(x, w[0])
+            got = ops.spdp_matvec(x, sp[0], 0.0, backend="cuda")
+            err = float((got.double() - expect.double()).norm() / expect.double().norm())
+            if not err < 2e-2:
+                raise SystemExit(f"{name} T={t} R={r}: relative error {err:.2e}")
+            mm = int(tune("last_spdp_mm", -1))
+            paths = {"cuBLAS": [lambda w=w_: F.linear(x, w) for w_ in w],
+                     "spdp default": [lambda p=p: ops.spdp_matvec(x, p, 0.0, backend="cuda") for p in sp]}
+            if others:
+                paths["decode + cuBLAS"] = [lambda p=p: F.linear(x, ops.spdp_decode(p)) for p in sp]
+                if t <= 16:
+                    paths["matvec (spdp_mm=2)"] = "nomm"
+            res = {}
+            for label, calls in paths.items():
+                if calls == "nomm":
+                    old = tune("spdp_mm", 2)
+                    res[label], _ = time_graph([lambda p=p: ops.spdp_matvec(x, p, 0.0, backend="cuda") for p in sp])
+                    tune("spdp_mm", old)
+                else:
+                    res[label], _ = time_graph(calls)
+            base = res["cuBLAS"]
+            row = {"shape": name, "T": t, "R": r, "dtype": str(dtype).split(".")[-1], "tensor_cores": mm, **res}
+            rows.append(row)
+            layer.setdefault(t, [0.0, 0.0])
+            layer[t][0] += base
+            layer[t][1] += res["spdp default"]
+            cells = "  ".join(f"{lab} {us:8.2f} ({base / us:4.2f}x)" for lab, us in res.items() if lab != "cuBLAS")
+            print(f"{name:20s} {row['dtype']:8s} R={r:<3d} T={t:<4d} tc={mm} cuBLAS {base:8.2f}  {cells}", flush=True)
+        return layer
+
+    total = {}
+    for name, (n, k) in FUSED.items():
+        for t, (b, s_) in run(name, n, k, 64, torch.float16, tokens, True).items():
+            total.setdefault(t, [0.0, 0.0])
+            total[t][0] += b
+            total[t][1] += s_
+    print("## one fused layer, fp16, R=64 (sum of the four calls): T, cuBLAS µs, spdp µs, cuBLAS/spdp")
+    for t, (b, s_) in total.items():
+        print(f"## layer T={t:<4d} cuBLAS {b:8.2f}  spdp {s_:8.2f}  {b / s_:4.2f}x")
+        rows.append({"layer": True, "T": t, "cuBLAS": b, "spdp default": s_})
+    for r in (32, 128):
+        for name, (n, k) in FUSED.items():
+            run(name, n, k, r, torch.float16, [32], False)
+    for name, (n, k) in FUSED.items():
+        run(name, n, k, 64, torch.bfloat16, [32], False)
+    if a.json:
+        Path(a.json).write_text(json.dumps({"gpu": gpu, "mm": rows}, indent=1))
 
 
 def decode_sweep(a) -> None:

@@ -250,25 +250,37 @@ def test_cuda_logits_equal_masked_pruned_dense(fmt, rule):
 @cuda
 @needs_cuda
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_cuda_spdp_prefill_decodes_once_then_one_matmul(dtype, monkeypatch):
+def test_cuda_spdp_many_tokens_run_on_tensor_cores_or_decode_once(dtype, monkeypatch):
+    """A prefill and a large decode batch run the tensor-core spdp kernel (no dense weight is made);
+    above SPDP_MM_MAX_TOKENS tokens, or with K % 8 != 0, the layer decodes once and runs one matmul."""
     torch.manual_seed(0)
-    lin = nn.Linear(200, 136, bias=True).cuda().to(dtype)
-    prune_(lin.weight, "spdp")
-    sl = SparseLinear.from_linear(lin, "spdp", 0.3, tile_rows=64)
+    tol = dict(zip(("rtol", "atol"), tols(dtype)))
     calls = []
     orig = ops.spdp_decode
     monkeypatch.setattr(ops, "spdp_decode", lambda p, **kw: calls.append(1) or orig(p, **kw))
+    lin = nn.Linear(200, 136, bias=True).cuda().to(dtype)
+    prune_(lin.weight, "spdp")
+    sl = SparseLinear.from_linear(lin, "spdp", 0.3, tile_rows=64)
     x = torch.randn(2, rl.SPDP_DECODE_MIN_TOKENS, 200, device="cuda", dtype=dtype)
-    tol = dict(zip(("rtol", "atol"), tols(dtype)))
     with torch.no_grad():
-        y = sl(x)  # prefill: dense activations, decoded weight
-        assert calls == [1]
+        y = sl(x)  # prefill: dense activations
+        assert calls == [] and torch.ops.sparsekit_cuda.tune("last_spdp_mm", -1) == 1
         torch.testing.assert_close(y, F.linear(x, lin.weight, lin.bias), **tol)
-        sl(x[:1, :1])  # a decode step of one sequence stays on the sparse matvec
-        assert calls == [1]
+        sl(x[:1, :1])  # a decode step of one sequence stays on the one-token kernel
+        assert torch.ops.sparsekit_cuda.tune("last_spdp_mm", -1) == 0
         big = x[:1, :1].expand(rl.SPDP_DECODE_MIN_TOKENS, 1, 200).contiguous()  # a large decode batch
         torch.testing.assert_close(sl(big), F.linear(masked(big, 0.3), lin.weight, lin.bias), **tol)
-        assert calls == [1, 1]
+        assert calls == [] and torch.ops.sparsekit_cuda.tune("last_spdp_mm", -1) == 1
+        monkeypatch.setattr(rl, "SPDP_MM_MAX_TOKENS", rl.SPDP_DECODE_MIN_TOKENS)
+        torch.testing.assert_close(sl(x), y, **tol)  # 16 tokens > the (lowered) limit: decode once
+        assert calls == [1]
+    odd = nn.Linear(203, 40, bias=False).cuda().to(dtype)
+    prune_(odd.weight, "spdp")
+    sl = SparseLinear.from_linear(odd, "spdp", 0.3, tile_rows=32)
+    x = torch.randn(rl.SPDP_DECODE_MIN_TOKENS, 203, device="cuda", dtype=dtype)
+    with torch.no_grad():
+        torch.testing.assert_close(sl(x), F.linear(x, odd.weight), **tol)
+    assert calls == [1, 1]  # K % 8 != 0: no tensor-core kernel
 
 
 @cuda

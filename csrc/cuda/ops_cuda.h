@@ -23,6 +23,7 @@ struct Tuning {
   int l2pf = 0;           // fused teal: channels per block whose row segments are prefetched into L2 at the start
   int last_split = 0;  // read-only: the slices chosen by the last launch
   int last_teal1 = 0;  // read-only: 1 when the last teal launch used the one-token kernel
+  int last_spdp_mm = 0;  // read-only: 1 when the last spdp_matvec ran the tensor-core kernel
 };
 Tuning& tuning();
 // spdp_matvec runs the tensor-core kernel from this many tokens (fp16/bf16, K % 8 == 0).

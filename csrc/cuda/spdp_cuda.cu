@@ -109,7 +109,9 @@ at::Tensor spdp_run(const at::Tensor& x, const at::Tensor* idx, const at::Tensor
   const int64_t avail = static_cast<int64_t>(vc.storage().nbytes() / vc.element_size()) - vc.storage_offset();
   const int64_t nvals = std::min<int64_t>(std::max<int64_t>(avail, vc.numel()), INT32_MAX);
 
-  if (idx == nullptr && !relative && !glu && use_mm(x.scalar_type(), T, K, vc)) {
+  const bool mm = idx == nullptr && !relative && !glu && use_mm(x.scalar_type(), T, K, vc);
+  if (idx == nullptr) tuning().last_spdp_mm = mm ? 1 : 0;
+  if (mm) {
     const at::Tensor xa = aligned(xc, 16), ba = aligned(bitmap, 16), oa = aligned(offsets, 16);
     sk::SpdpMmParams q{};
     q.x = xa.data_ptr();

@@ -26,8 +26,10 @@ bitmask    ``F.linear(xs, decoded W)``            ``F.linear(x, decoded W)``
 =========  ====================================  ==========================================
 
 On a GPU, calls with many tokens change path: teal above ``TEAL_KERNEL_MAX_TOKENS`` tokens runs
-``xs @ w_t`` (cuBLAS), spdp from ``SPDP_DECODE_MIN_TOKENS`` tokens runs ``F.linear(xs or x,
-ops.spdp_decode(packed))`` (decode once, one dense matmul): prefill and large decode batches.
+``xs @ w_t`` (cuBLAS). spdp with several tokens runs the tensor-core kernel inside
+``ops.spdp_matvec`` (fp16/bf16, ``ops.spdp_tensor_cores``) up to ``SPDP_MM_MAX_TOKENS`` tokens;
+otherwise, from ``SPDP_DECODE_MIN_TOKENS`` tokens, ``F.linear(xs or x, ops.spdp_decode(packed))``
+(decode once, one dense matmul). Both serve prefills and large decode batches.
 
 ``bitmask`` is an archival format without a kernel: it computes with a dense copy decoded once on
 first use (kept out of the state dict). ``2:4`` does the same on the CPU; on CUDA in fp16/bf16 it
@@ -57,6 +59,9 @@ _PREFILL_SPARSITY = False
 # tokens runs cuBLAS on the masked input (the union of active channels over 4 sequences at 50% is
 # ~94% of them, and the multi-token kernel lost to cuBLAS from batch 4: benchmarks/NOTES.md).
 SPDP_DECODE_MIN_TOKENS = 8
+# ... unless the tensor-core spdp kernel applies (fp16/bf16 on the CUDA backend): up to this many
+# tokens spdp_matvec runs it, reading the packed weight once per 64 tokens (benchmarks/NOTES.md).
+SPDP_MM_MAX_TOKENS = 512
 TEAL_KERNEL_MAX_TOKENS = 3
 
 
@@ -295,7 +300,7 @@ class SparseLinear(nn.Module):
             else:
                 y = _ops().teal_matvec(x, self.w_t, t)
         elif fmt == "spdp":
-            if x.is_cuda and tokens >= SPDP_DECODE_MIN_TOKENS:
+            if x.is_cuda and tokens >= SPDP_DECODE_MIN_TOKENS and not self._spdp_tensor_cores(x, tokens):
                 y = F.linear(mask_activations(x, t) if sparse else x, _ops().spdp_decode(self.packed()))
             elif not sparse:
                 y = _ops().spdp_matvec(x, self.packed(), 0.0)
@@ -317,6 +322,11 @@ class SparseLinear(nn.Module):
             y = y + self.bias
         return y
 
+    def _spdp_tensor_cores(self, x: torch.Tensor, tokens: int) -> bool:
+        """Many tokens on a GPU: the tensor-core spdp kernel reads the packed weight once per 64 tokens
+        (``ops.spdp_tensor_cores``); above ``SPDP_MM_MAX_TOKENS`` decoding once plus cuBLAS costs less."""
+        return tokens <= SPDP_MM_MAX_TOKENS and _ops().spdp_tensor_cores(x, self.packed())
+
     def _glu_threshold(self, gu: torch.Tensor) -> float | None:
         """The threshold for ``ops.*_glu`` when ``forward(silu_mul(gu))`` would run this layer's plain
         fused-threshold op (``teal_matvec`` / ``spdp_matvec``), else None."""
@@ -326,7 +336,7 @@ class SparseLinear(nn.Module):
         sparse = self._sparsify(gu)
         if self.fmt == "teal":
             return self._t if sparse and not (gu.is_cuda and tokens > TEAL_KERNEL_MAX_TOKENS) else None
-        if gu.is_cuda and tokens >= SPDP_DECODE_MIN_TOKENS:
+        if gu.is_cuda and tokens >= SPDP_DECODE_MIN_TOKENS:  # forward() picks the path for many tokens
             return None
         return self._t if sparse else 0.0
 

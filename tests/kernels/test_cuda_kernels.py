@@ -405,6 +405,79 @@ def test_spdp_stage_copies_aligned_spans(ops, ref, tune, dtype, shift, density):
                ref.spdp_matvec_sel(xs, idx, nnz, packed), dtype)
 
 
+# several tokens: the tensor-core kernel (spdp_mm.cuh): (tokens, K, N, weight sparsity)
+SPDP_MM_SHAPES = [(2, 200, 301, 0.5), (5, 1024, 64, 0.0), (17, 136, 129, 0.9), (33, 8, 5, 0.5), (64, 520, 200, 0.5),
+                  (100, 264, 130, 0.7), (8, 4096, 11008, 0.5)]
+
+
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
+@pytest.mark.parametrize("tile_rows", (32, 64, 128))
+@pytest.mark.parametrize("tokens,k,n,s1", SPDP_MM_SHAPES)
+def test_spdp_mm_matches_reference(ops, ref, tune, dtype, tile_rows, tokens, k, n, s1):
+    """spdp_matvec with several tokens on tensor cores: every token-chunk size (8/16/32/64, and two
+    chunks at 100), K not a multiple of the column chunk, N past the last full tile, empty and full
+    tiles, a NaN input (masked to 0 as in torch), thresholds t and 0, channel splits 0 (automatic),
+    1 and 3; bitwise deterministic."""
+    from sparsekit.formats import spdp
+
+    tune("spdp_mm", 1)  # from 2 tokens
+    seed = hash(("mm", tokens, k, n, tile_rows)) % 1000
+    x, thr = _x((tokens, k), dtype, seed, 0.5)
+    x[0, 0] = float("nan")
+    w = _weight(n, k, dtype, seed + 3, s1)
+    packed = {key: (v.cuda() if key != "shape" else v) for key, v in spdp.encode(w, tile_rows).items()}
+    for split in (0, 1, 3):
+        tune("split", split)
+        for t in (thr, 0.0):
+            expect = ref.spdp_matvec(x, packed, t)
+            _poison((tokens, n), dtype=dtype)
+            got = ops.spdp_matvec(x, packed, t, backend="cuda")
+            assert torch.ops.sparsekit_cuda.tune("last_spdp_mm", -1) == 1
+            _check(got, expect, dtype)
+            assert torch.equal(ops.spdp_matvec(x, packed, t, backend="cuda"), got)
+
+
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
+@pytest.mark.parametrize("shift", (0, 1, 8, 13))
+def test_spdp_mm_values_at_any_offset_and_fallbacks(ops, ref, tune, dtype, shift):
+    """The tensor-core kernel copies each chunk's values from the 16-byte boundary below them, with
+    a storage that ends right after the last value (zero-filled past it); values not 16-byte aligned
+    (shift 1, 13), K % 8 != 0 and one token run the matvec kernels. All give the reference's result."""
+    for k, tokens in ((517 - 5, 9), (517, 9), (512, 1)):
+        x, thr = _x((tokens, k), dtype, 60 + shift, 0.4)
+        w = _weight(301, k, dtype, 61 + shift, 0.5)
+        for r in (32, 64, 128):
+            packed = _spdp_shifted(w, r, shift)
+            _poison((tokens, 301), dtype=dtype)
+            _check(ops.spdp_matvec(x, packed, thr, backend="cuda"), ref.spdp_matvec(x, packed, thr), dtype)
+            ran = torch.ops.sparsekit_cuda.tune("last_spdp_mm", -1)
+            assert ran == (1 if shift % 8 == 0 and k % 8 == 0 and tokens > 1 else 0), (k, tokens, shift)
+
+
+def test_spdp_mm_graph_capture_and_knob(ops, ref, tune):
+    """Captured in a CUDA graph, replays match eager calls; tune("spdp_mm", 2) keeps the matvec kernel."""
+    from sparsekit.formats import spdp
+
+    w = _weight(1000, 512, torch.float16, 81, 0.5)
+    packed = {key: (v.cuda() if key != "shape" else v) for key, v in spdp.encode(w, 64).items()}
+    static_x, thr = _x((32, 512), torch.float16, 80, 0.5)
+    ops.spdp_matvec(static_x, packed, thr, backend="cuda")
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = ops.spdp_matvec(static_x, packed, thr, backend="cuda")
+    for seed in (82, 83):
+        static_x.copy_(_x((32, 512), torch.float16, seed)[0])
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, ops.spdp_matvec(static_x, packed, thr, backend="cuda"))
+        _check(out, ref.spdp_matvec(static_x, packed, thr), torch.float16)
+    tune("spdp_mm", 2)
+    _check(ops.spdp_matvec(static_x, packed, thr, backend="cuda"), ref.spdp_matvec(static_x, packed, thr),
+           torch.float16)
+    assert torch.ops.sparsekit_cuda.tune("last_spdp_mm", -1) == 0
+
+
 def _x_relative(shape, dtype, seed, t):
     """Tokens of different scales (one loud, one all zero when there are 3+), with no |x| within 1%
     of t * its token's mean |x|: the kernel sums |x| in another order than torch, which can move
