@@ -149,6 +149,11 @@ def mm_sweep(a) -> None:
     for r in (32, 128):
         for name, (n, k) in FUSED.items():
             run(name, n, k, r, torch.float16, [32], False)
+    old = tune("spdp_mm_rows", 8)
+    print("## 8 rows per expansion unit (tune spdp_mm_rows=8)")
+    for name, (n, k) in FUSED.items():
+        run(name, n, k, 64, torch.float16, [8, 32], False)
+    tune("spdp_mm_rows", old)
     for name, (n, k) in FUSED.items():
         run(name, n, k, 64, torch.bfloat16, [32], False)
     if a.json:

@@ -19,25 +19,30 @@ void spdp_dispatch_r(sk::MatvecParams& p, int tiles, int R, int device, cudaStre
 }
 
 // ---- the tensor-core kernel (spdp_mm.cuh) ----------------------------------------------------
-constexpr int kMmRows = 8;  // G: rows per expansion unit
-
-template <typename T, int R, int TN>
+template <typename T, int R, int TN, int G>
 void mm_go(sk::SpdpMmParams& p, int device, cudaStream_t stream) {
-  using C = sk::MmCfg<R, TN, kMmRows>;
+  using C = sk::MmCfg<R, TN, G>;
   int bps = 1;
-  C10_CUDA_CHECK((sk::spdp_mm_prepare<T, R, TN, kMmRows>(device, &bps)));
+  C10_CUDA_CHECK((sk::spdp_mm_prepare<T, R, TN, G>(device, &bps)));
   const int tiles = (p.N + R - 1) / R, tchunks = (p.T + TN - 1) / TN;
   p.S = choose_split(device, tiles * tchunks, bps, (p.K + C::KC - 1) / C::KC);
   const bool pdl = tuning().pdl != 0 && cc_major(device) >= 9;
-  C10_CUDA_CHECK((sk::spdp_mm_launch<T, R, TN, kMmRows>(p, stream, pdl)));
+  C10_CUDA_CHECK((sk::spdp_mm_launch<T, R, TN, G>(p, stream, pdl)));
+}
+
+// G, the rows one thread expands per unit: 16 by default, 8 with tune("spdp_mm_rows", 8)
+template <typename T, int R, int TN>
+void mm_rows_per_unit(sk::SpdpMmParams& p, int device, cudaStream_t stream) {
+  if (tuning().spdp_mm_rows == 8) mm_go<T, R, TN, 8>(p, device, stream);
+  else mm_go<T, R, TN, 16>(p, device, stream);
 }
 
 template <typename T, int R>
 void mm_tok(sk::SpdpMmParams& p, int device, cudaStream_t stream) {
-  if (p.T <= 8) mm_go<T, R, 8>(p, device, stream);
-  else if (p.T <= 16) mm_go<T, R, 16>(p, device, stream);
-  else if (p.T <= 32) mm_go<T, R, 32>(p, device, stream);
-  else mm_go<T, R, 64>(p, device, stream);
+  if (p.T <= 8) mm_rows_per_unit<T, R, 8>(p, device, stream);
+  else if (p.T <= 16) mm_rows_per_unit<T, R, 16>(p, device, stream);
+  else if (p.T <= 32) mm_rows_per_unit<T, R, 32>(p, device, stream);
+  else mm_rows_per_unit<T, R, 64>(p, device, stream);
 }
 
 template <typename T>

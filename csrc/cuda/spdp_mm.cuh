@@ -9,8 +9,8 @@
 // its first value), its bitmap words, its column offsets and the x tile [TN][KC]. Then, per chunk:
 //  1. every thread masks 16-byte pieces of the x tile in place (|x| > t, compared in x's dtype);
 //  2. the threads expand the packed values into a dense shared tile A^T [KC][R] (column-major):
-//     a unit is G consecutive rows of one column: its bitmap bits, the popcount below them, G
-//     predicated 2-byte shared loads and one 2G-byte store;
+//     a unit is G (8 or 16) consecutive rows of one column: its bitmap bits, the popcount below
+//     them, G predicated 2-byte shared loads and 16-byte stores;
 //  3. the warps multiply: A fragments by ldmatrix.trans from A^T, B fragments from the x tile by
 //     ldmatrix, mma.m16n8k16 with fp32 accumulation.
 // The S slices of a tile add their partial sums through distributed shared memory (a (1, S, 1)
@@ -57,7 +57,7 @@ struct MmCfg {
   static constexpr int UNITS = KC * UC / kMmThreads;  // per thread per chunk
   static_assert(STAGE % 16 == 0 && A_BYTES % 16 == 0, "16-byte aligned stages");
   static_assert(MT <= NW && KS % WK == 0, "warp tiling");
-  static_assert(G == 2 || G == 4 || G == 8, "G rows per unit");
+  static_assert(G == 2 || G == 4 || G == 8 || G == 16, "G rows per unit");
   static_assert(kMmThreads % UC == 0 && UNITS >= 1, "units");
   static constexpr int NXP = TN * KC / 8;  // 16-byte pieces of the x tile
 };
@@ -102,34 +102,44 @@ __global__ void __launch_bounds__(kMmThreads) spdp_mm_kernel(const SpdpMmParams 
     o0 = __ldg(p.offsets + tbase + q * KC);
     o1 = __ldg(p.offsets + tbase + min(p.K, (q + 1) * KC));
   };
+  // this thread's pieces of the x tile (NXP of them, 16 bytes each): fixed rows and columns per chunk
+  constexpr int XPT = (C::NXP + kMmThreads - 1) / kMmThreads;
+  long long xsrc[XPT];  // element offset in x of the piece's start at chunk column 0 (-1: zero-fill)
+  unsigned xdst[XPT];   // byte offset in the stage
+  int xcol[XPT];        // its first column in the chunk
+#pragma unroll
+  for (int k = 0; k < XPT; ++k) {
+    const int v = k * kMmThreads + tid, t = v / (KC / 8), kp = v % (KC / 8);
+    const bool ok = (C::NXP % kMmThreads == 0 || v < C::NXP) && t0 + t < p.T;
+    xsrc[k] = ok ? static_cast<long long>(t0 + t) * p.K + kp * 8 : -1;
+    xdst[k] = C::V_BYTES + C::B_BYTES + C::O_BYTES + (t * C::XLD + kp * 8) * 2;
+    xcol[k] = kp * 8;
+  }
   auto issue = [&](int slot, int q, int o0, int o1) {
     const unsigned st = static_cast<unsigned>(__cvta_generic_to_shared(smem + slot * C::STAGE));
     const int j0 = q * KC;
     const long long a = o0 & ~7;                        // copied from here: 16-byte aligned
     const int nv = static_cast<int>((o1 - a + 7) >> 3);  // 16-byte pieces of values
-    constexpr int NBP = C::B_BYTES / 16, NOP = C::O_BYTES / 16, NXP = TN * KC / 8;
-    const int total = nv + NBP + NOP + NXP;
-    for (int i = tid; i < total; i += kMmThreads) {
-      if (i < nv) {
-        const long long e = a + 8LL * i, left = p.nvals - e;
-        const int nb = left >= 8 ? 16 : (left > 0 ? static_cast<int>(left) * 2 : 0);
-        cp_async16_bytes(st + i * 16, nb > 0 ? vg + e : vg, nb);
-      } else if (i < nv + NBP) {
-        const int b = i - nv;
-        const bool ok = j0 + b * 4 / W < p.K;  // piece b holds columns j0 + 4b/W ...
-        cp_async16_bytes(st + C::V_BYTES + b * 16, ok ? p.bitmap + (tbase + j0) * W + b * 4 : p.bitmap, ok ? 16 : 0);
-      } else if (i < nv + NBP + NOP) {
-        const int b = i - nv - NBP;
-        const bool ok = j0 + 4 * b < p.K;
-        cp_async16_bytes(st + C::V_BYTES + C::B_BYTES + b * 16, ok ? p.offsets + tbase + j0 + 4 * b : p.offsets,
-                         ok ? 16 : 0);
-      } else {
-        const int c = i - nv - NBP - NOP, t = c / (KC / 8), kp = c % (KC / 8);
-        const int col = j0 + kp * 8;
-        const bool ok = t0 + t < p.T && col < p.K;
-        cp_async16_bytes(st + C::V_BYTES + C::B_BYTES + C::O_BYTES + (t * C::XLD + kp * 8) * 2,
-                         ok ? xg + static_cast<long long>(t0 + t) * p.K + col : xg, ok ? 16 : 0);
-      }
+    for (int i = tid; i < nv; i += kMmThreads) {
+      const long long e = a + 8LL * i, left = p.nvals - e;
+      const int nb = left >= 8 ? 16 : (left > 0 ? static_cast<int>(left) * 2 : 0);
+      cp_async16_bytes(st + i * 16, nb > 0 ? vg + e : vg, nb);
+    }
+#pragma unroll
+    for (int k = 0; k < XPT; ++k) {
+      if (C::NXP % kMmThreads != 0 && k * kMmThreads + tid >= C::NXP) break;
+      const bool ok = xsrc[k] >= 0 && j0 + xcol[k] < p.K;
+      cp_async16_bytes(st + xdst[k], ok ? xg + xsrc[k] + j0 : xg, ok ? 16 : 0);
+    }
+    if (warp == 0) {  // the chunk's bitmap words: 4096 / 32 = 128 words = 32 pieces, one per lane
+      static_assert(C::B_BYTES == 32 * 16, "one bitmap piece per lane");
+      const bool ok = j0 + lane * 4 / W < p.K;  // piece `lane` holds columns j0 + 4 lane / W ...
+      cp_async16_bytes(st + C::V_BYTES + lane * 16, ok ? p.bitmap + (tbase + j0) * W + lane * 4 : p.bitmap,
+                       ok ? 16 : 0);
+    } else if (warp == 1 && lane < C::O_BYTES / 16) {  // its column offsets
+      const bool ok = j0 + 4 * lane < p.K;
+      cp_async16_bytes(st + C::V_BYTES + C::B_BYTES + lane * 16, ok ? p.offsets + tbase + j0 + 4 * lane : p.offsets,
+                       ok ? 16 : 0);
     }
   };
 
@@ -217,6 +227,7 @@ __global__ void __launch_bounds__(kMmThreads) spdp_mm_kernel(const SpdpMmParams 
       if constexpr (G == 2) *reinterpret_cast<uint32_t*>(dst) = out[0];
       else if constexpr (G == 4) *reinterpret_cast<uint2*>(dst) = make_uint2(out[0], out[1]);
       else *reinterpret_cast<uint4*>(dst) = make_uint4(out[0], out[1], out[2], out[3]);
+      if constexpr (G == 16) *reinterpret_cast<uint4*>(dst + 8) = make_uint4(out[4], out[5], out[6], out[7]);
     }
     __syncthreads();
     // 3. multiply

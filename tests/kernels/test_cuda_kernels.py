@@ -417,7 +417,7 @@ def test_spdp_mm_matches_reference(ops, ref, tune, dtype, tile_rows, tokens, k, 
     """spdp_matvec with several tokens on tensor cores: every token-chunk size (8/16/32/64, and two
     chunks at 100), K not a multiple of the column chunk, N past the last full tile, empty and full
     tiles, a NaN input (masked to 0 as in torch), thresholds t and 0, channel splits 0 (automatic),
-    1 and 3; bitwise deterministic."""
+    1 and 3, 16 and 8 rows per expansion unit; bitwise deterministic."""
     from sparsekit.formats import spdp
 
     tune("spdp_mm", 1)  # from 2 tokens
@@ -426,8 +426,9 @@ def test_spdp_mm_matches_reference(ops, ref, tune, dtype, tile_rows, tokens, k, 
     x[0, 0] = float("nan")
     w = _weight(n, k, dtype, seed + 3, s1)
     packed = {key: (v.cuda() if key != "shape" else v) for key, v in spdp.encode(w, tile_rows).items()}
-    for split in (0, 1, 3):
+    for split, rows in ((0, 16), (1, 16), (3, 16), (0, 8), (3, 8)):
         tune("split", split)
+        tune("spdp_mm_rows", rows)
         for t in (thr, 0.0):
             expect = ref.spdp_matvec(x, packed, t)
             _poison((tokens, n), dtype=dtype)
