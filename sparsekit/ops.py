@@ -206,17 +206,26 @@ def spdp_matvec(x: torch.Tensor, packed: dict, threshold: float, *, backend: str
     return torch.ops.sparsekit.spdp_matvec(x, values, bitmap, offsets, n, tile_rows, float(threshold))
 
 
-def spdp_tensor_cores(x: torch.Tensor, packed: dict, *, backend: str | None = None) -> bool:
+def spdp_values_aligned(packed: dict) -> bool:
+    """Whether the spdp values start 16-byte aligned and contiguous (the tensor-core kernel copies them
+    in 16-byte pieces)."""
+    values = packed["values"]
+    return values.is_contiguous() and values.data_ptr() % 16 == 0
+
+
+def spdp_tensor_cores(x: torch.Tensor, packed: dict, *, backend: str | None = None,
+                      aligned: bool | None = None) -> bool:
     """Whether ``spdp_matvec(x, packed, t)`` with several tokens runs on the CUDA tensor-core kernel
     (``csrc/cuda/spdp_mm.cuh``): the CUDA backend, fp16/bf16 values of x's dtype, K % 8 == 0 and the
-    values 16-byte aligned. It reads the packed weight once per 64 tokens, so a prefill or a decode
-    batch costs about one pass over it; elsewhere many tokens re-read it token by token."""
+    values 16-byte aligned (``aligned``: that fact when the caller has it cached, so compiled code
+    never reads a data pointer). It reads the packed weight once per 64 tokens, so a prefill or a
+    decode batch costs about one pass over it; elsewhere many tokens re-read it token by token."""
     values = packed["values"]
     if x.dtype not in (torch.float16, torch.bfloat16) or values.dtype != x.dtype or x.shape[-1] % 8 != 0:
         return False
     if _choose(_dev(x), backend) != "cuda" or values.device != x.device:
         return False
-    return values.is_contiguous() and values.data_ptr() % 16 == 0
+    return spdp_values_aligned(packed) if aligned is None else aligned
 
 
 def spdp_matvec_rel(x: torch.Tensor, packed: dict, threshold: float, *, backend: str | None = None) -> torch.Tensor:

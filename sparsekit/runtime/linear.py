@@ -165,6 +165,7 @@ class SparseLinear(nn.Module):
         self._t: float | None = None  # the threshold as a Python float (ops take floats; no device sync)
         self._dims: tuple[int, ...] | None = None  # the packed "shape" as ints (no device sync, traceable)
         self._ready = False
+        self._aligned = False  # spdp values 16-byte aligned (finalize and device moves refresh it)
         self._dense_cache = None
         self.shared: SharedSelection | None = None
 
@@ -204,6 +205,11 @@ class SparseLinear(nn.Module):
             self._dims = tuple(int(v) for v in self.shape.detach().cpu().tolist())
         self._dense_cache = None
         self._ready = True
+        self._cache_alignment()
+
+    def _cache_alignment(self) -> None:
+        # read here, eagerly: a data pointer read inside a compiled forward breaks the graph
+        self._aligned = self.fmt == "spdp" and _ops().spdp_values_aligned({"values": self.values})
 
     # -- views ---------------------------------------------------------------------------------
     @property
@@ -325,7 +331,7 @@ class SparseLinear(nn.Module):
     def _spdp_tensor_cores(self, x: torch.Tensor, tokens: int) -> bool:
         """Many tokens on a GPU: the tensor-core spdp kernel reads the packed weight once per 64 tokens
         (``ops.spdp_tensor_cores``); above ``SPDP_MM_MAX_TOKENS`` decoding once plus cuBLAS costs less."""
-        return tokens <= SPDP_MM_MAX_TOKENS and _ops().spdp_tensor_cores(x, self.packed())
+        return tokens <= SPDP_MM_MAX_TOKENS and _ops().spdp_tensor_cores(x, self.packed(), aligned=self._aligned)
 
     def _glu_threshold(self, gu: torch.Tensor) -> float | None:
         """The threshold for ``ops.*_glu`` when ``forward(silu_mul(gu))`` would run this layer's plain
@@ -393,4 +399,7 @@ class SparseLinear(nn.Module):
 
     def _apply(self, fn, recurse=True):
         self._dense_cache = None  # device/dtype moves rebuild it from the packed tensors
-        return super()._apply(fn, recurse)
+        out = super()._apply(fn, recurse)
+        if self._ready:
+            self._cache_alignment()
+        return out
