@@ -60,8 +60,10 @@ _PREFILL_SPARSITY = False
 # ~94% of them, and the multi-token kernel lost to cuBLAS from batch 4: benchmarks/NOTES.md).
 SPDP_DECODE_MIN_TOKENS = 8
 # ... unless the tensor-core spdp kernel applies (fp16/bf16 on the CUDA backend): up to this many
-# tokens spdp_matvec runs it, reading the packed weight once per 64 tokens (benchmarks/NOTES.md).
-SPDP_MM_MAX_TOKENS = 512
+# tokens spdp_matvec runs it, reading the packed weight once per 64 tokens. Above it, decoding once
+# costs less (H200, a fused 7B layer: 352 against 450 us at 64 tokens, 2x slower at 128:
+# benchmarks/NOTES.md, eleventh session).
+SPDP_MM_MAX_TOKENS = 64
 TEAL_KERNEL_MAX_TOKENS = 3
 
 
