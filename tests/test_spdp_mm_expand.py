@@ -1,0 +1,100 @@
+"""The tensor-core spdp kernel's index arithmetic (csrc/cuda/spdp_mm.cuh), emulated with numpy on real
+encodings: the CUDA kernel itself only runs on the GPU machine (tests/kernels/test_cuda_kernels.py).
+
+Per (row tile, column chunk of KC = 4096 / R columns) the kernel copies the values from the 16-byte
+boundary below the chunk's first value (zero-filled past the storage), the chunk's bitmap words and
+offsets (zero past K); a unit of G rows of one column then finds its first value at
+offs[c] - (offs[0] & ~7) + popcounts of the words and bits below, and walks its G bits. These tests
+rebuild every chunk's dense tile that way and compare it with ``spdp.decode``; a wrong formula fails.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sparsekit.formats import spdp
+
+
+def _popc(v: int) -> int:
+    return bin(v & 0xFFFFFFFF).count("1")
+
+
+def _expand_tile(packed, tile: int, g: int, storage: np.ndarray, shift: int, align_base: bool = True) -> np.ndarray:
+    """The dense [K, R] tile (column-major, as A^T in shared memory) the kernel builds, chunk by chunk."""
+    n, k, r = spdp.dims(packed)
+    w = r // 32
+    kc = 4096 // r
+    bitmap = packed["bitmap"].numpy().astype(np.int64) & 0xFFFFFFFF
+    bitmap = bitmap.reshape(-1, k, w)[tile]
+    offsets = packed["offsets"].numpy().astype(np.int64)
+    nvals = len(storage)  # values readable from the (shifted) start, as the kernel's p.nvals
+    out = np.zeros((k, r), dtype=storage.dtype)
+    tbase = tile * k
+    for q in range(-(-k // kc)):
+        j0 = q * kc
+        o0, o1 = offsets[tbase + j0], offsets[tbase + min(k, j0 + kc)]
+        a = (o0 + shift) & ~7  # the kernel aligns the address: the shift is part of it
+        nv = (o1 + shift - a + 7) >> 3
+        assert nv * 8 <= r * kc + 8, "a chunk's run does not fit its slot"
+        slot = np.zeros(nv * 8, dtype=storage.dtype)
+        for i in range(nv):  # 16-byte pieces, zero-filled past the storage
+            e = a + 8 * i
+            take = max(0, min(8, shift + nvals - e))
+            slot[8 * i : 8 * i + take] = np.concatenate([np.zeros(shift, storage.dtype), storage])[e : e + take]
+        cols = np.arange(j0, j0 + kc)
+        ok = cols < k
+        bm = np.where(ok[:, None], bitmap[np.minimum(cols, k - 1)], 0)
+        offs = np.where(ok, offsets[tbase + np.minimum(cols, k - 1)], 0)
+        abase = (offs[0] + shift) & ~7 if align_base else offs[0] + shift
+        for c in range(kc):
+            for r0 in range(0, r, g):
+                word, sh = r0 >> 5, r0 & 31
+                m = int(bm[c, word])
+                idx = offs[c] + shift - abase + sum(_popc(int(bm[c, v])) for v in range(word)) + _popc(m & ((1 << sh) - 1))
+                bits = m >> sh
+                for i in range(g):
+                    if bits >> i & 1:
+                        assert 0 <= idx < len(slot), "a load outside the slot"
+                        if j0 + c < k:
+                            out[j0 + c, r0 + i] = slot[idx]
+                        idx += 1
+    return out
+
+
+@pytest.mark.parametrize("tile_rows", (32, 64, 128))
+@pytest.mark.parametrize("g", (8, 16))
+@pytest.mark.parametrize("shift", (0, 8))
+@pytest.mark.parametrize("density", (0.05, 0.5, 1.0))
+def test_chunks_expand_to_the_decoded_weight(tile_rows, g, shift, density):
+    gen = torch.Generator().manual_seed(tile_rows + g + shift + int(density * 100))
+    n, k = 150, 4096 // tile_rows + 40  # N past the last full tile, K past one chunk (not a multiple)
+    w = torch.randn((n, k), generator=gen).half()
+    w[torch.rand((n, k), generator=gen) >= density] = 0
+    packed = spdp.encode(w, tile_rows)
+    storage = packed["values"].view(torch.int16).numpy()
+    dense = spdp.decode(packed).view(torch.int16).numpy()
+    nt = -(-n // tile_rows)
+    for tile in range(nt):
+        got = _expand_tile(packed, tile, g, storage, shift)
+        rows = dense[tile * tile_rows : (tile + 1) * tile_rows]  # [<=R, K]
+        want = np.zeros((k, tile_rows), dtype=np.int16)
+        want[:, : rows.shape[0]] = rows.T
+        assert np.array_equal(got, want), f"tile {tile}"
+
+
+def test_a_base_without_the_alignment_fails():
+    """The check above can fail: a kernel that copies from the 16-byte boundary but indexes from the
+    chunk's first value itself misplaces the values of every chunk that starts mid-piece."""
+    gen = torch.Generator().manual_seed(5)
+    w = torch.randn((256, 200), generator=gen).half()
+    w[torch.rand((256, 200), generator=gen) >= 0.5] = 0
+    packed = spdp.encode(w, 64)
+    starts = packed["offsets"].numpy()[[t * 200 + j for t in range(4) for j in (0, 64, 128, 192)]]
+    assert (starts % 8 != 0).any()
+    storage = packed["values"].view(torch.int16).numpy()
+    dense = spdp.decode(packed).view(torch.int16).numpy()
+    tiles = [(_expand_tile(packed, t, 16, storage, 0), _expand_tile(packed, t, 16, storage, 0, align_base=False))
+             for t in range(4)]
+    assert all(np.array_equal(good, dense[64 * t : 64 * (t + 1)].T) for t, (good, _) in enumerate(tiles))
+    assert not all(np.array_equal(bad, dense[64 * t : 64 * (t + 1)].T) for t, (_, bad) in enumerate(tiles))
