@@ -242,6 +242,22 @@ inline cudaError_t allow_smem_cached(int device, size_t smem) {
   return cudaSuccess;
 }
 
+// Launches kernel(p) on `grid` (grid.y = S channel slices) with `threads` threads and `smem` bytes of
+// dynamic shared memory, as a (1, S, 1) cluster when S > 1, with programmatic stream serialization when `pdl`.
+template <class Kernel, class Params>
+inline cudaError_t launch_sliced(Kernel kernel, const Params& p, dim3 grid, int threads, size_t smem, int S,
+                                 cudaStream_t stream, bool pdl) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = dim3(static_cast<unsigned>(threads), 1, 1);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[2];
+  cfg.numAttrs = launch_attrs(attr, S, pdl);
+  cfg.attrs = attr;
+  return cudaLaunchKernelEx(&cfg, kernel, p);
+}
+
 // ---- block-wide exclusive scan (NW warps), returns exclusive prefix, sets total --------------
 // `s_warp` needs NW + 1 ints of shared memory; callers must __syncthreads() before reusing it.
 template <int NW>

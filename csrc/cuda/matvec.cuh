@@ -761,15 +761,8 @@ inline int matvec_max_clusters(int device, int S) {
 template <typename T, int TC, int R, int V = 0>
 inline cudaError_t matvec_launch(const MatvecParams& p, int tiles, int tchunks, cudaStream_t stream, bool pdl) {
   using C = MvCfg<T, TC, R, V>;
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(p.S), static_cast<unsigned>(tchunks));
-  cfg.blockDim = dim3(C::NTHREADS, 1, 1);
-  cfg.dynamicSmemBytes = C::SMEM;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[2];
-  cfg.numAttrs = launch_attrs(attr, p.S, pdl);
-  cfg.attrs = attr;
-  return cudaLaunchKernelEx(&cfg, matvec_kernel<T, TC, R, V>, p);
+  const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(p.S), static_cast<unsigned>(tchunks));
+  return launch_sliced(matvec_kernel<T, TC, R, V>, p, grid, C::NTHREADS, C::SMEM, p.S, stream, pdl);
 }
 
 }  // namespace sk

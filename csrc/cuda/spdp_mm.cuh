@@ -293,16 +293,9 @@ inline cudaError_t spdp_mm_prepare(int device, int* blocks_per_sm) {
 // Launches with grid (tiles, S, token chunks); p.S must be set and spdp_mm_prepare called.
 template <typename T, int R, int TN, int G>
 inline cudaError_t spdp_mm_launch(const SpdpMmParams& p, cudaStream_t stream, bool pdl) {
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(static_cast<unsigned>((p.N + R - 1) / R), static_cast<unsigned>(p.S),
-                     static_cast<unsigned>((p.T + TN - 1) / TN));
-  cfg.blockDim = dim3(kMmThreads, 1, 1);
-  cfg.dynamicSmemBytes = MmCfg<R, TN, G>::SMEM;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[2];
-  cfg.numAttrs = launch_attrs(attr, p.S, pdl);
-  cfg.attrs = attr;
-  return cudaLaunchKernelEx(&cfg, spdp_mm_kernel<T, R, TN, G>, p);
+  const dim3 grid(static_cast<unsigned>((p.N + R - 1) / R), static_cast<unsigned>(p.S),
+                  static_cast<unsigned>((p.T + TN - 1) / TN));
+  return launch_sliced(spdp_mm_kernel<T, R, TN, G>, p, grid, kMmThreads, MmCfg<R, TN, G>::SMEM, p.S, stream, pdl);
 }
 
 }  // namespace sk

@@ -215,16 +215,9 @@ inline cudaError_t spinfer_prepare(int device) {
 
 template <typename T, int NTOK, int NWARP>
 inline cudaError_t spinfer_launch(const SpinferParams& p, int tchunks, cudaStream_t stream, bool pdl) {
-  cudaLaunchConfig_t cfg = {};
   const int grows = (p.N + 63) / 64;
-  cfg.gridDim = dim3(static_cast<unsigned>(grows), static_cast<unsigned>(p.S), static_cast<unsigned>(tchunks));
-  cfg.blockDim = dim3(NWARP * 32, 1, 1);
-  cfg.dynamicSmemBytes = SpiCfg<NTOK>::SMEM;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[2];
-  cfg.numAttrs = launch_attrs(attr, p.S, pdl);
-  cfg.attrs = attr;
-  return cudaLaunchKernelEx(&cfg, spinfer_kernel<T, NTOK, NWARP>, p);
+  const dim3 grid(static_cast<unsigned>(grows), static_cast<unsigned>(p.S), static_cast<unsigned>(tchunks));
+  return launch_sliced(spinfer_kernel<T, NTOK, NWARP>, p, grid, NWARP * 32, SpiCfg<NTOK>::SMEM, p.S, stream, pdl);
 }
 
 }  // namespace sk
