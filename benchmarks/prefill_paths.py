@@ -33,7 +33,7 @@ SHAPES = {"4096->11008": (11008, 4096), "11008->4096": (4096, 11008), "4096->409
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--tokens", default="8,32,128")
+    ap.add_argument("--tokens", default=None, help="default 8,32,128 (with --mm: 1,2,4,...,512)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--decode-sweep", action="store_true", help="only time spdp_decode, CUDA against Triton")
     ap.add_argument("--mm", action="store_true", help="the tensor-core spdp kernel against cuBLAS and the other paths")
@@ -58,7 +58,7 @@ def main() -> None:
             assert torch.equal(ops.spdp_decode(p), dense_w)
         us, _ = time_graph([lambda p=p: ops.spdp_decode(p) for p in sp])
         rows.append({"shape": name, "T": 0, "path": "spdp_decode alone", "us": us})
-        for t in (int(v) for v in a.tokens.split(",")):
+        for t in (int(v) for v in (a.tokens or "8,32,128").split(",")):
             x = torch.randn((t, k), device="cuda").half()
             paths = {
                 "cuBLAS dense": [lambda w=w_: F.linear(x, w) for w_ in w],
@@ -94,7 +94,7 @@ def mm_sweep(a) -> None:
     from sparsekit.formats import spdp
 
     tune = torch.ops.sparsekit_cuda.tune
-    tokens = [int(v) for v in (a.tokens if a.tokens != "8,32,128" else "1,2,4,8,16,32,64,128,256,512").split(",")]
+    tokens = [int(v) for v in (a.tokens or "1,2,4,8,16,32,64,128,256,512").split(",")]
     gpu = torch.cuda.get_device_name()
     rows = []
     print(f"## spdp on tensor cores, 50% weights, dense activations, {gpu} (µs per call; x = cuBLAS / path)")

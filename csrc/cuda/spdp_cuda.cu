@@ -105,8 +105,8 @@ at::Tensor spdp_run(const at::Tensor& x, const at::Tensor* idx, const at::Tensor
   TORCH_CHECK(NT * K + 1 < (int64_t(1) << 31) && T < (int64_t(1) << 31), op, ": sizes too large");
   const at::Tensor xc = x.contiguous();
   const at::Tensor vc = values.contiguous();
-  const at::Tensor bc = aligned(bitmap, static_cast<int>(R / 8));
-  const at::Tensor oc = offsets.contiguous();
+  // 16-byte aligned for the tensor-core kernel's copies (the matvec kernels need R / 8 bytes)
+  const at::Tensor bc = aligned(bitmap, 16), oc = aligned(offsets, 16);
   const int device = x.get_device();
   auto stream = at::cuda::getCurrentCUDAStream();
   // values readable from the values pointer: the storage may hold more than the view (the NIB kernel
@@ -117,12 +117,12 @@ at::Tensor spdp_run(const at::Tensor& x, const at::Tensor* idx, const at::Tensor
   const bool mm = idx == nullptr && !relative && !glu && use_mm(x.scalar_type(), T, K, vc);
   if (idx == nullptr) tuning().last_spdp_mm = mm ? 1 : 0;
   if (mm) {
-    const at::Tensor xa = aligned(xc, 16), ba = aligned(bitmap, 16), oa = aligned(offsets, 16);
+    const at::Tensor xa = aligned(xc, 16);
     sk::SpdpMmParams q{};
     q.x = xa.data_ptr();
     q.vals = vc.data_ptr();
-    q.bitmap = reinterpret_cast<const uint32_t*>(ba.data_ptr<int>());
-    q.offsets = oa.data_ptr<int>();
+    q.bitmap = reinterpret_cast<const uint32_t*>(bc.data_ptr<int>());
+    q.offsets = oc.data_ptr<int>();
     q.y = y.data_ptr();
     q.nvals = nvals;
     q.T = static_cast<int>(T);

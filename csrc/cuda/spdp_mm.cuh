@@ -57,7 +57,7 @@ struct MmCfg {
   static constexpr int UNITS = KC * UC / kMmThreads;  // per thread per chunk
   static_assert(STAGE % 16 == 0 && A_BYTES % 16 == 0, "16-byte aligned stages");
   static_assert(MT <= NW && KS % WK == 0, "warp tiling");
-  static_assert(G == 2 || G == 4 || G == 8 || G == 16, "G rows per unit");
+  static_assert(G == 8 || G == 16, "G rows per unit");
   static_assert(kMmThreads % UC == 0 && UNITS >= 1, "units");
   static constexpr int NXP = TN * KC / 8;  // 16-byte pieces of the x tile
 };
@@ -224,9 +224,7 @@ __global__ void __launch_bounds__(kMmThreads) spdp_mm_kernel(const SpdpMmParams 
 #pragma unroll
       for (int k = 0; k < G / 2; ++k) out[k] = __byte_perm(v[2 * k], v[2 * k + 1], 0x5410);
       unsigned short* dst = at + c * C::ALD + r0;
-      if constexpr (G == 2) *reinterpret_cast<uint32_t*>(dst) = out[0];
-      else if constexpr (G == 4) *reinterpret_cast<uint2*>(dst) = make_uint2(out[0], out[1]);
-      else *reinterpret_cast<uint4*>(dst) = make_uint4(out[0], out[1], out[2], out[3]);
+      *reinterpret_cast<uint4*>(dst) = make_uint4(out[0], out[1], out[2], out[3]);
       if constexpr (G == 16) *reinterpret_cast<uint4*>(dst + 8) = make_uint4(out[4], out[5], out[6], out[7]);
     }
     __syncthreads();
