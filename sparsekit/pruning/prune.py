@@ -21,7 +21,7 @@ from torch import nn
 from sparsekit.errors import BadInput
 from sparsekit.models import ROLES, SITES, decoder_layers, layer_linears, linear_refs, resolve_device
 from sparsekit.pruning.magnitude import magnitude_mask
-from sparsekit.pruning.masks import check_settings
+from sparsekit.pruning.masks import axis_of, check_settings, structure_label
 from sparsekit.pruning.sequential import input_hooks, run_layerwise
 from sparsekit.pruning.sparsegpt import BLOCKSIZE, Hessian, sparsegpt_prune
 from sparsekit.pruning.wanda import InputNorms, wanda_mask
@@ -81,10 +81,17 @@ def ignored_names(model: nn.Module, patterns) -> set[str]:
 
 
 def check_shapes(model: nn.Module, method: str, nm, skip: set[str]) -> None:
-    """BadInput unless every linear to prune can take the N:M structure (and SparseGPT's blocks)."""
+    """BadInput unless every linear to prune can take the N:M structure (and SparseGPT's blocks),
+    or the N:M-out structure (out_features divisible by M; any M works with SparseGPT)."""
     if nm is None:
         return
     n, m = nm
+    if axis_of(nm) == "out":
+        for ref in linear_refs(model):
+            if ref.name not in skip and ref.module.out_features % m:
+                raise BadInput(f"{n}:{m}-out pruning needs out_features divisible by {m}, but {ref.name} has "
+                               f"{ref.module.out_features}.")
+        return
     if method == "sparsegpt" and BLOCKSIZE % m:
         raise BadInput(f"SparseGPT works in blocks of {BLOCKSIZE} columns, so M in N:M must divide {BLOCKSIZE}, got {n}:{m}.")
     for ref in linear_refs(model):
@@ -122,7 +129,9 @@ def _prune_site(method: str, group: Group, stat, sparsity: float, nm) -> None:
         norms = stat.norms()
         for _, mod in group:
             mod.weight.masked_fill_(wanda_mask(mod.weight, norms, sparsity, nm), 0)
-    else:  # sparsegpt: rows are independent, so the site's linears are one stacked matrix
+    else:  # sparsegpt: rows are independent, so the site's linears are one stacked matrix (N:M-out
+        # couples rows only within a group of M; every linear's out_features is a multiple of M, so
+        # no group spans two linears)
         W = torch.cat([mod.weight for _, mod in group], dim=0)
         pruned = sparsegpt_prune(W, stat.take(), sparsity, nm)
         del W
@@ -138,7 +147,7 @@ def prune_model(model: nn.Module, samples: torch.Tensor | None, *, method: str, 
                 structure: str = "unstructured", ignore=(), device: torch.device | str = "cpu",
                 progress: Progress | None = None) -> PruneReport:
     """Prune ``model``'s decoder linears in place; ``samples`` ``[n, seqlen]`` token ids (unused by
-    magnitude). ``sparsity`` may be None with an N:M ``structure`` (it is N/M). Everything is
+    magnitude). ``sparsity`` may be None with an N:M or N:M-out ``structure`` (it is N/M). Everything is
     validated before any weight changes. ``progress(i, n)`` is called after each decoder layer."""
     method = getattr(method, "value", method)
     sparsity, nm = check_settings(method, sparsity, structure)
@@ -150,7 +159,7 @@ def prune_model(model: nn.Module, samples: torch.Tensor | None, *, method: str, 
         raise BadInput(f"{method} needs calibration samples as a [nsamples, seqlen] tensor of token ids.")
     layers = decoder_layers(model)
     counts: dict[str, tuple[int, int]] = {}
-    report = PruneReport(method=method, sparsity=sparsity, structure="unstructured" if nm is None else f"{nm[0]}:{nm[1]}",
+    report = PruneReport(method=method, sparsity=sparsity, structure=structure_label(nm),
                          ignored=sorted(skip))
 
     def visit(i: int, layer: nn.Module, forward: Callable[[], None]) -> bool:

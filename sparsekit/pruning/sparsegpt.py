@@ -15,19 +15,27 @@ inputs ``X [tokens, cols]``:
      count as Wanda and magnitude (the original code thresholds a block over all rows at once;
      a per-row count keeps the row sparsity exact and makes rows independent);
    - N:M: at the first column of each group of M, the N lowest saliencies of the group (taken
-     from the weights updated by every earlier column) are pruned.
-   Ties go to the lower column index. Column j's error ``(w_j - q_j) / U_jj`` updates the later
-   columns of the block at once and the later blocks in one matrix product at the block's end.
+     from the weights updated by every earlier column) are pruned;
+   - N:M-out: the mask of column j is chosen when column j is processed (not per block), from
+     the saliencies ``W_ij^2 / U_jj^2`` of that column as updated by every earlier column: in
+     every group of M consecutive rows (groups start at row 0) the N lowest are pruned, ties to
+     the lower row index. ``U_jj`` is one number per column, so within a group this ranks the
+     updated ``|W_ij|``; the choice still differs from magnitude's because earlier columns'
+     errors have moved the weights. Needs rows divisible by M; any M works with any block size.
+   Ties go to the lower column index (N:M-out: row index). Column j's error ``(w_j - q_j) / U_jj``
+   updates the later columns of the block at once and the later blocks in one matrix product at
+   the block's end.
 
 Rows are independent, so linears that read the same input (q/k/v, gate/up) are pruned as one
-matrix with one Hessian and one factorisation.
+matrix with one Hessian and one factorisation (N:M-out ties rows only within a group of M rows,
+and each linear's out_features is a multiple of M, so stacking them changes no group).
 """
 from __future__ import annotations
 
 import torch
 
 from sparsekit.errors import Failure
-from sparsekit.pruning.masks import lowest_k, prune_count
+from sparsekit.pruning.masks import axis_of, lowest_k, nm_out_mask, prune_count
 
 BLOCKSIZE = 128
 PERCDAMP = 0.01
@@ -59,13 +67,17 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float
                     percdamp: float = PERCDAMP) -> torch.Tensor:
     """Return the pruned and updated ``weight`` ``[rows, cols]`` in float32.
 
-    ``hessian`` ``[cols, cols]`` (float32) is consumed: it is modified in place and released, so
-    pass it without keeping another reference if device memory matters.
+    ``nm``: None (unstructured), an ``NM`` / plain ``(N, M)`` pair (N:M) or an ``NM`` with axis
+    "out" (N:M-out). ``hessian`` ``[cols, cols]`` (float32) is consumed: it is modified in place
+    and released, so pass it without keeping another reference if device memory matters.
     """
     rows, cols = weight.shape
     if hessian.shape != (cols, cols):
         raise ValueError(f"hessian is {tuple(hessian.shape)}, expected ({cols}, {cols}).")
-    if nm is not None and blocksize % nm[1]:
+    out_axis = nm is not None and axis_of(nm) == "out"
+    if out_axis and rows % nm[1]:
+        raise ValueError(f"N:M-out needs rows divisible by M={nm[1]}, got {rows}.")
+    if nm is not None and not out_axis and blocksize % nm[1]:
         raise ValueError(f"blocksize {blocksize} is not a multiple of M={nm[1]}.")
     W = weight.detach().to(torch.float32, copy=True)
     H = hessian
@@ -99,7 +111,10 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float
         else:
             mask1 = torch.zeros_like(W1, dtype=torch.bool)
         for i in range(i2 - i1):
-            if nm is not None and i % nm[1] == 0:
+            if out_axis:  # this column's saliencies, after every earlier column's update
+                sal = W1[:, i : i + 1] * W1[:, i : i + 1] / (d[i] * d[i])
+                mask1[:, i] = nm_out_mask(sal, nm[0], nm[1])[:, 0]
+            elif nm is not None and i % nm[1] == 0:
                 g = W1[:, i : i + nm[1]]
                 dg = d[i : i + nm[1]]
                 mask1[:, i : i + nm[1]] = lowest_k(g * g / (dg * dg), nm[0])

@@ -2,6 +2,10 @@
 
 ``||X_j||_2`` is the L2 norm of input channel j over every calibration token, accumulated in
 float32 as a sum of squares (``InputNorms``); the mask rule is in ``masks``.
+
+With N:M-out the groups run down one input column, where ``||X_j||`` is a common factor, so
+Wanda ranks the same ``|W_ij|`` as magnitude does and picks the same mask (up to float32
+rounding of the products, which can turn two close scores into a tie).
 """
 from __future__ import annotations
 
