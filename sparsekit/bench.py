@@ -40,6 +40,7 @@ class Settings:
     weight_sparsity: float = 0.0
     activation_sparsity: float = 0.0
     format: str = "dense"
+    structure: str = "unstructured"  # the random weight mask's: unstructured, N:M or N:M-out
     save_per_iter: bool = False
     device: str = "auto"
     dtype: str = "auto"
@@ -74,7 +75,7 @@ def validate(s: Settings):
             raise BadInput(f"--{name.replace('_', '-')} is too small: {getattr(s, name)}.")
     if s.warmup < 0:
         raise BadInput(f"--warmup must be 0 or more, got {s.warmup}.")
-    synthetic.check_format(s.format, s.weight_sparsity, s.activation_sparsity)
+    synthetic.check_format(s.format, s.weight_sparsity, s.activation_sparsity, s.structure)
     if synthetic.is_synthetic(s.model):
         synthetic.synthetic_name(s.model)
     device = resolve_device(s.device)
@@ -189,6 +190,7 @@ class Subject:
     weight_sparsity: float
     activation_sparsity: float
     thresholds: dict | None = None
+    structure: str | None = None  # of the random weight masks (None: a converted model, not masked here)
     state: str = "dense"  # which form the model is in now
     conversion: dict | None = None
     warnings: list[str] = field(default_factory=list)
@@ -246,7 +248,8 @@ def prepare(s: Settings, device, dtype) -> Subject:
     from sparsekit.models import resolve_model_path
 
     fmt, s2 = s.format, s.activation_sparsity
-    s1 = synthetic.check_format(fmt, s.weight_sparsity, s2)
+    s1 = synthetic.check_format(fmt, s.weight_sparsity, s2, s.structure)
+    structure = synthetic.mask_structure(fmt, s.structure)
     asked_sparsity = fmt != "dense" or s1 > 0 or s2 > 0
     warnings: list[str] = []
     if synthetic.is_synthetic(s.model):
@@ -259,7 +262,7 @@ def prepare(s: Settings, device, dtype) -> Subject:
         if qc is not None:
             if asked_sparsity:
                 raise BadInput(f"{s.model} is already converted ({qc.get('format')}); --format/--weight-sparsity/"
-                               "--activation-sparsity apply only to dense models.")
+                               "--structure/--activation-sparsity apply only to dense models.")
             from sparsekit.runtime.load import load
 
             model, _ = load(path, device=device, dtype=None if s.dtype == "auto" else s.dtype)
@@ -280,12 +283,13 @@ def prepare(s: Settings, device, dtype) -> Subject:
                             "sparsekit calibrate + convert.")
     _check_length(model, s)
     if s1 > 0:
-        synthetic.apply_weight_sparsity(model, s1, seed=s.seed, structure="2:4" if fmt == "2:4" else "unstructured")
+        synthetic.apply_weight_sparsity(model, s1, seed=s.seed, structure=structure)
     thresholds = synthetic.calibrate_thresholds(model, s2, seed=s.seed) if s2 > 0 else None
     label = fmt if fmt != "dense" or asked_sparsity else "dense"
     if asked_sparsity:
-        label += f" (s1={s1:g}, s2={s2:g})"
-    return Subject(model, label, kind, fmt, s1, s2, thresholds, warnings=warnings)
+        shape = f" {structure}" if structure not in ("unstructured", fmt) else ""
+        label += f" (s1={s1:g}{shape}, s2={s2:g})"
+    return Subject(model, label, kind, fmt, s1, s2, thresholds, structure=structure, warnings=warnings)
 
 
 def _check_length(model, s: Settings) -> None:
@@ -493,6 +497,7 @@ def run(s: Settings, progress: Progress | None = None) -> dict:
         "settings": {**asdict(s), "baselines": list(s.baselines), "mode": mode, "compile": compile_enabled(s, mode),
                      "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
                      "device": str(device), "kind": subject.kind, "prefill_activation_sparsity": False,
+                     "structure": subject.structure,
                      "cpu_threads": torch.get_num_threads()},
         "runs": results,
         "conversion": subject.conversion,

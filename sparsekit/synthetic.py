@@ -2,7 +2,7 @@
 
 ``synthetic:NAME`` answers speed questions without downloading weights. Weight sparsity is applied
 with random masks (exactly ``round(s1 * K)`` zeros in every row, like Wanda's unstructured
-per-row masks; ``2:4`` masks for the 2:4 format) and activation thresholds are calibrated on random
+per-row masks; ``2:4`` masks for the 2:4 format; N:M or N:M-out masks when asked) and activation thresholds are calibrated on random
 token inputs so that each input site drops a fraction ``s2`` of its channels. Quality of such a
 model is meaningless; only its speed is.
 """
@@ -74,18 +74,41 @@ def _generator(device: torch.device, seed: int) -> torch.Generator:
 @torch.no_grad()
 def prune_random_(weight: torch.Tensor, sparsity: float, gen: torch.Generator, structure: str = "unstructured",
                   chunk_rows: int = 2048) -> None:
-    """Zero a random ``sparsity`` fraction of every row in place (or 2 of every 4 along a row for 2:4).
+    """Zero a random ``sparsity`` fraction of every row in place; with an N:M ``structure`` (such as
+    "2:4") N random weights of every M consecutive ones along a row, with N:M-out ("2:4-out") N
+    random rows of every M consecutive rows (from row 0) of each column. ``sparsity`` must then be
+    N/M (or 0).
 
     Weights that are zero already are among the zeros, so pruning 0.5 then 0.6 gives a 0.6 mask
-    that contains the 0.5 one (rows with more zeros than asked keep them)."""
+    that contains the 0.5 one (rows, or groups, with more zeros than asked keep them)."""
+    from sparsekit.pruning.masks import axis_of, parse_structure, structure_label
+
     n, k = weight.shape
-    if structure == "2:4":
-        if k % 4:
-            raise BadInput(f"2:4 sparsity needs input sizes divisible by 4, got {k}.")
+    nm = parse_structure(structure)
+    if nm is not None:
+        z, m = nm
+        if sparsity and abs(sparsity - z / m) > 1e-9:
+            raise BadInput(f"--structure {structure_label(nm)} zeroes {z} of every {m} weights, so the weight "
+                           f"sparsity must be {z / m:g}, got {sparsity:g}.")
+        if axis_of(nm) == "out":
+            if n % m:
+                raise BadInput(f"{structure_label(nm)} sparsity needs output sizes divisible by {m}, got {n}.")
+            step = max(m, chunk_rows // m * m)
+            for r0 in range(0, n, step):
+                rows = weight[r0:r0 + step]
+                groups = rows.view(-1, m, k)  # [groups, m rows, k]
+                scores = torch.rand(groups.shape, generator=gen, device=weight.device)
+                scores.masked_fill_(groups == 0, -1.0)
+                drop = scores.topk(z, dim=1, largest=False).indices
+                groups.scatter_(1, drop, 0)
+            return
+        if k % m:
+            raise BadInput(f"{structure_label(nm)} sparsity needs input sizes divisible by {m}, got {k}.")
         for r0 in range(0, n, chunk_rows):
-            rows = weight[r0:r0 + chunk_rows].view(-1, k // 4, 4)
+            rows = weight[r0:r0 + chunk_rows].view(-1, k // m, m)
             scores = torch.rand(rows.shape, generator=gen, device=weight.device)
-            drop = scores.topk(2, dim=-1, largest=False).indices
+            scores.masked_fill_(rows == 0, -1.0)
+            drop = scores.topk(z, dim=-1, largest=False).indices
             rows.scatter_(-1, drop, 0)
         return
     zeros = int(round(sparsity * k))
@@ -100,7 +123,8 @@ def prune_random_(weight: torch.Tensor, sparsity: float, gen: torch.Generator, s
 
 
 def apply_weight_sparsity(model: nn.Module, sparsity: float, seed: int = 0, structure: str = "unstructured") -> int:
-    """Random per-row masks on every decoder linear; returns the number of weights zeroed."""
+    """Random masks (``structure``: unstructured per row, N:M or N:M-out, see ``prune_random_``) on
+    every decoder linear; returns the number of weights zeroed."""
     from sparsekit.models import linear_refs
 
     gen = _generator(next(model.parameters()).device, seed + 1)
@@ -162,16 +186,39 @@ def calibrate_thresholds(model: nn.Module, sparsity: float, seed: int = 0, token
     return thresholds
 
 
-def check_format(fmt: str, weight_sparsity: float, activation_sparsity: float) -> float:
-    """Validate the synthetic sparsity settings; returns the weight sparsity to apply."""
+def check_format(fmt: str, weight_sparsity: float, activation_sparsity: float, structure: str = "unstructured") -> float:
+    """Validate the synthetic sparsity settings; returns the weight sparsity to apply.
+
+    ``structure`` is the random weight mask's: unstructured, N:M or N:M-out. With N:M or N:M-out
+    the weight sparsity is N/M (a given ``weight_sparsity`` must be 0 or N/M); ``--format 2:4``
+    always means 2:4 masks at 0.5 (``structure`` unstructured or 2:4)."""
     from sparsekit.errors import check_fraction
+    from sparsekit.pruning.masks import NM, parse_structure
 
     if fmt not in FORMATS:
         raise BadInput(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}.")
     check_fraction("--weight-sparsity", weight_sparsity)
     check_fraction("--activation-sparsity", activation_sparsity)
+    nm = parse_structure(structure)
     if fmt == "2:4":
+        if nm is not None and nm != NM(2, 4):
+            raise BadInput(f"--format 2:4 stores 2 of every 4 inputs of a row, so --structure must be unstructured "
+                           f"or 2:4, got {structure!r}.")
         if weight_sparsity not in (0.0, 0.5):
             raise BadInput(f"--format 2:4 means 50% weight sparsity, got --weight-sparsity {weight_sparsity}.")
         return 0.5
+    if nm is not None:
+        n, m = nm
+        if weight_sparsity and abs(weight_sparsity - n / m) > 1e-9:
+            raise BadInput(f"--structure {nm.label} zeroes {n} of every {m} weights, so --weight-sparsity must be "
+                           f"{n / m:g} (or omitted), got {weight_sparsity:g}.")
+        return n / m
     return weight_sparsity
+
+
+def mask_structure(fmt: str, structure: str = "unstructured") -> str:
+    """The structure of the random weight masks, as ``--structure`` spells it: "2:4" for the 2:4
+    format, else ``structure`` normalised ("unstructured", "4:8", "2:4-out", ...)."""
+    from sparsekit.pruning.masks import parse_structure, structure_label
+
+    return "2:4" if fmt == "2:4" else structure_label(parse_structure(structure))

@@ -24,6 +24,7 @@ def command(
     weight_sparsity: Annotated[float, typer.Option("--weight-sparsity", help="Synthetic models: weight sparsity S1.")] = 0.0,
     activation_sparsity: Annotated[float, typer.Option("--activation-sparsity", help="Synthetic models: activation sparsity S2.")] = 0.0,
     format: Annotated[str, typer.Option("--format", help="Synthetic models: weight format.")] = "dense",
+    structure: Annotated[str, typer.Option("--structure", help="Synthetic models: the random weight mask's structure: unstructured, N:M (such as 2:4) or N:M-out (such as 2:4-out: N of every M output rows of each column); N:M sets --weight-sparsity to N/M. --format 2:4 always uses 2:4.")] = "unstructured",
     compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the prefill and the decode step (default: on in graph mode).")] = None,
     fuse: Annotated[bool, typer.Option("--fuse/--no-fuse", help="One launch for q/k/v and one for gate/up.")] = True,
     save_per_iter: Annotated[bool, typer.Option("--save-per-iter", help="Keep every repeat's timings in the JSON.")] = False,
@@ -40,6 +41,7 @@ def command(
         model=model, baselines=b.parse_baselines(baseline), input_tokens=input_tokens,
         max_new_tokens=max_new_tokens, batch_size=batch_size, warmup=warmup, repeat=repeat, attn=attn,
         mode=mode, weight_sparsity=weight_sparsity, activation_sparsity=activation_sparsity, format=format,
+        structure=structure,
         save_per_iter=save_per_iter, device=device, dtype=dtype.value, seed=seed, fuse=fuse, compile=compile,
     )
     b.check_outdir(outdir)

@@ -12,9 +12,9 @@ NAME = "prune"
 
 def command(
     out: o.OutDir,
-    sparsity: Annotated[Optional[float], typer.Option("--sparsity", help="Weight sparsity S1 in [0, 1); optional with N:M (it is N/M).")] = None,
+    sparsity: Annotated[Optional[float], typer.Option("--sparsity", help="Weight sparsity S1 in [0, 1); optional with N:M and N:M-out (it is N/M).")] = None,
     method: Annotated[o.Method, typer.Option(help="Pruning method.")] = o.Method.wanda,
-    structure: Annotated[str, typer.Option(help="unstructured, or N:M (N of every M weights zeroed) such as 2:4 or 4:8.")] = "unstructured",
+    structure: Annotated[str, typer.Option(help="unstructured; N:M (N of every M consecutive inputs of each row zeroed) such as 2:4 or 4:8; or N:M-out (N of every M consecutive output rows of each column zeroed) such as 2:4-out.")] = "unstructured",
     model: o.Model = "demo",
     calib_dataset: o.CalibDataset = "demo",
     nsamples: o.NSamples = 128,

@@ -16,7 +16,7 @@ def command(
     out: Annotated[Path, typer.Option("--out", help="Search directory (results.csv, best.json, plot, caches).")] = Path("sparsekit-search"),
     s1_grid: Annotated[Optional[str], typer.Option("--s1-grid", help="Comma-separated weight sparsities to try (default: 0,0.1,...,0.9 up to each total); s1 = 0 and s1 = F are always tried.")] = None,
     method: Annotated[o.Method, typer.Option(help="Pruning method.")] = o.Method.wanda,
-    structure: Annotated[str, typer.Option(help="unstructured (N:M fixes s1, so it is not searched).")] = "unstructured",
+    structure: Annotated[str, typer.Option(help="unstructured, N:M or N:M-out (N:M and N:M-out fix s1 = N/M, so it is not searched).")] = "unstructured",
     greedy: Annotated[bool, typer.Option("--greedy", help="Greedy per-layer activation allocation instead of uniform.")] = False,
     model: o.Model = "demo",
     calib_dataset: o.CalibDataset = "demo",

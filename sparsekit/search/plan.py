@@ -67,12 +67,14 @@ def grids(totals: list[float], grid: list[float] | None, nm: tuple[int, int] | N
     """The weight sparsities tried for each total, endpoints included (s1 = 0 and, if reachable, s1 = F).
 
     ``grid`` None means the default 0, 0.1, ..., 0.9. A user grid value above every total is bad
-    input; values above one total are skipped for that total. With an N:M structure the weight
-    sparsity is fixed to N/M, so the grid is {0, N/M} and ``grid`` must not be given.
+    input; values above one total are skipped for that total. With an N:M or N:M-out structure the
+    weight sparsity is fixed to N/M, so the grid is {0, N/M} and ``grid`` must not be given.
     """
     if nm is not None:
         if grid is not None:
-            raise BadInput(f"--s1-grid cannot be used with --structure {nm[0]}:{nm[1]}, which fixes the weight "
+            from sparsekit.pruning.masks import structure_label
+
+            raise BadInput(f"--s1-grid cannot be used with --structure {structure_label(nm)}, which fixes the weight "
                            f"sparsity to {nm[0] / nm[1]:g}.")
         fixed = nm[0] / nm[1]
         return {t: [0.0] + ([fixed] if fixed <= t else []) for t in totals}
