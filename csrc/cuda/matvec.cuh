@@ -38,6 +38,8 @@ struct MatvecParams {
   const int* bitmap;   // SPDP: [NT, K, R/32]
   const int* offsets;  // SPDP: [NT*K + 1]
   int nvals;           // SPDP: values readable from w (the NIB variant reads whole 4-byte pairs below it)
+  int bal;             // SPDP, NIB and STG: 0 = never take the balanced path, 1 = in blocks whose columns allow
+                       // it, 2 = the same, and a block whose columns do not allow it traps (tests only)
   int pipe;            // TEAL: 0 = batches of U register loads; 1 = a cp.async ring of D rows per lane
                        // (only read by the PIPE instantiation)
   int l2pf;            // TEAL, fused: before waiting for its inputs, the block prefetches into L2 the
@@ -70,6 +72,13 @@ struct MatvecParams {
 //   the V = 0 kernel, but a value is a shared-memory load with a 32-bit address instead of a 2-byte
 //   global load (the V = 0 kernel keeps only 2-byte loads in flight: ~16 KB per SM, below what the
 //   DRAM latency needs, and spends most of its instructions on 64-bit address math; tune("spdp_stage")).
+// - SPDP, NIB and STG (one token, 16-bit values), the balanced path (BAL): a block whose staged columns
+//   all hold exactly 2 non-zeros in every 4-row group of their rows (the pattern of 2:4 pruning over
+//   output rows, `--structure 2:4-out`), with 4-value aligned offsets, streams them another way: a lane
+//   owns 8 rows of a column (one bitmap byte), its 4 values are one aligned 8-byte load at offset + 4 *
+//   lane, and each value goes to its row with a select and a predicated FMA. No popcount, no shared
+//   staging, no run straddling words. The check is made per pass from the staged words, so any spdp
+//   weight takes this path wherever it has the pattern and the variant's own loop elsewhere.
 template <typename T, int TC, int R, int V = 0>
 struct MvCfg {
   static constexpr bool SPDP = R > 0;
@@ -78,6 +87,8 @@ struct MvCfg {
   static constexpr bool NIB = SPDP && V == 2;
   static constexpr bool PROBE = !SPDP && V == 3;  // the default TEAL kernel plus its block timeline
   static constexpr bool STG = SPDP && V == 4;
+  static constexpr bool BAL = NIB || STG;  // the balanced path (see above) is compiled into these
+  static constexpr int UB = 8;             // BAL: columns in flight per lane
   static constexpr int NTHREADS = (SPDP && !DEEP) ? 512 : 256;
   static constexpr int NW = NTHREADS / 32;
   // resident blocks asked of ptxas (PROBE: 3, the default TEAL kernel's occupancy, despite the stamps)
@@ -149,6 +160,14 @@ __device__ __forceinline__ uint32_t ld_nc_u32_if(const uint32_t* ptr, bool pred)
       : "l"(ptr), "r"(static_cast<int>(pred)));
   return r;
 }
+// 8-byte read-only streaming load when `pred` (zeros otherwise), without a branch around it.
+__device__ __forceinline__ uint2 ld_nc_u64_if(const uint2* ptr, bool pred) {
+  uint2 r = make_uint2(0u, 0u);
+  asm("{\n .reg .pred q;\n setp.ne.b32 q, %3, 0;\n @q ld.global.nc.L1::no_allocate.v2.u32 {%0, %1}, [%2];\n}"
+      : "+r"(r.x), "+r"(r.y)
+      : "l"(ptr), "r"(static_cast<int>(pred)));
+  return r;
+}
 // Byte permute of the 8 bytes {b, a} (prmt.b32; unlike __byte_perm, the selector is not masked).
 __device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
   uint32_t r;
@@ -165,6 +184,29 @@ template <> __device__ __forceinline__ void unpack2<__half>(uint32_t w, float& a
 template <> __device__ __forceinline__ void unpack2<__nv_bfloat16>(uint32_t w, float& a, float& b) {
   a = __uint_as_float(w << 16);
   b = __uint_as_float(w & 0xffff0000u);
+}
+
+// BAL: rows 0..3 of a nibble n with exactly two bits set, whose two values (in row order) are the
+// halves of w: each row takes the first or the second value or nothing.
+template <typename T>
+__device__ __forceinline__ void bal_nibble(uint32_t n, uint32_t w, float x, float* a) {
+  float v0, v1;
+  unpack2<T>(w, v0, v1);
+  if (n & 1u) a[0] = fmaf(x, v0, a[0]);
+  if (n & 2u) a[1] = fmaf(x, (n & 1u) ? v1 : v0, a[1]);
+  if (n & 4u) a[2] = fmaf(x, (n & 8u) ? v0 : v1, a[2]);
+  if (n & 8u) a[3] = fmaf(x, v1, a[3]);
+}
+// BAL: the bit count of each nibble of m.
+__device__ __forceinline__ uint32_t nibble_counts(uint32_t m) {
+  const uint32_t c = m - ((m >> 1) & 0x55555555u);
+  return (c & 0x33333333u) + ((c >> 2) & 0x33333333u);
+}
+// BAL: nibble_counts of bitmap word w (rows 32w..) of a balanced column in a tile of `rows` rows: 2 in
+// each whole nibble inside the tile, 0 above.
+__device__ __forceinline__ uint32_t bal_expected(int w, int rows) {
+  const int nv = min(8, max(0, (rows - 32 * w) >> 2));
+  return nv >= 8 ? 0x22222222u : (0x22222222u & ((1u << (4 * nv)) - 1u));
 }
 
 // SPDP: the staged bitmap words of list entry e and the value index of each word's first bit (one
@@ -295,6 +337,15 @@ __global__ void __launch_bounds__(MvCfg<T, TC, R, V>::NTHREADS, MvCfg<T, TC, R, 
     end = static_cast<int>(static_cast<long long>(cnt) * (split + 1) / p.S);
   }
 
+  // BAL: this block's balanced passes accumulate here (rows 8 * l8 + a of the tile, see below)
+  bool any_bal = false;
+  float ab[C::BAL ? 8 : 1];
+#pragma unroll
+  for (int a = 0; a < (C::BAL ? 8 : 1); ++a) ab[a] = 0.f;
+  uint32_t bexp[C::BAL ? W : 1];  // BAL: nibble_counts of each word of a balanced column of this tile
+#pragma unroll
+  for (int w = 0; w < (C::BAL ? W : 1); ++w) bexp[w] = C::BAL ? bal_expected(w, min(R, N - tile * R)) : 0u;
+
   for (int c0 = beg; c0 < end; c0 += CH) {
     const int c1 = min(end, c0 + CH);
     __syncthreads();  // the previous pass is consumed
@@ -368,6 +419,7 @@ __global__ void __launch_bounds__(MvCfg<T, TC, R, V>::NTHREADS, MvCfg<T, TC, R, 
     if constexpr (C::SPDP) {
       // stage each active column's bitmap words and the value index of each word's first bit
       constexpr int SG = C::SG;  // entries per thread per round (all their loads in flight)
+      bool ok = true;              // BAL: every entry of this thread has the balanced pattern
 #pragma unroll
       for (int i0 = 0; i0 < C::PER; i0 += SG) {
         uint32_t m[SG][W];
@@ -400,11 +452,51 @@ __global__ void __launch_bounds__(MvCfg<T, TC, R, V>::NTHREADS, MvCfg<T, TC, R, 
               s_bm[e * W + w] = m[i][w];
               s_off[e * W + w] = base;
               base += __popc(m[i][w]);
+              if constexpr (C::BAL) ok = ok && nibble_counts(m[i][w]) == bexp[w];
             }
+            // 8-byte aligned value groups, all readable
+            if constexpr (C::BAL) ok = ok && (off[i] & 3) == 0 && base <= p.nvals;
           }
         }
       }
-      __syncthreads();
+      if constexpr (C::BAL) {
+        const bool bal = __syncthreads_and(ok && p.bal && (reinterpret_cast<uintptr_t>(p.w) & 7) == 0) != 0;
+        any_bal = any_bal || bal;
+        if (p.bal == 2 && !bal) __trap();  // tune("spdp_bal", 1): the test asked for this path everywhere
+        if (bal) {
+          // a lane owns rows 8 * l8 .. 8 * l8 + 7 of a column: byte l8 % 4 of word l8 / 4; its 4 values
+          // are value group (offset / 4 + l8) of the column (2 per nibble, in row order)
+          constexpr int L8 = R / 8, G8 = 32 / L8, UB = C::UB;
+          const int g8 = lane / L8, l8 = lane - g8 * L8, wi = l8 >> 2, sh = (l8 & 3) * 8;
+          const int nslots = NW * G8;
+          const uint2* vg = static_cast<const uint2*>(p.w);
+          for (int e0 = warp * G8 + g8; e0 < cnt; e0 += nslots * UB) {
+            uint2 wv[UB];
+            uint32_t by[UB];
+#pragma unroll
+            for (int u = 0; u < UB; ++u) {
+              const int e = e0 + u * nslots;
+              uint32_t b = 0u;
+              int o = 0;
+              if (e < cnt) {
+                b = (s_bm[e * W + wi] >> sh) & 0xffu;
+                o = s_off[e * W];
+              }
+              by[u] = b;
+              wv[u] = ld_nc_u64_if(vg + (o >> 2) + l8, b != 0u);
+            }
+#pragma unroll
+            for (int u = 0; u < UB; ++u) {  // past the list, by[u] == 0: no row takes a value
+              const float xe = s_x[min(e0 + u * nslots, CH - 1)];
+              bal_nibble<T>(by[u] & 0xfu, wv[u].x, xe, ab);
+              bal_nibble<T>(by[u] >> 4, wv[u].y, xe, ab + 4);
+            }
+          }
+          continue;  // the next pass (the variant's own stream below is for unbalanced passes)
+        }
+      } else {
+        __syncthreads();
+      }
     }
 
     // ---- 2. stream the active weights --------------------------------------------------------
@@ -666,6 +758,14 @@ __global__ void __launch_bounds__(MvCfg<T, TC, R, V>::NTHREADS, MvCfg<T, TC, R, 
         for (int a = 0; a < ACC; ++a) acc[t][a] += __shfl_xor_sync(FULL, acc[t][a], o);
     }
   }
+  if constexpr (C::BAL) {
+    if (any_bal) {  // block-uniform: the column groups of a warp add their rows
+      for (int o = R / 8; o < 32; o <<= 1) {
+#pragma unroll
+        for (int a = 0; a < 8; ++a) ab[a] += __shfl_xor_sync(FULL, ab[a], o);
+      }
+    }
+  }
 #pragma unroll
   for (int t = 0; t < TC; ++t) {
     __syncthreads();
@@ -680,6 +780,15 @@ __global__ void __launch_bounds__(MvCfg<T, TC, R, V>::NTHREADS, MvCfg<T, TC, R, 
     } else if (g == 0) {
 #pragma unroll
       for (int v = 0; v < VEC; ++v) s_red[warp * tile_out + li * VEC + v] = acc[t][v];
+    }
+    if constexpr (C::BAL) {
+      if (any_bal) {  // the balanced passes' sums, on top of the variant's (a warp's own rows)
+        __syncwarp();
+        if (lane < R / 8) {
+#pragma unroll
+          for (int a = 0; a < 8; ++a) s_red[warp * R + 8 * lane + a] += ab[a];
+        }
+      }
     }
     __syncthreads();
     for (int o = tid; o < tile_out; o += NT) {

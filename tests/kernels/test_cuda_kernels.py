@@ -405,6 +405,111 @@ def test_spdp_stage_copies_aligned_spans(ops, ref, tune, dtype, shift, density):
                ref.spdp_matvec_sel(xs, idx, nnz, packed), dtype)
 
 
+def _weight_24out(n, k, dtype, seed, rows=None):
+    """Random weights pruned 2:4 over output rows: in each column, 2 of every 4 consecutive rows are
+    zero (rows past the last whole group keep one random non-zero, so a tile ending there does not
+    have the pattern). `rows` limits the pattern to those rows (the others: random 50 % zeros)."""
+    w = torch.randn((n, k), generator=_gen(seed), device="cuda") * 0.05
+    g = n // 4
+    if g:
+        keep = torch.rand((g, 4, k), generator=_gen(seed + 1), device="cuda").argsort(dim=1)[:, :2]
+        mask = torch.zeros((g, 4, k), dtype=torch.bool, device="cuda").scatter_(1, keep, True)
+        w[: 4 * g].masked_fill_(~mask.reshape(4 * g, k), 0.0)  # +0.0: spdp keeps -0.0 as a value
+    if n > 4 * g:
+        w[4 * g:].masked_fill_(torch.rand((n - 4 * g, k), generator=_gen(seed + 2), device="cuda") < 0.5, 0.0)
+    if rows is not None:
+        other = torch.ones(n, dtype=torch.bool, device="cuda")
+        other[rows] = False
+        w[other] = _weight(int(other.sum()), k, torch.float32, seed + 3, 0.5)
+    return w.to(dtype)
+
+
+def _spdp_cuda(w, tile_rows):
+    from sparsekit.formats import spdp
+
+    return {key: (v.cuda() if key != "shape" else v) for key, v in spdp.encode(w, tile_rows).items()}
+
+
+def _check_spdp_forms(ops, ref, x, packed, thr, dtype):
+    n = packed["shape"][0]
+    _poison((1, n), dtype=dtype)
+    _check(ops.spdp_matvec(x, packed, thr, backend="cuda"), ref.spdp_matvec(x, packed, thr), dtype)
+    xs, idx, nnz = ops.select(x, thr, backend="cuda")
+    _poison((1, n), dtype=dtype)
+    _check(ops.spdp_matvec_sel(xs, idx, nnz, packed, backend="cuda"), ref.spdp_matvec_sel(xs, idx, nnz, packed), dtype)
+
+
+# the balanced path (2:4 over output rows): K, N with N % 8 == 0 (every tile, the last included, has it)
+BAL_SHAPES = [(4096, 11008), (11008, 4096), (301, 104), (37, 8), (5000, 200), (4096, 4096)]
+
+
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
+@pytest.mark.parametrize("tile_rows", (32, 64, 128))
+@pytest.mark.parametrize("k,n", BAL_SHAPES)
+def test_spdp_balanced_path_matches_reference(ops, ref, tune, dtype, tile_rows, k, n):
+    """Weights pruned 2:4 over output rows take the balanced path in every block (spdp_bal=1 makes a
+    block that would not trap) through the staged and the nibble kernel, split or not (K = 5000 with
+    one slice: three passes of the list), fused and _sel; spdp_bal=2 (the variants' own loops) agrees."""
+    seed = hash(("bal", k, n, tile_rows)) % 1000
+    x, thr = _x((1, k), dtype, seed, 0.5)
+    packed = _spdp_cuda(_weight_24out(n, k, dtype, seed + 3), tile_rows)
+    for variant in ({"spdp_stage": 1}, {"spdp_stage": 2, "spdp_nib": 1}):
+        for split in (0, 1, 3):
+            for key, value in variant.items():
+                tune(key, value)
+            tune("split", split)
+            tune("spdp_bal", 1)
+            _check_spdp_forms(ops, ref, x, packed, thr, dtype)
+            tune("spdp_bal", 2)
+            _check_spdp_forms(ops, ref, x, packed, thr, dtype)
+            tune("spdp_bal", 0)
+    torch.cuda.synchronize()
+
+
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
+@pytest.mark.parametrize("tile_rows", (32, 64, 128))
+def test_spdp_balanced_path_mixed_and_fallbacks(ops, ref, tune, dtype, tile_rows):
+    """Automatic choice where only some blocks or passes have the pattern: rows of one tile only; the
+    first 2048 columns only (K = 5000, one slice: the first pass balanced, the others not, both summed
+    into one tile); N % 8 == 4 and N % 4 != 0 (the last tile's offsets lose the alignment or the
+    pattern); values not 8-byte aligned; unbalanced random weights; all zero columns."""
+    seed = hash(("balmix", tile_rows)) % 1000
+    k = 5000
+    x, thr = _x((1, k), dtype, seed, 0.5)
+    cases = [_weight_24out(300, k, dtype, seed + 1, rows=slice(0, tile_rows)),
+             _weight_24out(4 * tile_rows, k, dtype, seed + 2)]
+    cases[1][:, 2048:] = _weight(4 * tile_rows, k - 2048, dtype, seed + 3, 0.5)
+    cases += [_weight_24out(100, k, dtype, seed + 4), _weight_24out(98, k, dtype, seed + 5),
+              _weight(200, k, dtype, seed + 6, 0.5), torch.zeros((64, k), dtype=dtype, device="cuda")]
+    for w in cases:
+        for split in (0, 1):
+            tune("split", split)
+            _check_spdp_forms(ops, ref, x, _spdp_cuda(w, tile_rows), thr, dtype)
+            for shift in (2, 4):  # 4-byte aligned (nibble kernel, no balanced path); 8-byte aligned
+                tune("spdp_stage", 2)
+                _check_spdp_forms(ops, ref, x, _spdp_shifted(w, tile_rows, shift), thr, dtype)
+                tune("spdp_stage", 0)
+
+
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
+def test_spdp_balanced_path_fused_inputs(ops, ref, tune, dtype):
+    """The relative rule and the SwiGLU input (the decode's o and down projections) on balanced weights,
+    the balanced path required in every block."""
+    for k, n in ((4096, 4096), (11008, 4096), (333, 64)):
+        seed = hash(("balfused", k, n)) % 1000
+        for r in (32, 64, 128):
+            packed = _spdp_cuda(_weight_24out(n, k, dtype, seed + r), r)
+            tune("spdp_bal", 1)
+            x = _x_relative((1, k), dtype, seed, 1.1)
+            _poison((1, n), dtype=dtype)
+            _check(ops.spdp_matvec_rel(x, packed, 1.1, backend="cuda"), ref.spdp_matvec_rel(x, packed, 1.1), dtype)
+            gu = _gu_glu((1,), k, dtype, seed + 1, 0.25)
+            _poison((1, n), dtype=dtype)
+            _check(ops.spdp_matvec_glu(gu, packed, 0.25, backend="cuda"), ref.spdp_matvec_glu(gu, packed, 0.25), dtype)
+            tune("spdp_bal", 0)
+    torch.cuda.synchronize()
+
+
 # several tokens: the tensor-core kernel (spdp_mm.cuh): (tokens, K, N, weight sparsity)
 SPDP_MM_SHAPES = [(2, 200, 301, 0.5), (5, 1024, 64, 0.0), (17, 136, 129, 0.9), (33, 8, 5, 0.5), (64, 520, 200, 0.5),
                   (100, 264, 130, 0.7), (8, 4096, 11008, 0.5)]
