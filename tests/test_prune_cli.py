@@ -68,6 +68,18 @@ def test_prune_writes_checkpoint_and_manifest(tiny_dir, tmp_path, capsys):
     assert all(torch.equal(a.module.weight, b.module.weight) for a, b in zip(linear_refs(again), linear_refs(pruned)))
 
 
+def test_prune_out_structure_end_to_end(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "out24"
+    assert cli("prune", "--model", str(tiny_dir), "--method", "sparsegpt", "--structure", "2:4-OUT", "--nsamples", "4",
+               "--seqlen", "32", "--device", "cpu", "--json", "--out", str(out)) == 0
+    result = json.loads(capsys.readouterr().out)
+    manifest = verify(out)
+    assert manifest["structure"] == "2:4-out" == result["structure"] and manifest["sparsity"] == 0.5
+    for r in linear_refs(load(out)):
+        w = r.module.weight
+        assert ((w == 0).reshape(w.shape[0] // 4, 4, w.shape[1]).sum(1) == 2).all(), r.name
+
+
 def test_magnitude_and_zero_sparsity(tiny_dir, tmp_path):
     out = tmp_path / "m"
     assert cli("prune", "--model", str(tiny_dir), "--method", "magnitude", "--sparsity", "0", "--device", "cpu",
@@ -86,6 +98,9 @@ def test_magnitude_and_zero_sparsity(tiny_dir, tmp_path):
         ([], "--sparsity is required"),
         (["--sparsity", "0.5", "--structure", "banana"], "--structure"),
         (["--structure", "4:8", "--model", "BIGMODEL"], "divisible by 8"),
+        (["--structure", "4:8-out", "--model", "BIGMODEL"], "4:8-out pruning needs out_features divisible by 8"),
+        (["--sparsity", "0.3", "--structure", "2:4-out"], "--structure 2:4-out zeroes 2 of every 4 weights"),
+        (["--structure", "2:4-in"], "N:M-out"),
         (["--sparsity", "0.5", "--model", "GPT2"], "not supported"),
         (["--sparsity", "0.5", "--out", "FOREIGN"], "not an earlier 'sparsekit prune' output"),
         (["--sparsity", "0.5", "--ignore", "*.fc1"], "matches no linear"),

@@ -22,6 +22,7 @@ inputs ``X [tokens, cols]``:
      the lower row index. ``U_jj`` is one number per column, so within a group this ranks the
      updated ``|W_ij|``; the choice still differs from magnitude's because earlier columns'
      errors have moved the weights. Needs rows divisible by M; any M works with any block size.
+     (A dead input's column is all zero, so its groups hold M zeros, not N.)
    Ties go to the lower column index (N:M-out: row index). Column j's error ``(w_j - q_j) / U_jj``
    updates the later columns of the block at once and the later blocks in one matrix product at
    the block's end.
