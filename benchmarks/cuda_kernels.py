@@ -550,6 +550,51 @@ def spdp_sweep(tune, record) -> None:
         torch.cuda.empty_cache()
 
 
+def prune_24_out(w: torch.Tensor, seed: int) -> torch.Tensor:
+    """2 of every 4 consecutive rows of each column set to +0.0 at random (2:4 over output rows)."""
+    n, k = w.shape
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    keep = torch.rand((n // 4, 4, k), generator=g, device="cuda").argsort(dim=1)[:, :2]
+    mask = torch.zeros((n // 4, 4, k), dtype=torch.bool, device="cuda").scatter_(1, keep, True)
+    return w.masked_fill(~mask.reshape(n, k), 0.0)
+
+
+def balanced_sweep(tune, record) -> None:
+    """spdp_matvec at T = 1, s2 = 0.5, on weights pruned 2:4 over output rows: the balanced path (default)
+    against the variants' own loops (spdp_bal=2) and unstructured 50 % weights, tile rows 32/64/128, cuBLAS."""
+    from sparsekit import ops
+    from sparsekit.formats import spdp
+    from sparsekit.kernels import reference
+
+    for name, (n, k) in SHAPES.items():
+        w16 = [rand_weight(n, k, 0.0, seed=s) for s in range(COPIES)]
+        w24 = prune_24_out(rand_weight(n, k, 0.0, seed=300), seed=301)
+        wun = rand_weight(n, k, 0.5, seed=100)
+        for dtype in (torch.float16, torch.bfloat16):
+            ws = [w.to(dtype) for w in w16]
+            x = torch.randn((1, k), device="cuda").to(dtype)
+            dense_us, sp = time_graph([lambda w=w: F.linear(x, w) for w in ws])
+            record(name, dtype, "dense", "cuBLAS F.linear T=1", dense_us, sp, 2 * n * k + 2 * (n + k), dense_us)
+            thr = threshold(x, 0.5)
+            mask = (x.abs() > thr).flatten()
+            for r in (32, 64, 128):
+                for label, w, grid in (("2:4-out", w24, [{}, {"spdp_bal": 2}]), ("unstructured", wun, [{}])):
+                    packed = to_dev(spdp.encode(w, r), dtype)
+                    touched = spdp_touched(packed, mask, n, k, r)
+                    cps = clones(packed)
+                    expect = reference.spdp_matvec(x, packed, thr)
+                    for knobs in grid:
+                        with tuned(tune, knobs):
+                            check(ops.spdp_matvec(x, packed, thr), expect, f"spdp {name} {label} R={r} {fmt(knobs)}")
+                            us, sp = time_graph([lambda p=p: ops.spdp_matvec(x, p, thr) for p in cps])
+                            record(name, dtype, "spdp_matvec", f"{label} R={r} {fmt(knobs)}".strip(), us, sp,
+                                   touched, dense_us)
+                    del cps
+            del ws
+        del w16
+        torch.cuda.empty_cache()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fp16 only, no variant sweeps")
@@ -558,6 +603,8 @@ def main() -> None:
     ap.add_argument("--ncu", action="store_true", help="only launch teal and spdp twice each (for ncu)")
     ap.add_argument("--fused", action="store_true", help="the shapes of a fused layer (q/k/v and gate/up as one)")
     ap.add_argument("--spdp", action="store_true", help="only spdp at T=1: tile rows x variants x splits")
+    ap.add_argument("--balanced", action="store_true",
+                    help="only spdp at T=1 on weights pruned 2:4 over output rows (the balanced path) vs unstructured")
     ap.add_argument("--l2pf", default=None, help="only teal at T=1 with these L2 prefetch depths, e.g. 0,32,64,128")
     ap.add_argument("--trace", action="store_true",
                     help="only block timelines of the teal kernel (prologue, stream, reductions, skews) per shape")
@@ -611,6 +658,9 @@ def main() -> None:
                       f"{r['pct_bw']:5.1f}% S={r['split']}" + (f" teal1={r['teal1']}" if "teal1" in r else ""))
         print_table(gpu, bw, rows)
 
+    if args.balanced:
+        balanced_sweep(tune, record)
+        return finish("spdp, 2:4 over output rows vs unstructured (s1=0.5, s2=0.5, T=1)")
     if args.spdp:
         spdp_sweep(tune, record)
         return finish("forced splits (fp16, s1=0.5, T=1)")
