@@ -24,7 +24,7 @@ def command(
     weight_sparsity: Annotated[float, typer.Option("--weight-sparsity", help="Synthetic models: weight sparsity S1.")] = 0.0,
     activation_sparsity: Annotated[float, typer.Option("--activation-sparsity", help="Synthetic models: activation sparsity S2.")] = 0.0,
     format: Annotated[str, typer.Option("--format", help="Synthetic models: weight format.")] = "dense",
-    structure: Annotated[str, typer.Option("--structure", help="Synthetic models: the random weight mask's structure: unstructured, N:M (such as 2:4) or N:M-out (such as 2:4-out: N of every M output rows of each column); N:M sets --weight-sparsity to N/M. --format 2:4 always uses 2:4.")] = "unstructured",
+    structure: Annotated[str, typer.Option("--structure", help="Synthetic models: structure of the random weight masks: unstructured, N:M (such as 2:4) or N:M-out (such as 2:4-out: N of every M output rows of each column); N:M sets --weight-sparsity to N/M. --format 2:4 always uses 2:4.")] = "unstructured",
     compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the prefill and the decode step (default: on in graph mode).")] = None,
     fuse: Annotated[bool, typer.Option("--fuse/--no-fuse", help="One launch for q/k/v and one for gate/up.")] = True,
     save_per_iter: Annotated[bool, typer.Option("--save-per-iter", help="Keep every repeat's timings in the JSON.")] = False,
