@@ -553,6 +553,7 @@ def spdp_sweep(tune, record) -> None:
 def prune_24_out(w: torch.Tensor, seed: int) -> torch.Tensor:
     """2 of every 4 consecutive rows of each column set to +0.0 at random (2:4 over output rows)."""
     n, k = w.shape
+    w = torch.where(w == 0, torch.full_like(w, 1e-3), w)  # fp16 underflow zeros would break the pattern
     g = torch.Generator(device="cuda").manual_seed(seed)
     keep = torch.rand((n // 4, 4, k), generator=g, device="cuda").argsort(dim=1)[:, :2]
     mask = torch.zeros((n // 4, 4, k), dtype=torch.bool, device="cuda").scatter_(1, keep, True)

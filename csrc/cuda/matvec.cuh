@@ -88,7 +88,7 @@ struct MvCfg {
   static constexpr bool PROBE = !SPDP && V == 3;  // the default TEAL kernel plus its block timeline
   static constexpr bool STG = SPDP && V == 4;
   static constexpr bool BAL = NIB || STG;  // the balanced path (see above) is compiled into these
-  static constexpr int UB = 8;             // BAL: columns in flight per lane
+  static constexpr int UB = 16;            // BAL: columns in flight per lane
   static constexpr int NTHREADS = (SPDP && !DEEP) ? 512 : 256;
   static constexpr int NW = NTHREADS / 32;
   // resident blocks asked of ptxas (PROBE: 3, the default TEAL kernel's occupancy, despite the stamps)
@@ -472,7 +472,6 @@ __global__ void __launch_bounds__(MvCfg<T, TC, R, V>::NTHREADS, MvCfg<T, TC, R, 
           const uint2* vg = static_cast<const uint2*>(p.w);
           for (int e0 = warp * G8 + g8; e0 < cnt; e0 += nslots * UB) {
             uint2 wv[UB];
-            uint32_t by[UB];
 #pragma unroll
             for (int u = 0; u < UB; ++u) {
               const int e = e0 + u * nslots;
@@ -482,14 +481,15 @@ __global__ void __launch_bounds__(MvCfg<T, TC, R, V>::NTHREADS, MvCfg<T, TC, R, 
                 b = (s_bm[e * W + wi] >> sh) & 0xffu;
                 o = s_off[e * W];
               }
-              by[u] = b;
               wv[u] = ld_nc_u64_if(vg + (o >> 2) + l8, b != 0u);
             }
 #pragma unroll
-            for (int u = 0; u < UB; ++u) {  // past the list, by[u] == 0: no row takes a value
-              const float xe = s_x[min(e0 + u * nslots, CH - 1)];
-              bal_nibble<T>(by[u] & 0xfu, wv[u].x, xe, ab);
-              bal_nibble<T>(by[u] >> 4, wv[u].y, xe, ab + 4);
+            for (int u = 0; u < UB; ++u) {  // past the list the byte is 0: no row takes a value
+              const int e = min(e0 + u * nslots, CH - 1);
+              const uint32_t b = e0 + u * nslots < cnt ? (s_bm[e * W + wi] >> sh) & 0xffu : 0u;
+              const float xe = s_x[e];
+              bal_nibble<T>(b & 0xfu, wv[u].x, xe, ab);
+              bal_nibble<T>(b >> 4, wv[u].y, xe, ab + 4);
             }
           }
           continue;  // the next pass (the variant's own stream below is for unbalanced passes)

@@ -410,6 +410,7 @@ def _weight_24out(n, k, dtype, seed, rows=None):
     zero (rows past the last whole group keep one random non-zero, so a tile ending there does not
     have the pattern). `rows` limits the pattern to those rows (the others: random 50 % zeros)."""
     w = torch.randn((n, k), generator=_gen(seed), device="cuda") * 0.05
+    w = torch.where(w.abs() < 1e-3, torch.full_like(w, 1e-3), w)  # no value that rounds to zero in fp16
     g = n // 4
     if g:
         keep = torch.rand((g, 4, k), generator=_gen(seed + 1), device="cuda").argsort(dim=1)[:, :2]
