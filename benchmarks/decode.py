@@ -10,7 +10,10 @@ For each dtype one child process builds the model once on the GPU and measures, 
   ``generate`` with its static cache at batch 1);
 - teal at s2 = 0.5, spdp at s1 = 0.5 x s2 = 0.5, spinfer at s1 = 0.6, at every batch size: the
   model is converted in place (``convert_model``), timed, then decoded back to dense for the next
-  format (random per-row masks are nested: 0.5 then 0.6).
+  format (random per-row masks are nested: 0.5 then 0.6);
+- ``spdp24`` (not in the default list): spdp at s1 = 0.5 x s2 = 0.5 with random masks 2:4 over output
+  rows (``--structure 2:4-out``), the pattern of the one-token kernel's balanced path; the model is
+  built again from its seed first, since the masks of the formats before it are not of that shape.
 
 Every configuration runs in its own try/except and its result is appended to ``decode.jsonl`` at
 once; if the child dies (a CUDA fault poisons the process) the parent starts a new one that skips
@@ -30,7 +33,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-FORMATS = {"teal": (0.0, 0.5), "spdp": (0.5, 0.5), "spinfer": (0.6, 0.0)}  # name -> (s1, s2), s1 ascending
+FORMATS = {"teal": (0.0, 0.5), "spdp": (0.5, 0.5), "spinfer": (0.6, 0.0), "spdp24": (0.5, 0.5)}  # name -> (s1, s2)
+# formats that are another format with another mask structure (a fresh model is pruned for them)
+VARIANT_OF = {"spdp24": ("spdp", "2:4-out")}
 TARGETS = "dense TPOT <= 1.25x floor; teal >= 1.75x; spdp >= 2.6x; spinfer TPOT faster, TTFT <= dense; every TTFT <= 1.05x dense (batch 1)"
 
 
@@ -164,11 +169,16 @@ def child(a) -> int:
         s1, s2 = FORMATS[fmt]
         if all(_key(dtype_name, fmt, b) in skip for b in batches):
             continue
+        base, structure = VARIANT_OF.get(fmt, (fmt, "unstructured"))
         try:
-            synthetic.apply_weight_sparsity(model, s1, seed=0)
+            if structure != "unstructured":  # the same random weights, unpruned
+                del model
+                torch.cuda.empty_cache()
+                model = synthetic.build(a.model, device, dtype, seed=0)
+            synthetic.apply_weight_sparsity(model, s1, seed=0, structure=structure)
             thresholds = synthetic.calibrate_thresholds(model, s2, seed=0, rule=a.threshold_rule) if s2 > 0 else None
             t0 = time.time()
-            report = convert_model(model, fmt, thresholds)
+            report = convert_model(model, base, thresholds)
             conv = {"convert_seconds": round(time.time() - t0, 1), "weight_sparsity": report["weight_sparsity"],
                     "bytes": report["bytes"], "dense_bytes": report["dense_bytes"]}
         except Exception as exc:  # noqa: BLE001
@@ -226,6 +236,7 @@ def verdicts(rows: dict[str, dict]) -> list[dict]:
             checks.append(("TPOT <= 1.25x floor", r["mean_tpot_ms"] <= 1.25 * r["floor_tpot_ms"]))
         else:
             base = r["format"].split("+")[0]  # FMT+KNOBS rows (--tune-variants) answer to FMT's targets
+            base = VARIANT_OF.get(base, (base,))[0]
             need = {"teal": 1.75, "spdp": 2.6}.get(base)
             if need:
                 checks.append((f"TPOT speedup >= {need}x", r["speedup_tpot_vs_dense"] >= need))
@@ -241,7 +252,7 @@ def verdicts(rows: dict[str, dict]) -> list[dict]:
 def table(rows: dict[str, dict], checks: list[dict]) -> str:
     lines = [f"{'dtype':9} {'fmt':8} {'B':>3} {'TTFT ms':>8} {'TPOT ms':>8} {'floor':>7} {'%floor':>6} "
              f"{'GB/s':>7} {'speedup':>7} {'TTFT/d':>6}  note"]
-    order = {"dense": 0, "hf": 1, "teal": 2, "spdp": 3, "spinfer": 4}
+    order = {"dense": 0, "hf": 1, "teal": 2, "spdp": 3, "spdp24": 4, "spinfer": 5}
     for r in sorted(rows.values(), key=lambda r: (r["dtype"], r["batch"], order.get(r["format"].split("+")[0], 9),
                                                    r["format"])):
         if "error" in r:

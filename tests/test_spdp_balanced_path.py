@@ -128,3 +128,29 @@ def test_bal_nibble_covers_the_six_patterns():
         want = [0, 0, 0, 0]
         want[rows[0]], want[rows[1]] = 11, 22
         assert got == want, n
+
+
+@pytest.mark.parametrize("tile_rows", (32, 64, 128))
+def test_encode_pads_short_groups_of_a_2_4_out_weight(tile_rows):
+    """A 2:4-over-rows weight that lost a few more weights to exact zeros is stored with exactly 2 values
+    per 4-row group (the zeros kept as +0.0 values), so every column takes the balanced path; decode
+    still gives the weight bit for bit. Weights that are not 2:4 over rows are stored as they are."""
+    g = torch.Generator().manual_seed(tile_rows + 7)
+    n, k = 512, 256
+    w = _prune_24_out(torch.randn(n, k, generator=g).half(), g)
+    kept = (w != 0).nonzero()
+    lost = kept[torch.randperm(len(kept), generator=g)[:20]]  # 20 of 32768 groups lose one more weight
+    w[lost[:, 0], lost[:, 1]] = 0.0
+    packed = spdp.encode(w, tile_rows)
+    assert packed["values"].numel() == n * k // 2 == int((w != 0).sum()) + 20
+    assert torch.equal(spdp.decode(packed).view(torch.int16), w.view(torch.int16))
+    nvals = packed["values"].numel()
+    assert all(_passes(words, off, rows, nvals) for _, _, words, off, rows in _columns(packed, tile_rows))
+    # not 2:4 over rows: unstructured 50 %, 90 % (every group has <= 2, few exactly 2), or too many short groups
+    for density in (0.5, 0.1):
+        u = torch.randn(n, k, generator=g).half()
+        u[torch.rand(n, k, generator=g) >= density] = 0
+        assert spdp.encode(u, tile_rows)["values"].numel() == int((u != 0).sum())
+    short = w.clone()
+    short[0] = 0.0  # 256 short groups (0.8 %)
+    assert spdp.encode(short, tile_rows)["values"].numel() == int((short != 0).sum())

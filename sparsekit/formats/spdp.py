@@ -16,6 +16,14 @@ and walks only the active input columns of that tile, so bytes read scale as
 
 ``encode`` returns a dict of tensors (saved in safetensors as ``<linear>.<key>``), ``decode``
 inverts it bit for bit ("non-zero" means a non-zero bit pattern, so ``-0.0`` and NaN are kept).
+
+Weights pruned 2:4 over output rows (``--structure 2:4-out``: 2 of every 4 consecutive rows of each
+column zeroed) are stored with exactly 2 values in every such group, which lets the CUDA one-token
+kernel find a lane's values without popcounts (its balanced path). A group that lost a third weight
+to an exact zero (an fp16 underflow, a zero already in the checkpoint) would break that, so when no
+whole 4-row group holds more than 2 non-zeros and at least 99.9 % hold exactly 2, ``encode`` also
+stores the first zeros of the short groups as values (``+0.0``): the same weight, at most 0.1 % more
+values. Other weights are stored exactly as described above.
 """
 from __future__ import annotations
 
@@ -39,6 +47,22 @@ def dims(packed: dict) -> tuple[int, int, int]:
     return n, k, r
 
 
+def _pad_two_per_four(nz: torch.Tensor, n: int, tile_rows: int) -> torch.Tensor:
+    """``nz`` [NT, K, R] with the 2:4-over-rows padding of the module docstring applied (or as is)."""
+    nt, k, _ = nz.shape
+    groups = nz.reshape(nt, k, tile_rows // 4, 4)
+    counts = groups.sum(-1)  # [NT, K, R/4]
+    first_row = (torch.arange(nt, device=nz.device).view(nt, 1, 1) * tile_rows
+                 + 4 * torch.arange(tile_rows // 4, device=nz.device).view(1, 1, -1))
+    whole = (first_row + 3 < n).expand_as(counts)  # groups entirely inside the weight
+    inside = counts[whole]
+    if inside.numel() == 0 or bool((inside > 2).any()) or float((inside == 2).float().mean()) < 0.999:
+        return nz
+    zeros_before = torch.cumsum(~groups, -1)  # position of each zero among its group's zeros (1-based)
+    pad = ~groups & (zeros_before <= (2 - counts).unsqueeze(-1)) & whole.unsqueeze(-1)
+    return (groups | pad).reshape(nt, k, tile_rows)
+
+
 def encode(weight: torch.Tensor, tile_rows: int = 64) -> dict[str, torch.Tensor]:
     if weight.dim() != 2:
         raise ValueError(f"spdp encodes 2-D weights, got shape {tuple(weight.shape)}")
@@ -51,7 +75,7 @@ def encode(weight: torch.Tensor, tile_rows: int = 64) -> dict[str, torch.Tensor]
     padded[:n] = w
     # [NT, R, K] -> [NT, K, R]: tile-major, then column, then row within the tile
     tiles = padded.reshape(nt, tile_rows, k).permute(0, 2, 1).contiguous()
-    nz = _nonzero_bits(tiles)
+    nz = _pad_two_per_four(_nonzero_bits(tiles), n, tile_rows)
     words = nz.reshape(nt, k, tile_rows // 32, 32).to(torch.int64)
     weights_of_bits = torch.ones(32, dtype=torch.int64, device=w.device) << torch.arange(32, dtype=torch.int64, device=w.device)
     bitmap64 = (words * weights_of_bits).sum(-1)  # [NT, K, R/32] in [0, 2^32)
