@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One short GPU-machine call: build, then compute-sanitizer memcheck and racecheck over the
-# sanitizer smoke test (every CUDA kernel once on small shapes, spdp_decode included), racecheck at
+# sanitizer smoke test (every CUDA kernel once on small shapes, spdp_decode and the balanced spdp path
+# included), racecheck at
 # one token and at six (the tensor-core spdp kernel).
 # Run from the repository root with OUT=dir; summary.txt is printed last, the logs come back in all.tgz.
 set -uo pipefail

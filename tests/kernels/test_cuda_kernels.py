@@ -863,6 +863,14 @@ def test_sanitizer_smoke(ops, ref, tune, tokens):
             _check(ops.spdp_matvec(x, sp, thr, backend="cuda"), ref.spdp_matvec(x, sp, thr), dtype)
             _check(ops.spdp_matvec_sel(xs, idx, nnz, sp, backend="cuda"), ref.spdp_matvec_sel(xs, idx, nnz, sp), dtype)
         tune("spdp_stage", 0)
+        if tokens == 1:  # the balanced path (2:4 over output rows), required in every block
+            sb = _spdp_cuda(_weight_24out(136, 200, dtype, seed=3), r)
+            for stage in (1, 2):
+                tune("spdp_stage", stage)
+                tune("spdp_bal", 1)
+                _check(ops.spdp_matvec(x, sb, thr, backend="cuda"), ref.spdp_matvec(x, sb, thr), dtype)
+                tune("spdp_bal", 0)
+            tune("spdp_stage", 0)
         assert torch.equal(ops.spdp_decode(sp, backend="cuda"), ref.spdp_decode(sp))
         xr = _x_relative(x.shape, dtype, 40 + tokens, 1.1)
         _check(ops.spdp_matvec_rel(xr, sp, 1.1, backend="cuda"), ref.spdp_matvec_rel(xr, sp, 1.1), dtype)
