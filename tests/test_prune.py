@@ -46,16 +46,10 @@ def ref_mask(scores: torch.Tensor, sparsity: float, nm) -> torch.Tensor:
 
 def ref_sparsegpt(W: torch.Tensor, X: torch.Tensor, sparsity: float, nm, block: int = 128) -> torch.Tensor:
     """Sequential OBS (SparseGPT paper, Eq. 3 + the row-wise inverse-Hessian elimination), float64."""
-    W = W.double().clone()
-    X = X.double()
+    from sparsekit.testing import obs_start
+
+    W, Hinv = obs_start(W, X)
     rows, cols = W.shape
-    H = 2 * X.T @ X / X.shape[0]
-    dead = torch.diagonal(H) == 0
-    for j in torch.nonzero(dead).flatten().tolist():
-        H[j, j] = 1.0
-        W[:, j] = 0.0
-    H += 0.01 * torch.diagonal(H).mean() * torch.eye(cols, dtype=torch.float64)
-    Hinv = torch.linalg.inv(H)
     hjj, hrow = [], []  # [H_F^-1]_jj and row j of H_F^-1, F = columns j.. (earlier ones eliminated)
     for j in range(cols):
         hjj.append(float(Hinv[j, j]))

@@ -44,16 +44,10 @@ def ref_out_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
 def ref_sparsegpt_out(W: torch.Tensor, X: torch.Tensor, n: int, m: int) -> torch.Tensor:
     """Sequential OBS in float64; column j's mask: the n lowest ``W_ij^2 / [H^-1]_jj`` of every group
     of m rows, from W as updated by the columns before j."""
-    W = W.double().clone()
-    X = X.double()
+    from sparsekit.testing import obs_start
+
+    W, Hinv = obs_start(W, X)
     rows, cols = W.shape
-    H = 2 * X.T @ X / X.shape[0]
-    dead = torch.diagonal(H) == 0
-    for j in torch.nonzero(dead).flatten().tolist():
-        H[j, j] = 1.0
-        W[:, j] = 0.0
-    H += 0.01 * torch.diagonal(H).mean() * torch.eye(cols, dtype=torch.float64)
-    Hinv = torch.linalg.inv(H)
     for j in range(cols):
         hjj, hrow = float(Hinv[j, j]), Hinv[j].clone()
         sal = (W[:, j] ** 2 / hjj).tolist()
