@@ -38,8 +38,8 @@ struct MatvecParams {
   const int* bitmap;   // SPDP: [NT, K, R/32]
   const int* offsets;  // SPDP: [NT*K + 1]
   int nvals;           // SPDP: values readable from w (the NIB variant reads whole 4-byte pairs below it)
-  int bal;             // SPDP, NIB and STG: 0 = never take the balanced path, 1 = in blocks whose columns allow
-                       // it, 2 = the same, and a block whose columns do not allow it traps (tests only)
+  int bal;             // SPDP, NIB and STG, tune("spdp_bal"): 0 = the balanced path in blocks whose columns allow
+                       // it, 1 = the same, and a block whose columns do not allow it traps (tests), 2 = never
   int pipe;            // TEAL: 0 = batches of U register loads; 1 = a cp.async ring of D rows per lane
                        // (only read by the PIPE instantiation)
   int l2pf;            // TEAL, fused: before waiting for its inputs, the block prefetches into L2 the
@@ -76,8 +76,8 @@ struct MatvecParams {
 //   all hold exactly 2 non-zeros in every 4-row group of their rows (the pattern of 2:4 pruning over
 //   output rows, `--structure 2:4-out`), with 4-value aligned offsets, streams them another way: a lane
 //   owns 8 rows of a column (one bitmap byte), its 4 values are one aligned 8-byte load at offset + 4 *
-//   lane, and each value goes to its row with a select and a predicated FMA. No popcount, no shared
-//   staging, no run straddling words. The check is made per pass from the staged words, so any spdp
+//   lane, and each value goes to its row with a select and a predicated FMA. No popcount, no cp.async
+//   ring, no run straddling words. The check is made per pass from the staged words, so any spdp
 //   weight takes this path wherever it has the pattern and the variant's own loop elsewhere.
 template <typename T, int TC, int R, int V = 0>
 struct MvCfg {
@@ -460,9 +460,9 @@ __global__ void __launch_bounds__(MvCfg<T, TC, R, V>::NTHREADS, MvCfg<T, TC, R, 
         }
       }
       if constexpr (C::BAL) {
-        const bool bal = __syncthreads_and(ok && p.bal && (reinterpret_cast<uintptr_t>(p.w) & 7) == 0) != 0;
+        const bool bal = __syncthreads_and(ok && p.bal != 2 && (reinterpret_cast<uintptr_t>(p.w) & 7) == 0) != 0;
         any_bal = any_bal || bal;
-        if (p.bal == 2 && !bal) __trap();  // tune("spdp_bal", 1): the test asked for this path everywhere
+        if (p.bal == 1 && !bal) __trap();  // tune("spdp_bal", 1): the test asked for this path everywhere
         if (bal) {
           // a lane owns rows 8 * l8 .. 8 * l8 + 7 of a column: byte l8 % 4 of word l8 / 4; its 4 values
           // are value group (offset / 4 + l8) of the column (2 per nibble, in row order)
@@ -484,7 +484,7 @@ __global__ void __launch_bounds__(MvCfg<T, TC, R, V>::NTHREADS, MvCfg<T, TC, R, 
               wv[u] = ld_nc_u64_if(vg + (o >> 2) + l8, b != 0u);
             }
 #pragma unroll
-            for (int u = 0; u < UB; ++u) {  // past the list the byte is 0: no row takes a value
+            for (int u = 0; u < UB; ++u) {  // the byte read again (fewer live registers); 0 past the list
               const int e = min(e0 + u * nslots, CH - 1);
               const uint32_t b = e0 + u * nslots < cnt ? (s_bm[e * W + wi] >> sh) & 0xffu : 0u;
               const float xe = s_x[e];

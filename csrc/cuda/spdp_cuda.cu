@@ -154,7 +154,7 @@ at::Tensor spdp_run(const at::Tensor& x, const at::Tensor* idx, const at::Tensor
   p.bitmap = bc.data_ptr<int>();
   p.offsets = oc.data_ptr<int>();
   p.nvals = static_cast<int>(nvals);
-  p.bal = tuning().spdp_bal == 2 ? 0 : (tuning().spdp_bal == 1 ? 2 : 1);
+  p.bal = tuning().spdp_bal;
   const int tiles = static_cast<int>(NT);
   switch (x.scalar_type()) {
     case at::kHalf: spdp_dispatch_r<__half>(p, tiles, static_cast<int>(R), device, stream); break;

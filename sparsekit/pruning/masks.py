@@ -58,7 +58,7 @@ class NM(tuple):
     @property
     def label(self) -> str:
         """``"2:4"`` or ``"2:4-out"``: the ``--structure`` spelling."""
-        return f"{self[0]}:{self[1]}" + (OUT_SUFFIX if self.axis == "out" else "")
+        return structure_label(self)
 
     def __eq__(self, other):
         if not isinstance(other, tuple):
