@@ -1,7 +1,7 @@
 """Prefill-sized calls (T = 8 ... 128 tokens) of a packed weight: which path is fastest (GPU).
 
     python benchmarks/prefill_paths.py [--json OUT.json]
-    python benchmarks/prefill_paths.py --mm [--tokens 1,2,4,8,16,32,64,128,256,512] [--json OUT.json]
+    python benchmarks/prefill_paths.py --mm [--balanced] [--tokens 1,2,4,8,16,32,64,128,256,512] [--json OUT.json]
 
 For Llama-2-7B shapes at 50 % (spdp) / 60 % (spinfer) weight sparsity, fp16, dense activations, times
 in the harness of ``cuda_kernels.py`` (CUDA-graph replays over 8 rotated weight copies):
@@ -12,6 +12,8 @@ cuBLAS on the dense weight; spdp decode + cuBLAS (the runtime's prefill path fro
 cuBLAS, decode + cuBLAS and the matvec kernels (``tune("spdp_mm", 2)``), fp16 at 64-row tiles over
 the token counts of a prefill and a decode batch, on the shapes of a fused Llama-2-7B layer; then
 tile rows 32/128 and bf16 at 32 tokens. Each configuration is checked against ``F.linear`` first.
+``--balanced``: the weights are pruned 2:4 over output rows (``--structure 2:4-out``), so the kernel's
+balanced expansion runs; each table then also times the generic expansion (``tune("spdp_bal", 2)``).
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cuda_kernels import COPIES, rand_weight, time_graph  # noqa: E402
+from cuda_kernels import COPIES, prune_24_out, rand_weight, time_graph  # noqa: E402
 
 SHAPES = {"4096->11008": (11008, 4096), "11008->4096": (4096, 11008), "4096->4096": (4096, 4096)}
 
@@ -37,6 +39,7 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     ap.add_argument("--decode-sweep", action="store_true", help="only time spdp_decode, CUDA against Triton")
     ap.add_argument("--mm", action="store_true", help="the tensor-core spdp kernel against cuBLAS and the other paths")
+    ap.add_argument("--balanced", action="store_true", help="with --mm: weights pruned 2:4 over output rows")
     a = ap.parse_args()
     if a.decode_sweep:
         return decode_sweep(a)
@@ -97,10 +100,14 @@ def mm_sweep(a) -> None:
     tokens = [int(v) for v in (a.tokens or "1,2,4,8,16,32,64,128,256,512").split(",")]
     gpu = torch.cuda.get_device_name()
     rows = []
-    print(f"## spdp on tensor cores, 50% weights, dense activations, {gpu} (µs per call; x = cuBLAS / path)")
+    kind = "2:4 over output rows" if a.balanced else "50% unstructured"
+    print(f"## spdp on tensor cores, {kind} weights, dense activations, {gpu} (µs per call; x = cuBLAS / path)")
+
+    def weight(n, k, s):
+        return prune_24_out(rand_weight(n, k, 0.0, seed=s), seed=s + 500) if a.balanced else rand_weight(n, k, 0.5, seed=s)
 
     def run(name, n, k, r, dtype, ts, others):
-        w = [rand_weight(n, k, 0.5, seed=s).to(dtype) for s in range(COPIES)]
+        w = [weight(n, k, s).to(dtype) for s in range(COPIES)]
         sp = [{key: (v.cuda() if key != "shape" else tuple(v.tolist())) for key, v in spdp.encode(x, r).items()}
               for x in w]
         layer = {}
@@ -114,16 +121,18 @@ def mm_sweep(a) -> None:
             mm = int(tune("last_spdp_mm", -1))
             paths = {"cuBLAS": [lambda w=w_: F.linear(x, w) for w_ in w],
                      "spdp default": [lambda p=p: ops.spdp_matvec(x, p, 0.0, backend="cuda") for p in sp]}
+            if a.balanced and mm:
+                paths["generic (spdp_bal=2)"] = ("spdp_bal", 2)
             if others:
                 paths["decode + cuBLAS"] = [lambda p=p: F.linear(x, ops.spdp_decode(p)) for p in sp]
                 if t <= 16:
-                    paths["matvec (spdp_mm=2)"] = "nomm"
+                    paths["matvec (spdp_mm=2)"] = ("spdp_mm", 2)
             res = {}
             for label, calls in paths.items():
-                if calls == "nomm":
-                    old = tune("spdp_mm", 2)
+                if isinstance(calls, tuple):  # the default call under another knob value
+                    old = tune(*calls)
                     res[label], _ = time_graph([lambda p=p: ops.spdp_matvec(x, p, 0.0, backend="cuda") for p in sp])
-                    tune("spdp_mm", old)
+                    tune(calls[0], old)
                 else:
                     res[label], _ = time_graph(calls)
             base = res["cuBLAS"]

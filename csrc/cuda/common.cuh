@@ -121,6 +121,12 @@ __device__ __forceinline__ uint32_t lds_u16_if(uint32_t addr, uint32_t pred) {
   return v;
 }
 
+// The bit count of each nibble of m (the 2:4-over-rows check of the balanced spdp paths).
+__device__ __forceinline__ uint32_t nibble_counts(uint32_t m) {
+  const uint32_t c = m - ((m >> 1) & 0x55555555u);
+  return (c & 0x33333333u) + ((c >> 2) & 0x33333333u);
+}
+
 // ---- tensor cores (sm_80+): mma.sync m16n8k16 with fp32 accumulation, ldmatrix ----------------
 // c += a (16x16, row-major fragment) * b (16x8, column-major fragment); T = __half or __nv_bfloat16.
 template <typename T>

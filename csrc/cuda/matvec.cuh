@@ -197,11 +197,6 @@ __device__ __forceinline__ void bal_nibble(uint32_t n, uint32_t w, float x, floa
   if (n & 4u) a[2] = fmaf(x, (n & 8u) ? v0 : v1, a[2]);
   if (n & 8u) a[3] = fmaf(x, v1, a[3]);
 }
-// BAL: the bit count of each nibble of m.
-__device__ __forceinline__ uint32_t nibble_counts(uint32_t m) {
-  const uint32_t c = m - ((m >> 1) & 0x55555555u);
-  return (c & 0x33333333u) + ((c >> 2) & 0x33333333u);
-}
 // BAL: nibble_counts of bitmap word w (rows 32w..) of a balanced column in a tile of `rows` rows: 2 in
 // each whole nibble inside the tile, 0 above.
 __device__ __forceinline__ uint32_t bal_expected(int w, int rows) {

@@ -14,7 +14,7 @@ struct Tuning {
   int pdl = 0;       // 1: launch with programmatic stream serialization (overlap with the previous kernel)
   int spdp_deep = 0;  // one-token spdp, deep variant (MvCfg DEEP): 0 = for 128-row tiles, 1 = always, 2 = never
   int spdp_stage = 0;  // one-token spdp of 16-bit values, staged variant (MvCfg STG): 0 = 64/128-row tiles, 1 = every tile size (values 16-byte aligned), 2 = never
-  int spdp_bal = 0;   // one-token spdp of 16-bit values, balanced path (MvCfg BAL): 0 = per block where the 2:4-over-rows pattern holds, 1 = required (tests: a block without it traps), 2 = never
+  int spdp_bal = 0;   // spdp of 16-bit values, balanced paths (one token: MvCfg BAL, per block; several: spdp_mm.cuh, per expansion unit): 0 = where the 2:4-over-rows pattern holds, 1 = required (tests: a block or unit without it traps), 2 = never
   int spdp_nib = 0;   // one-token spdp of 16-bit values, nibble variant (MvCfg NIB): 0/1 = where values are 4-byte aligned, 2 = never
   int spdp_mm = 0;    // several-token spdp on tensor cores (spdp_mm.cuh): 0 = from kSpdpMmMinTokens tokens, 1 = from 2, 2 = never
   int spdp_mm_rows = 16;  // rows one thread expands per unit in that kernel: 16 or 8

@@ -129,6 +129,7 @@ at::Tensor spdp_run(const at::Tensor& x, const at::Tensor* idx, const at::Tensor
     q.N = static_cast<int>(N);
     q.K = static_cast<int>(K);
     q.thr = mask_threshold(threshold, x.scalar_type(), false);
+    q.bal = tuning().spdp_bal;
     if (x.scalar_type() == at::kHalf) mm_rows<__half>(q, static_cast<int>(R), device, stream);
     else mm_rows<__nv_bfloat16>(q, static_cast<int>(R), device, stream);
     return y;

@@ -10,7 +10,11 @@
 //  1. every thread masks 16-byte pieces of the x tile in place (|x| > t, compared in x's dtype);
 //  2. the threads expand the packed values into a dense shared tile A^T [KC][R] (column-major):
 //     a unit is G (8 or 16) consecutive rows of one column: its bitmap bits, the popcount below
-//     them, G predicated 2-byte shared loads and 16-byte stores;
+//     them, G predicated 2-byte shared loads and 16-byte stores. A balanced unit (exactly 2 bits in
+//     each 4-row group, the 2:4-over-rows pattern, and its first value 8-byte aligned) instead loads
+//     its G / 2 values with 8-byte loads and places each group's pair with two byte permutes whose
+//     selectors come from a 16-entry table indexed by the group's 4 bits (knob spdp_bal: 0 per
+//     unit, 1 required: a unit inside the rows without it traps, 2 never);
 //  3. the warps multiply: A fragments by ldmatrix.trans from A^T, B fragments from the x tile by
 //     ldmatrix, mma.m16n8k16 with fp32 accumulation.
 // The S slices of a tile add their partial sums through distributed shared memory (a (1, S, 1)
@@ -30,6 +34,7 @@ struct SpdpMmParams {
   long long nvals;         // values readable from vals (copies past it are zero-filled)
   int T, N, K, S;
   float thr;               // keep |x| > thr (already rounded to x's dtype)
+  int bal;                 // the spdp_bal knob: 0 balanced units where the pattern holds, 1 required, 2 never
 };
 
 constexpr int kMmThreads = 256;
@@ -75,6 +80,26 @@ __device__ __forceinline__ uint32_t mask_pair<__nv_bfloat16>(uint32_t w, uint32_
   const __nv_bfloat162 a = __habs2(*reinterpret_cast<const __nv_bfloat162*>(&w));
   return w & __hgt2_mask(a, *reinterpret_cast<const __nv_bfloat162*>(&thr2));
 }
+// The byte-permute selectors that place a 4-row group's two packed values (one 32-bit word: the
+// first value in bytes 0-1, the second in 2-3) at the rows of its 4 bitmap bits `n`, zeros elsewhere
+// (byte 4: the zero operand): .x builds rows 0-1, .y rows 2-3. Only nibbles with 2 bits are used.
+__device__ __forceinline__ uint2 pair_selectors(uint32_t n) {
+  uint32_t s[2] = {0u, 0u}, seen = 0u;
+#pragma unroll
+  for (int r = 0; r < 4; ++r) {
+    const uint32_t code = (n >> r) & 1u ? (seen++ ? 0x32u : 0x10u) : 0x44u;
+    s[r >> 1] |= code << (8 * (r & 1));
+  }
+  return make_uint2(s[0], s[1]);
+}
+
+// prmt with selector nibbles 0-4 (no sign-replicate bit: __byte_perm would mask the selector first).
+__device__ __forceinline__ uint32_t prmt_zero(uint32_t a, uint32_t sel) {
+  uint32_t r;
+  asm("prmt.b32 %0, %1, 0, %2;" : "=r"(r) : "r"(a), "r"(sel));
+  return r;
+}
+
 template <typename T>
 __device__ __forceinline__ uint32_t splat_threshold(float t) {
   const T h = from_f<T>(t);
@@ -87,8 +112,10 @@ __global__ void __launch_bounds__(kMmThreads) spdp_mm_kernel(const SpdpMmParams 
   using C = MmCfg<R, TN, G>;
   constexpr int KC = C::KC, W = C::W, NST = C::NST, UC = C::UC;
   extern __shared__ __align__(16) unsigned char smem[];
-  grid_dependency_wait();
+  __shared__ uint2 sel_tab[16];  // pair_selectors of every nibble (read after the loop's first barrier)
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  if (tid < 16) sel_tab[tid] = pair_selectors(tid);
+  grid_dependency_wait();
   const int tile = blockIdx.x, split = blockIdx.y, t0 = blockIdx.z * TN;
   const int nck = (p.K + KC - 1) / KC;
   const int per = (nck + p.S - 1) / p.S;
@@ -152,6 +179,9 @@ __global__ void __launch_bounds__(kMmThreads) spdp_mm_kernel(const SpdpMmParams 
   // this thread's expansion unit: rows r0 .. r0 + G - 1 of its columns
   const int r0 = (tid % UC) * G, wsel = r0 >> 5, sh = r0 & 31;
   const uint32_t below = (1u << sh) - 1u;
+  // a balanced unit's nibble counts: 2 per whole 4-row group inside the tile's rows, 0 above
+  const int ng = min(G / 4, max(0, (p.N - tile * R - r0) >> 2));
+  const uint32_t bal_counts = 0x22222222u & static_cast<uint32_t>((1ull << (4 * ng)) - 1ull);
   // this warp's mma tiles
   const int mt = warp % C::MT, kq = warp / C::MT;
   const uint32_t thr2 = splat_threshold<T>(p.thr);
@@ -214,15 +244,36 @@ __global__ void __launch_bounds__(kMmThreads) spdp_mm_kernel(const SpdpMmParams 
         idx += (wsel > 0 ? __popc(b4.x) : 0) + (wsel > 1 ? __popc(b4.y) : 0) + (wsel > 2 ? __popc(b4.z) : 0);
       }
       idx += __popc(m & below);
-      const uint32_t bits = m >> sh;
-      uint32_t a = sva + 2u * static_cast<uint32_t>(idx), v[G], out[G / 2];
+      const uint32_t bits = (m >> sh) & static_cast<uint32_t>((1ull << G) - 1ull);
+      uint32_t out[G / 2];
+      const bool bal = p.bal != 2 && nibble_counts(bits) == bal_counts && (idx & 3) == 0;
+      if (p.bal == 1 && !bal && (ca + i) * KC + c < p.K) __trap();  // (columns past K are zero-filled)
+      if (bal) {
+        uint32_t w[G / 4] = {};  // each group's pair (a unit with no bits reads nothing)
+        if (bits) {
 #pragma unroll
-      for (int k = 0; k < G; ++k) {
-        v[k] = lds_u16_if(a, bits & (1u << k));
-        if (bits & (1u << k)) a += 2u;
+          for (int k = 0; k < G / 4; k += 2) {
+            const uint2 q = *reinterpret_cast<const uint2*>(st + 2 * (idx + 2 * k));
+            w[k] = q.x;
+            w[k + 1] = q.y;
+          }
+        }
+#pragma unroll
+        for (int k = 0; k < G / 4; ++k) {
+          const uint2 sel = sel_tab[(bits >> (4 * k)) & 15u];
+          out[2 * k] = prmt_zero(w[k], sel.x);
+          out[2 * k + 1] = prmt_zero(w[k], sel.y);
+        }
+      } else {
+        uint32_t a = sva + 2u * static_cast<uint32_t>(idx), v[G];
+#pragma unroll
+        for (int k = 0; k < G; ++k) {
+          v[k] = lds_u16_if(a, bits & (1u << k));
+          if (bits & (1u << k)) a += 2u;
+        }
+#pragma unroll
+        for (int k = 0; k < G / 2; ++k) out[k] = __byte_perm(v[2 * k], v[2 * k + 1], 0x5410);
       }
-#pragma unroll
-      for (int k = 0; k < G / 2; ++k) out[k] = __byte_perm(v[2 * k], v[2 * k + 1], 0x5410);
       unsigned short* dst = at + c * C::ALD + r0;
       *reinterpret_cast<uint4*>(dst) = make_uint4(out[0], out[1], out[2], out[3]);
       if constexpr (G == 16) *reinterpret_cast<uint4*>(dst + 8) = make_uint4(out[4], out[5], out[6], out[7]);

@@ -585,6 +585,68 @@ def test_spdp_mm_graph_capture_and_knob(ops, ref, tune):
     assert torch.ops.sparsekit_cuda.tune("last_spdp_mm", -1) == 0
 
 
+# the tensor-core kernel's balanced expansion: (tokens, K, N); K % 8 == 0 (the kernel's condition), N % 8 == 0
+SPDP_MM_BAL_SHAPES = [(5, 4096, 512), (32, 304, 104), (64, 1000, 256), (100, 520, 8), (17, 40, 200), (33, 4096, 4096)]
+
+
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
+@pytest.mark.parametrize("tile_rows", (32, 64, 128))
+@pytest.mark.parametrize("tokens,k,n", SPDP_MM_BAL_SHAPES)
+def test_spdp_mm_balanced_matches_reference(ops, ref, tune, dtype, tile_rows, tokens, k, n):
+    """Weights pruned 2:4 over output rows: every expansion unit of the tensor-core kernel takes the
+    balanced path (spdp_bal=1 traps on a unit that would not), 16 and 8 rows per unit, channel splits
+    0 and 3, thresholds t and 0; the result equals the reference and, bit for bit, the generic
+    expansion's (spdp_bal=2): both build the same dense tile."""
+    tune("spdp_mm", 1)
+    seed = hash(("mmbal", tokens, k, n, tile_rows)) % 1000
+    x, thr = _x((tokens, k), dtype, seed, 0.5)
+    packed = _spdp_cuda(_weight_24out(n, k, dtype, seed + 3), tile_rows)
+    for split, rows in ((0, 16), (3, 16), (0, 8), (3, 8)):
+        tune("split", split)
+        tune("spdp_mm_rows", rows)
+        for t in (thr, 0.0):
+            tune("spdp_bal", 1)
+            _poison((tokens, n), dtype=dtype)
+            got = ops.spdp_matvec(x, packed, t, backend="cuda")
+            assert torch.ops.sparsekit_cuda.tune("last_spdp_mm", -1) == 1
+            _check(got, ref.spdp_matvec(x, packed, t), dtype)
+            tune("spdp_bal", 2)
+            _poison((tokens, n), dtype=dtype)
+            assert torch.equal(ops.spdp_matvec(x, packed, t, backend="cuda"), got)
+            tune("spdp_bal", 0)
+    torch.cuda.synchronize()
+
+
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
+@pytest.mark.parametrize("tile_rows", (32, 64, 128))
+def test_spdp_mm_balanced_mixed_and_fallbacks(ops, ref, tune, dtype, tile_rows):
+    """Automatic choice per unit where only some have the pattern: rows of one tile only; the first 2048
+    columns only; N % 8 == 4 and N % 4 != 0 (the last tile's offsets lose the alignment or its last group
+    is partial); unbalanced weights; all zero columns. Equal to the reference and, bit for bit, to the
+    generic expansion."""
+    tune("spdp_mm", 1)
+    seed = hash(("mmbalmix", tile_rows)) % 1000
+    k = 2056
+    x, thr = _x((24, k), dtype, seed, 0.5)
+    cases = [_weight_24out(300, k, dtype, seed + 1, rows=slice(0, tile_rows)),
+             _weight_24out(4 * tile_rows, k, dtype, seed + 2)]
+    cases[1][:, 1024:] = _weight(4 * tile_rows, k - 1024, dtype, seed + 3, 0.5)
+    cases += [_weight_24out(100, k, dtype, seed + 4), _weight_24out(98, k, dtype, seed + 5),
+              _weight(200, k, dtype, seed + 6, 0.5), torch.zeros((64, k), dtype=dtype, device="cuda")]
+    for w in cases:
+        packed = _spdp_cuda(w, tile_rows)
+        for rows in (16, 8):
+            tune("spdp_mm_rows", rows)
+            _poison((24, w.shape[0]), dtype=dtype)
+            got = ops.spdp_matvec(x, packed, thr, backend="cuda")
+            assert torch.ops.sparsekit_cuda.tune("last_spdp_mm", -1) == 1
+            _check(got, ref.spdp_matvec(x, packed, thr), dtype)
+            tune("spdp_bal", 2)
+            assert torch.equal(ops.spdp_matvec(x, packed, thr, backend="cuda"), got)
+            tune("spdp_bal", 0)
+    torch.cuda.synchronize()
+
+
 def _x_relative(shape, dtype, seed, t):
     """Tokens of different scales (one loud, one all zero when there are 3+), with no |x| within 1%
     of t * its token's mean |x|: the kernel sums |x| in another order than torch, which can move
@@ -863,14 +925,16 @@ def test_sanitizer_smoke(ops, ref, tune, tokens):
             _check(ops.spdp_matvec(x, sp, thr, backend="cuda"), ref.spdp_matvec(x, sp, thr), dtype)
             _check(ops.spdp_matvec_sel(xs, idx, nnz, sp, backend="cuda"), ref.spdp_matvec_sel(xs, idx, nnz, sp), dtype)
         tune("spdp_stage", 0)
-        if tokens == 1:  # the balanced path (2:4 over output rows), required in every block
-            sb = _spdp_cuda(_weight_24out(136, 200, dtype, seed=3), r)
-            for stage in (1, 2):
-                tune("spdp_stage", stage)
-                tune("spdp_bal", 1)
-                _check(ops.spdp_matvec(x, sb, thr, backend="cuda"), ref.spdp_matvec(x, sb, thr), dtype)
-                tune("spdp_bal", 0)
-            tune("spdp_stage", 0)
+        # the balanced paths (2:4 over output rows), required everywhere: at one token in the staged and
+        # the nibble kernel, at six in the tensor-core kernel's expansion (16 and 8 rows per unit)
+        sb = _spdp_cuda(_weight_24out(136, 200, dtype, seed=3), r)
+        knob, values, default = ("spdp_stage", (1, 2), 0) if tokens == 1 else ("spdp_mm_rows", (16, 8), 16)
+        for value in values:
+            tune(knob, value)
+            tune("spdp_bal", 1)
+            _check(ops.spdp_matvec(x, sb, thr, backend="cuda"), ref.spdp_matvec(x, sb, thr), dtype)
+            tune("spdp_bal", 0)
+        tune(knob, default)
         assert torch.equal(ops.spdp_decode(sp, backend="cuda"), ref.spdp_decode(sp))
         xr = _x_relative(x.shape, dtype, 40 + tokens, 1.1)
         _check(ops.spdp_matvec_rel(xr, sp, 1.1, backend="cuda"), ref.spdp_matvec_rel(xr, sp, 1.1), dtype)
