@@ -12,7 +12,8 @@ cuBLAS on the dense weight; spdp decode + cuBLAS (the runtime's prefill path fro
 cuBLAS, decode + cuBLAS and the matvec kernels (``tune("spdp_mm", 2)``), fp16 at 64-row tiles over
 the token counts of a prefill and a decode batch, on the shapes of a fused Llama-2-7B layer; then
 tile rows 32/128 and bf16 at 32 tokens. Each configuration is checked against ``F.linear`` first.
-``--balanced``: the weights are pruned 2:4 over output rows (``--structure 2:4-out``), so the kernel's
+Where the kernel copies with bulk copies (sm_90), the R = 64 fp16 rows also time its cp.async copies
+(``tune("spdp_mm_bulk", 2)``). ``--balanced``: the weights are pruned 2:4 over output rows (``--structure 2:4-out``), so the kernel's
 balanced expansion runs; each table then also times the generic expansion (``tune("spdp_bal", 2)``).
 """
 from __future__ import annotations
@@ -123,6 +124,8 @@ def mm_sweep(a) -> None:
                      "spdp default": [lambda p=p: ops.spdp_matvec(x, p, 0.0, backend="cuda") for p in sp]}
             if a.balanced and mm:
                 paths["generic (spdp_bal=2)"] = ("spdp_bal", 2)
+            if mm and others and tune("last_spdp_mm_bulk", -1):
+                paths["cp.async (spdp_mm_bulk=2)"] = ("spdp_mm_bulk", 2)
             if others:
                 paths["decode + cuBLAS"] = [lambda p=p: F.linear(x, ops.spdp_decode(p)) for p in sp]
                 if t <= 16:

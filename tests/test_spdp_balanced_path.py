@@ -154,3 +154,84 @@ def test_encode_pads_short_groups_of_a_2_4_out_weight(tile_rows):
     short = w.clone()
     short[0] = 0.0  # 256 short groups (0.8 %)
     assert spdp.encode(short, tile_rows)["values"].numel() == int((short != 0).sum())
+
+
+# ---- the tensor-core kernel's balanced expansion units (csrc/cuda/spdp_mm.cuh) --------------------
+# A unit is G (16 or 8) rows r0.. of one column; its value index idx = offset + popcounts of the bits
+# below r0. It is balanced when nibble_counts(its G bits) holds 2 for each whole 4-row group inside the
+# tile's rows and 0 above, and idx % 4 == 0. Group k's two values are one 32-bit word at idx + 2k; its
+# 4 rows are two 32-bit words `prmt(word, 0, sel)` with the selectors pair_selectors(its 4 bits).
+
+
+def _pair_selectors(n: int) -> tuple[int, int]:
+    s, seen = [0, 0], 0
+    for r in range(4):
+        if n >> r & 1:
+            code = 0x32 if seen else 0x10
+            seen += 1
+        else:
+            code = 0x44
+        s[r >> 1] |= code << (8 * (r & 1))
+    return s[0], s[1]
+
+
+def _prmt_zero(a: int, sel: int) -> int:
+    """PTX prmt.b32 d, a, 0, sel (selector nibbles 0-4: bytes of a, then zero bytes)."""
+    src = a.to_bytes(4, "little") + bytes(4)
+    return int.from_bytes(bytes(src[(sel >> (4 * i)) & 7] for i in range(4)), "little")
+
+
+@pytest.mark.parametrize("unit", (16, 8))
+@pytest.mark.parametrize("tile_rows", (32, 64, 128))
+@pytest.mark.parametrize("n,k", ((200, 37), (104, 9), (8, 5), (256, 64), (100, 6)))
+def test_mm_balanced_units_rebuild_the_weight(unit, tile_rows, n, k):
+    """Every unit of a 2:4-over-rows weight whose tile rows are a multiple of 8 passes the check (N = 100
+    leaves a 4-row tail: its units may fail on alignment and then take the generic expansion); the byte
+    permutes rebuild the weight exactly, zeros past the tile included."""
+    g = torch.Generator().manual_seed(unit * 7 + tile_rows * 1000 + n + k)
+    w = _prune_24_out(torch.randn(n, k, generator=g).half(), g)
+    packed = spdp.encode(w, tile_rows)
+    vals = packed["values"].view(torch.int16).numpy().astype(np.uint16)
+    dense = w.view(torch.int16).numpy().astype(np.uint16)
+    rebuilt = np.zeros_like(dense)
+    covered = np.zeros(dense.shape, dtype=bool)  # entries rebuilt by balanced units
+    for t, j, words, off, rows in _columns(packed, tile_rows):
+        column = sum(m << (32 * i) for i, m in enumerate(words))
+        for r0 in range(0, tile_rows, unit):
+            bits = (column >> r0) & ((1 << unit) - 1)
+            idx = off + bin(column & ((1 << r0) - 1)).count("1")
+            ng = min(unit // 4, max(0, (rows - r0) >> 2))
+            want = 0x22222222 & ((1 << (4 * ng)) - 1)
+            if _nibble_counts(bits) != want or idx % 4:
+                assert rows % 8, (t, j, r0)  # only a tile ending in a 4-row tail can miss the pattern
+                continue
+            for grp in range(unit // 4):
+                nib = bits >> (4 * grp) & 0xF
+                word = int(vals[idx + 2 * grp]) | int(vals[idx + 2 * grp + 1]) << 16 if nib else 0
+                sx, sy = _pair_selectors(nib)
+                lo, hi = _prmt_zero(word, sx), _prmt_zero(word, sy)
+                for a, h in enumerate((lo & 0xFFFF, lo >> 16, hi & 0xFFFF, hi >> 16)):
+                    r = t * tile_rows + r0 + 4 * grp + a
+                    if r < n:
+                        rebuilt[r, j] = h
+                        covered[r, j] = True
+                    else:
+                        assert h == 0
+    assert np.array_equal(rebuilt[covered], dense[covered])
+    assert covered.all() if n % 8 == 0 else covered[: n - n % tile_rows].all()
+
+
+def test_pair_selectors_place_the_pair():
+    for n in range(16):
+        if bin(n).count("1") != 2:
+            continue
+        rows = [r for r in range(4) if n >> r & 1]
+        sx, sy = _pair_selectors(n)
+        word = 0xBBBB_AAAA  # first value 0xAAAA, second 0xBBBB
+        got = [_prmt_zero(word, sx) & 0xFFFF, _prmt_zero(word, sx) >> 16, _prmt_zero(word, sy) & 0xFFFF,
+               _prmt_zero(word, sy) >> 16]
+        want = [0, 0, 0, 0]
+        want[rows[0]], want[rows[1]] = 0xAAAA, 0xBBBB
+        assert got == want, n
+        assert all((sel >> (4 * i)) & 0xF <= 4 for sel in (sx, sy) for i in range(4))  # no sign-replicate mode
+    assert _pair_selectors(0) == (0x4444, 0x4444)  # a unit past the tile's rows writes zeros
