@@ -41,9 +41,14 @@ def main() -> None:
     ap.add_argument("--decode-sweep", action="store_true", help="only time spdp_decode, CUDA against Triton")
     ap.add_argument("--mm", action="store_true", help="the tensor-core spdp kernel against cuBLAS and the other paths")
     ap.add_argument("--balanced", action="store_true", help="with --mm: weights pruned 2:4 over output rows")
+    ap.add_argument("--ncu", action="store_true",
+                    help="for ncu: one spdp_matvec launch per value of the spdp_mm_bulk knob (0, 2) on qkv 4096->12288, "
+                         "fp16, R = 64, --tokens (default 32), 2:4-over-rows weights with --balanced")
     a = ap.parse_args()
     if a.decode_sweep:
         return decode_sweep(a)
+    if a.ncu:
+        return ncu_launches(a)
     if a.mm:
         return mm_sweep(a)
     from sparsekit import ops
@@ -170,6 +175,23 @@ def mm_sweep(a) -> None:
         run(name, n, k, 64, torch.bfloat16, [32], False)
     if a.json:
         Path(a.json).write_text(json.dumps({"gpu": gpu, "mm": rows}, indent=1))
+
+
+def ncu_launches(a) -> None:
+    from sparsekit import ops
+    from sparsekit.formats import spdp
+
+    tune = torch.ops.sparsekit_cuda.tune
+    n, k, t = 12288, 4096, int(a.tokens or 32)
+    w = rand_weight(n, k, 0.0 if a.balanced else 0.5, seed=0)
+    w = prune_24_out(w, seed=500) if a.balanced else w
+    sp = {key: (v.cuda() if key != "shape" else tuple(v.tolist())) for key, v in spdp.encode(w, 64).items()}
+    x = (torch.randn((t, k), device="cuda") * 0.5).half()
+    for bulk in (0, 2):
+        tune("spdp_mm_bulk", bulk)
+        ops.spdp_matvec(x, sp, 0.0, backend="cuda")
+        torch.cuda.synchronize()
+        print(f"spdp_mm_bulk={bulk}: bulk copies {int(tune('last_spdp_mm_bulk', -1))}, split {int(tune('last_split', -1))}")
 
 
 def decode_sweep(a) -> None:

@@ -28,6 +28,7 @@ void mm_go(sk::SpdpMmParams& p, int device, cudaStream_t stream) {
   p.S = choose_split(device, tiles * tchunks, bps, (p.K + C::KC - 1) / C::KC);
   const bool pdl = tuning().pdl != 0 && cc_major(device) >= 9;
   tuning().last_spdp_mm_bulk = BULK ? 1 : 0;
+  tuning().last_split = p.S;
   C10_CUDA_CHECK((sk::spdp_mm_launch<T, R, TN, G, BULK>(p, stream, pdl)));
 }
 
