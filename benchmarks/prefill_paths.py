@@ -12,8 +12,7 @@ cuBLAS on the dense weight; spdp decode + cuBLAS (the runtime's prefill path fro
 cuBLAS, decode + cuBLAS and the matvec kernels (``tune("spdp_mm", 2)``), fp16 at 64-row tiles over
 the token counts of a prefill and a decode batch, on the shapes of a fused Llama-2-7B layer; then
 tile rows 32/128 and bf16 at 32 tokens. Each configuration is checked against ``F.linear`` first.
-Where the kernel copies with bulk copies (sm_90), the R = 64 fp16 rows also time its cp.async copies
-(``tune("spdp_mm_bulk", 2)``). ``--balanced``: the weights are pruned 2:4 over output rows (``--structure 2:4-out``), so the kernel's
+``--balanced``: the weights are pruned 2:4 over output rows (``--structure 2:4-out``), so the kernel's
 balanced expansion runs; each table then also times the generic expansion (``tune("spdp_bal", 2)``).
 """
 from __future__ import annotations
@@ -42,8 +41,8 @@ def main() -> None:
     ap.add_argument("--mm", action="store_true", help="the tensor-core spdp kernel against cuBLAS and the other paths")
     ap.add_argument("--balanced", action="store_true", help="with --mm: weights pruned 2:4 over output rows")
     ap.add_argument("--ncu", action="store_true",
-                    help="for ncu: one spdp_matvec launch per value of the spdp_mm_bulk knob (0, 2) on qkv 4096->12288, "
-                         "fp16, R = 64, --tokens (default 32), 2:4-over-rows weights with --balanced")
+                    help="for ncu: one tensor-core spdp_matvec launch on qkv 4096->12288, fp16, R = 64, --tokens "
+                         "(default 32), 2:4-over-rows weights with --balanced")
     a = ap.parse_args()
     if a.decode_sweep:
         return decode_sweep(a)
@@ -129,8 +128,7 @@ def mm_sweep(a) -> None:
                      "spdp default": [lambda p=p: ops.spdp_matvec(x, p, 0.0, backend="cuda") for p in sp]}
             if a.balanced and mm:
                 paths["generic (spdp_bal=2)"] = ("spdp_bal", 2)
-            if mm and others and tune("last_spdp_mm_bulk", -1):
-                paths["cp.async (spdp_mm_bulk=2)"] = ("spdp_mm_bulk", 2)
+
             if others:
                 paths["decode + cuBLAS"] = [lambda p=p: F.linear(x, ops.spdp_decode(p)) for p in sp]
                 if t <= 16:
@@ -187,11 +185,9 @@ def ncu_launches(a) -> None:
     w = prune_24_out(w, seed=500) if a.balanced else w
     sp = {key: (v.cuda() if key != "shape" else tuple(v.tolist())) for key, v in spdp.encode(w, 64).items()}
     x = (torch.randn((t, k), device="cuda") * 0.5).half()
-    for bulk in (0, 2):
-        tune("spdp_mm_bulk", bulk)
-        ops.spdp_matvec(x, sp, 0.0, backend="cuda")
-        torch.cuda.synchronize()
-        print(f"spdp_mm_bulk={bulk}: bulk copies {int(tune('last_spdp_mm_bulk', -1))}, split {int(tune('last_split', -1))}")
+    ops.spdp_matvec(x, sp, 0.0, backend="cuda")
+    torch.cuda.synchronize()
+    print(f"tensor cores {int(tune('last_spdp_mm', -1))}, split {int(tune('last_split', -1))}")
 
 
 def decode_sweep(a) -> None:

@@ -113,36 +113,6 @@ template <int N> __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
-// ---- bulk copies completing on an mbarrier (sm_90: cp.async.bulk, the copy engine of TMA) -----
-// One thread arms the barrier with the bytes to come (arrive + expect_tx) and issues the copies;
-// consumers wait on the phase parity. Sizes and addresses: multiples of 16 bytes. Before a copy
-// overwrites shared memory that threads wrote, those threads run fence_proxy_async and a barrier.
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-#define SK_BULK_ASM(...) asm volatile(__VA_ARGS__)
-#else
-#define SK_BULK_ASM(...) __trap()
-#endif
-__device__ __forceinline__ void mbar_init(unsigned bar, unsigned count) {
-  SK_BULK_ASM("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
-  SK_BULK_ASM("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-}
-__device__ __forceinline__ void mbar_arrive_expect(unsigned bar, unsigned bytes) {
-  SK_BULK_ASM("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity) {
-  unsigned done = 0u;
-  while (!done) {
-    SK_BULK_ASM("{\n .reg .pred q;\n mbarrier.try_wait.parity.shared::cta.b64 q, [%1], %2;\n selp.u32 %0, 1, 0, q;\n}\n"
-                : "=r"(done) : "r"(bar), "r"(parity) : "memory");
-  }
-}
-__device__ __forceinline__ void bulk_g2s(unsigned smem_addr, const void* gsrc, unsigned bytes, unsigned bar) {
-  SK_BULK_ASM("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
-              ::"r"(smem_addr), "l"(gsrc), "r"(bytes), "r"(bar) : "memory");
-}
-__device__ __forceinline__ void fence_proxy_async() { SK_BULK_ASM("fence.proxy.async.shared::cta;\n" ::: "memory"); }
-#undef SK_BULK_ASM
-
 // 16-bit shared-memory load at shared-window address `addr` where `pred` != 0, else 0 (predicated:
 // no branch, so a warp keeps every load in flight).
 __device__ __forceinline__ uint32_t lds_u16_if(uint32_t addr, uint32_t pred) {
@@ -264,17 +234,6 @@ inline int blocks_per_sm_cached(int device, int threads, size_t smem) {
     cache[device] = n;
   }
   return cache[device];
-}
-// The architecture of `Kernel`'s loaded binary (e.g. 90 for sm_90 code; 0 when it cannot be read).
-template <auto Kernel>
-inline int binary_version_cached(int device) {
-  static int cache[64] = {0};
-  if (device < 0 || device >= 64) return 0;
-  if (cache[device] == 0) {
-    cudaFuncAttributes a{};
-    cache[device] = cudaFuncGetAttributes(&a, Kernel) == cudaSuccess ? a.binaryVersion : -1;
-  }
-  return cache[device] < 0 ? 0 : cache[device];
 }
 // Lets `Kernel` use `smem` bytes of dynamic shared memory (beyond 48 KB needs this opt-in), once per device.
 template <auto Kernel>

@@ -143,8 +143,6 @@ static int64_t tune(const std::string& key, int64_t value) {
   else if (key == "spdp_bal") slot = &tuning().spdp_bal;
   else if (key == "spdp_mm") slot = &tuning().spdp_mm;
   else if (key == "spdp_mm_rows") slot = &tuning().spdp_mm_rows;
-  else if (key == "spdp_mm_bulk") slot = &tuning().spdp_mm_bulk;
-  else if (key == "last_spdp_mm_bulk") slot = &tuning().last_spdp_mm_bulk;
   else if (key == "teal1") slot = &tuning().teal1;
   else if (key == "teal1_threads") slot = &tuning().teal1_threads;
   else if (key == "teal1_lpr") slot = &tuning().teal1_lpr;
@@ -153,11 +151,11 @@ static int64_t tune(const std::string& key, int64_t value) {
   else if (key == "last_teal1") slot = &tuning().last_teal1;
   else if (key == "last_spdp_mm") slot = &tuning().last_spdp_mm;
   TORCH_CHECK(slot != nullptr, "sparsekit_cuda.tune: unknown key '", key,
-              "' (split, teal_lpr, pipe, pdl, spdp_deep, spdp_nib, spdp_stage, spdp_bal, spdp_mm, spdp_mm_rows, spdp_mm_bulk, spinfer_warps, teal1, teal1_threads, teal1_lpr, l2pf, last_split, last_teal1, last_spdp_mm, last_spdp_mm_bulk)");
+              "' (split, teal_lpr, pipe, pdl, spdp_deep, spdp_nib, spdp_stage, spdp_bal, spdp_mm, spdp_mm_rows, spinfer_warps, teal1, teal1_threads, teal1_lpr, l2pf, last_split, last_teal1, last_spdp_mm)");
   const int old = *slot;
   if (value >= 0) {
-    TORCH_CHECK(key != "last_split" && key != "last_teal1" && key != "last_spdp_mm" && key != "last_spdp_mm_bulk",
-                "sparsekit_cuda.tune: ", key, " is read-only");
+    TORCH_CHECK(key != "last_split" && key != "last_teal1" && key != "last_spdp_mm", "sparsekit_cuda.tune: ", key,
+                " is read-only");
     TORCH_CHECK(key != "teal1" || value <= 1, "sparsekit_cuda.tune: teal1 must be 0 or 1");
     TORCH_CHECK(key != "teal1_threads" || value == 0 || value == 256 || value == 512 || value == 1024,
                 "sparsekit_cuda.tune: teal1_threads must be 0, 256, 512 or 1024");
@@ -174,7 +172,6 @@ static int64_t tune(const std::string& key, int64_t value) {
     TORCH_CHECK(key != "spdp_nib" || value <= 2, "sparsekit_cuda.tune: spdp_nib must be 0, 1 or 2");
     TORCH_CHECK(key != "spdp_stage" || value <= 2, "sparsekit_cuda.tune: spdp_stage must be 0, 1 or 2");
     TORCH_CHECK(key != "spdp_bal" || value <= 2, "sparsekit_cuda.tune: spdp_bal must be 0, 1 or 2");
-    TORCH_CHECK(key != "spdp_mm_bulk" || value == 0 || value == 2, "sparsekit_cuda.tune: spdp_mm_bulk must be 0 or 2");
     TORCH_CHECK((key != "pipe" && key != "pdl") || value <= 1, "sparsekit_cuda.tune: ", key, " must be 0 or 1");
     *slot = static_cast<int>(value);
   }

@@ -19,34 +19,23 @@ void spdp_dispatch_r(sk::MatvecParams& p, int tiles, int R, int device, cudaStre
 }
 
 // ---- the tensor-core kernel (spdp_mm.cuh) ----------------------------------------------------
-template <typename T, int R, int TN, int G, bool BULK>
+template <typename T, int R, int TN, int G>
 void mm_go(sk::SpdpMmParams& p, int device, cudaStream_t stream) {
   using C = sk::MmCfg<R, TN, G>;
   int bps = 1;
-  C10_CUDA_CHECK((sk::spdp_mm_prepare<T, R, TN, G, BULK>(device, &bps)));
+  C10_CUDA_CHECK((sk::spdp_mm_prepare<T, R, TN, G>(device, &bps)));
   const int tiles = (p.N + R - 1) / R, tchunks = (p.T + TN - 1) / TN;
   p.S = choose_split(device, tiles * tchunks, bps, (p.K + C::KC - 1) / C::KC);
   const bool pdl = tuning().pdl != 0 && cc_major(device) >= 9;
-  tuning().last_spdp_mm_bulk = BULK ? 1 : 0;
   tuning().last_split = p.S;
-  C10_CUDA_CHECK((sk::spdp_mm_launch<T, R, TN, G, BULK>(p, stream, pdl)));
-}
-
-// Bulk copies where the kernel's loaded binary is sm_90+ (a build without sm_90 runs sm_80 code,
-// which has no bulk copies, on a Hopper GPU) unless tune("spdp_mm_bulk", 2).
-template <typename T, int R, int TN, int G>
-void mm_copies(sk::SpdpMmParams& p, int device, cudaStream_t stream) {
-  if (tuning().spdp_mm_bulk != 2 && sk::binary_version_cached<sk::spdp_mm_kernel<T, R, TN, G, true>>(device) >= 90)
-    mm_go<T, R, TN, G, true>(p, device, stream);
-  else
-    mm_go<T, R, TN, G, false>(p, device, stream);
+  C10_CUDA_CHECK((sk::spdp_mm_launch<T, R, TN, G>(p, stream, pdl)));
 }
 
 // G, the rows one thread expands per unit: 16 by default, 8 with tune("spdp_mm_rows", 8)
 template <typename T, int R, int TN>
 void mm_rows_per_unit(sk::SpdpMmParams& p, int device, cudaStream_t stream) {
-  if (tuning().spdp_mm_rows == 8) mm_copies<T, R, TN, 8>(p, device, stream);
-  else mm_copies<T, R, TN, 16>(p, device, stream);
+  if (tuning().spdp_mm_rows == 8) mm_go<T, R, TN, 8>(p, device, stream);
+  else mm_go<T, R, TN, 16>(p, device, stream);
 }
 
 template <typename T, int R>

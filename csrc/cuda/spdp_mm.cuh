@@ -107,21 +107,14 @@ __device__ __forceinline__ uint32_t splat_threshold(float t) {
   return b | (b << 16);
 }
 
-template <typename T, int R, int TN, int G, bool BULK>
+template <typename T, int R, int TN, int G>
 __global__ void __launch_bounds__(kMmThreads) spdp_mm_kernel(const SpdpMmParams p) {
   using C = MmCfg<R, TN, G>;
   constexpr int KC = C::KC, W = C::W, NST = C::NST, UC = C::UC;
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ uint2 sel_tab[16];  // pair_selectors of every nibble (read after the loop's first barrier)
-  __shared__ __align__(8) unsigned long long bars[NST];  // BULK: stage s's copies have landed
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   if (tid < 16) sel_tab[tid] = pair_selectors(tid);
-  auto bar = [&](int s) { return static_cast<unsigned>(__cvta_generic_to_shared(bars + s)); };
-  if constexpr (BULK) {
-    if (tid == 0)
-      for (int s = 0; s < NST; ++s) mbar_init(bar(s), 1);
-    __syncthreads();
-  }
   grid_dependency_wait();
   const int tile = blockIdx.x, split = blockIdx.y, t0 = blockIdx.z * TN;
   const int nck = (p.K + KC - 1) / KC;
@@ -149,9 +142,11 @@ __global__ void __launch_bounds__(kMmThreads) spdp_mm_kernel(const SpdpMmParams 
     xdst[k] = C::V_BYTES + C::B_BYTES + C::O_BYTES + (t * C::XLD + kp * 8) * 2;
     xcol[k] = kp * 8;
   }
-  // cp.async (sm_80 and the spdp_mm_bulk=2 knob): every thread copies 16-byte pieces, zero-filled past the
-  // readable values, T and K
-  auto issue_async = [&](unsigned st, int j0, long long a, int nv) {
+  auto issue = [&](int slot, int q, int o0, int o1) {
+    const unsigned st = static_cast<unsigned>(__cvta_generic_to_shared(smem + slot * C::STAGE));
+    const int j0 = q * KC;
+    const long long a = o0 & ~7;                        // copied from here: 16-byte aligned
+    const int nv = static_cast<int>((o1 - a + 7) >> 3);  // 16-byte pieces of values
     for (int i = tid; i < nv; i += kMmThreads) {
       const long long e = a + 8LL * i, left = p.nvals - e;
       const int nb = left >= 8 ? 16 : (left > 0 ? static_cast<int>(left) * 2 : 0);
@@ -172,38 +167,6 @@ __global__ void __launch_bounds__(kMmThreads) spdp_mm_kernel(const SpdpMmParams 
       const bool ok = j0 + 4 * lane < p.K;
       cp_async16_bytes(st + C::V_BYTES + C::B_BYTES + lane * 16, ok ? p.offsets + tbase + j0 + 4 * lane : p.offsets,
                        ok ? 16 : 0);
-    }
-  };
-  auto issue = [&](int slot, int q, int o0, int o1) {
-    const unsigned st = static_cast<unsigned>(__cvta_generic_to_shared(smem + slot * C::STAGE));
-    const int j0 = q * KC;
-    const long long a = o0 & ~7;                        // copied from here: 16-byte aligned
-    const int nv = static_cast<int>((o1 - a + 7) >> 3);  // 16-byte pieces of values
-    if constexpr (BULK) {  // warp 0 issues bulk copies; what is not copied is zeroed by the consumers
-      if (warp != 0) return;
-      const int ncols = min(KC, p.K - j0), xrows = min(TN, p.T - t0);
-      const long long room = p.nvals - a;  // values readable from a
-      const int nfull = room >= 8LL * nv ? nv : static_cast<int>(room > 0 ? room >> 3 : 0);  // whole pieces
-      const unsigned xbytes = 2u * ncols, xoff = C::V_BYTES + C::B_BYTES + C::O_BYTES;
-      if (lane == 0) {
-        mbar_arrive_expect(bar(slot), 16u * nfull + 4u * W * ncols + 4u * ncols + xbytes * xrows);
-        if (nfull > 0) bulk_g2s(st, vg + a, 16u * nfull, bar(slot));
-        bulk_g2s(st + C::V_BYTES, p.bitmap + (tbase + j0) * W, 4u * W * ncols, bar(slot));
-        bulk_g2s(st + C::V_BYTES + C::B_BYTES, p.offsets + tbase + j0, 4u * ncols, bar(slot));
-        if (nfull < nv) {  // the last piece ends past the readable values (at most one): by hand
-          const int left = static_cast<int>(room - 8LL * nfull);  // 1..7
-          uint32_t h[8];
-#pragma unroll
-          for (int k = 0; k < 8; ++k) h[k] = k < left ? __ldg(vg + a + 8LL * nfull + k) : 0u;
-          *reinterpret_cast<uint4*>(smem + slot * C::STAGE + 16 * nfull) =
-              make_uint4(h[0] | h[1] << 16, h[2] | h[3] << 16, h[4] | h[5] << 16, h[6] | h[7] << 16);
-        }
-      }
-      __syncwarp();
-      for (int t = lane; t < xrows; t += 32)
-        bulk_g2s(st + xoff + t * C::XLD * 2, xg + static_cast<long long>(t0 + t) * p.K + j0, xbytes, bar(slot));
-    } else {
-      issue_async(st, j0, a, nv);
     }
   };
 
@@ -230,18 +193,17 @@ __global__ void __launch_bounds__(kMmThreads) spdp_mm_kernel(const SpdpMmParams 
       bounds(ca + s, o0, o1);
       issue(s, ca + s, o0, o1);
     }
-    if constexpr (!BULK) cp_async_commit();
+    cp_async_commit();
   }
   int n0v = 0, n1v = 0;  // bounds of the next chunk to issue, loaded one iteration ahead
   if (NST - 1 < nc) bounds(ca + NST - 1, n0v, n1v);
 
   for (int i = 0; i < nc; ++i) {
-    if constexpr (BULK) mbar_wait(bar(i % NST), (i / NST) & 1);
-    else cp_async_wait<NST - 2>();
+    cp_async_wait<NST - 2>();
     __syncthreads();  // chunk i has landed; every warp is done with chunk i - 1
     const int qn = i + NST - 1;
     if (qn < nc) issue(qn % NST, ca + qn, n0v, n1v);
-    if constexpr (!BULK) cp_async_commit();
+    cp_async_commit();
     if (qn + 1 < nc) bounds(ca + qn + 1, n0v, n1v);
 
     unsigned char* st = smem + (i % NST) * C::STAGE;
@@ -250,21 +212,17 @@ __global__ void __launch_bounds__(kMmThreads) spdp_mm_kernel(const SpdpMmParams 
     const int* offs = reinterpret_cast<const int*>(st + C::V_BYTES + C::B_BYTES);
     unsigned short* xt = reinterpret_cast<unsigned short*>(st + C::V_BYTES + C::B_BYTES + C::O_BYTES);
 
-    const int j0 = (ca + i) * KC;
-    // 1. mask the x tile (BULK: pieces past T or K were not copied, zero them)
+    // 1. mask the x tile
 #pragma unroll
     for (int k = 0; k < (C::NXP + kMmThreads - 1) / kMmThreads; ++k) {
       const int v = k * kMmThreads + tid;
       if (C::NXP % kMmThreads != 0 && v >= C::NXP) break;
       uint4* q = reinterpret_cast<uint4*>(xt + (v / (KC / 8)) * C::XLD + (v % (KC / 8)) * 8);
-      uint4 u = make_uint4(0u, 0u, 0u, 0u);
-      if (!BULK || (t0 + v / (KC / 8) < p.T && j0 + (v % (KC / 8)) * 8 < p.K)) {
-        u = *q;
-        u.x = mask_pair<T>(u.x, thr2);
-        u.y = mask_pair<T>(u.y, thr2);
-        u.z = mask_pair<T>(u.z, thr2);
-        u.w = mask_pair<T>(u.w, thr2);
-      }
+      uint4 u = *q;
+      u.x = mask_pair<T>(u.x, thr2);
+      u.y = mask_pair<T>(u.y, thr2);
+      u.z = mask_pair<T>(u.z, thr2);
+      u.w = mask_pair<T>(u.w, thr2);
       *q = u;
     }
     // 2. expand the packed values into A^T
@@ -272,7 +230,6 @@ __global__ void __launch_bounds__(kMmThreads) spdp_mm_kernel(const SpdpMmParams 
 #pragma unroll
     for (int u = 0; u < C::UNITS; ++u) {
       const int c = u * (kMmThreads / UC) + tid / UC;
-      const bool col = j0 + c < p.K;  // (BULK: a column past K has no staged words or offset)
       uint32_t m;
       int idx = offs[c] - abase;
       if constexpr (W == 1) {
@@ -286,12 +243,11 @@ __global__ void __launch_bounds__(kMmThreads) spdp_mm_kernel(const SpdpMmParams 
         m = wsel == 0 ? b4.x : (wsel == 1 ? b4.y : (wsel == 2 ? b4.z : b4.w));
         idx += (wsel > 0 ? __popc(b4.x) : 0) + (wsel > 1 ? __popc(b4.y) : 0) + (wsel > 2 ? __popc(b4.z) : 0);
       }
-      if (!col) m = 0u;
       idx += __popc(m & below);
       const uint32_t bits = (m >> sh) & static_cast<uint32_t>((1ull << G) - 1ull);
       uint32_t out[G / 2];
       const bool bal = p.bal != 2 && nibble_counts(bits) == bal_counts && (idx & 3) == 0;
-      if (p.bal == 1 && !bal && col) __trap();
+      if (p.bal == 1 && !bal && (ca + i) * KC + c < p.K) __trap();  // (columns past K are zero-filled)
       if (bal) {
         uint32_t w[G / 4] = {};  // each group's pair (a unit with no bits reads nothing)
         if (bits) {
@@ -322,7 +278,6 @@ __global__ void __launch_bounds__(kMmThreads) spdp_mm_kernel(const SpdpMmParams 
       *reinterpret_cast<uint4*>(dst) = make_uint4(out[0], out[1], out[2], out[3]);
       if constexpr (G == 16) *reinterpret_cast<uint4*>(dst + 8) = make_uint4(out[4], out[5], out[6], out[7]);
     }
-    if constexpr (BULK) fence_proxy_async();  // the masked x tile was written here: order it before later copies
     __syncthreads();
     // 3. multiply
 #pragma unroll
@@ -348,7 +303,7 @@ __global__ void __launch_bounds__(kMmThreads) spdp_mm_kernel(const SpdpMmParams 
       }
     }
   }
-  if constexpr (!BULK) cp_async_wait<0>();
+  cp_async_wait<0>();
   __syncthreads();  // the ring is free: reuse it for the partial sums
 
   float* part = reinterpret_cast<float*>(smem);  // [TN][R]
@@ -376,20 +331,20 @@ __global__ void __launch_bounds__(kMmThreads) spdp_mm_kernel(const SpdpMmParams 
 }
 
 // Opts in to the kernel's shared memory (once per device), then returns its resident blocks per SM.
-template <typename T, int R, int TN, int G, bool BULK>
+template <typename T, int R, int TN, int G>
 inline cudaError_t spdp_mm_prepare(int device, int* blocks_per_sm) {
-  const cudaError_t e = allow_smem_cached<spdp_mm_kernel<T, R, TN, G, BULK>>(device, MmCfg<R, TN, G>::SMEM);
+  const cudaError_t e = allow_smem_cached<spdp_mm_kernel<T, R, TN, G>>(device, MmCfg<R, TN, G>::SMEM);
   if (e != cudaSuccess) return e;
-  *blocks_per_sm = blocks_per_sm_cached<spdp_mm_kernel<T, R, TN, G, BULK>>(device, kMmThreads, MmCfg<R, TN, G>::SMEM);
+  *blocks_per_sm = blocks_per_sm_cached<spdp_mm_kernel<T, R, TN, G>>(device, kMmThreads, MmCfg<R, TN, G>::SMEM);
   return cudaSuccess;
 }
 
 // Launches with grid (tiles, S, token chunks); p.S must be set and spdp_mm_prepare called.
-template <typename T, int R, int TN, int G, bool BULK>
+template <typename T, int R, int TN, int G>
 inline cudaError_t spdp_mm_launch(const SpdpMmParams& p, cudaStream_t stream, bool pdl) {
   const dim3 grid(static_cast<unsigned>((p.N + R - 1) / R), static_cast<unsigned>(p.S),
                   static_cast<unsigned>((p.T + TN - 1) / TN));
-  return launch_sliced(spdp_mm_kernel<T, R, TN, G, BULK>, p, grid, kMmThreads, MmCfg<R, TN, G>::SMEM, p.S, stream, pdl);
+  return launch_sliced(spdp_mm_kernel<T, R, TN, G>, p, grid, kMmThreads, MmCfg<R, TN, G>::SMEM, p.S, stream, pdl);
 }
 
 }  // namespace sk

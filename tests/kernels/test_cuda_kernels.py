@@ -405,12 +405,6 @@ def test_spdp_stage_copies_aligned_spans(ops, ref, tune, dtype, shift, density):
                ref.spdp_matvec_sel(xs, idx, nnz, packed), dtype)
 
 
-def _hopper():
-    """Whether the tensor-core spdp kernel copies with bulk copies here: an sm_90+ GPU running the
-    build's sm_90 code (setup.py builds it unless TORCH_CUDA_ARCH_LIST leaves it out)."""
-    return torch.cuda.get_device_capability()[0] >= 9
-
-
 def _weight_24out(n, k, dtype, seed, rows=None):
     """Random weights pruned 2:4 over output rows: in each column, 2 of every 4 consecutive rows are
     zero (rows past the last whole group keep one random non-zero, so a tile ending there does not
@@ -529,7 +523,7 @@ def test_spdp_mm_matches_reference(ops, ref, tune, dtype, tile_rows, tokens, k, 
     """spdp_matvec with several tokens on tensor cores: every token-chunk size (8/16/32/64, and two
     chunks at 100), K not a multiple of the column chunk, N past the last full tile, empty and full
     tiles, a NaN input (masked to 0 as in torch), thresholds t and 0, channel splits 0 (automatic),
-    1 and 3, 16 and 8 rows per expansion unit, bulk copies (sm_90) and cp.async; bitwise deterministic."""
+    1 and 3, 16 and 8 rows per expansion unit; bitwise deterministic."""
     from sparsekit.formats import spdp
 
     tune("spdp_mm", 1)  # from 2 tokens
@@ -538,16 +532,14 @@ def test_spdp_mm_matches_reference(ops, ref, tune, dtype, tile_rows, tokens, k, 
     x[0, 0] = float("nan")
     w = _weight(n, k, dtype, seed + 3, s1)
     packed = {key: (v.cuda() if key != "shape" else v) for key, v in spdp.encode(w, tile_rows).items()}
-    for split, rows, bulk in ((0, 16, 0), (1, 16, 0), (3, 16, 0), (0, 8, 0), (3, 8, 0), (0, 16, 2), (3, 8, 2)):
+    for split, rows in ((0, 16), (1, 16), (3, 16), (0, 8), (3, 8)):
         tune("split", split)
         tune("spdp_mm_rows", rows)
-        tune("spdp_mm_bulk", bulk)
         for t in (thr, 0.0):
             expect = ref.spdp_matvec(x, packed, t)
             _poison((tokens, n), dtype=dtype)
             got = ops.spdp_matvec(x, packed, t, backend="cuda")
             assert torch.ops.sparsekit_cuda.tune("last_spdp_mm", -1) == 1
-            assert torch.ops.sparsekit_cuda.tune("last_spdp_mm_bulk", -1) == (bulk == 0 and _hopper())
             _check(got, expect, dtype)
             assert torch.equal(ops.spdp_matvec(x, packed, t, backend="cuda"), got)
 
@@ -556,20 +548,17 @@ def test_spdp_mm_matches_reference(ops, ref, tune, dtype, tile_rows, tokens, k, 
 @pytest.mark.parametrize("shift", (0, 1, 8, 13))
 def test_spdp_mm_values_at_any_offset_and_fallbacks(ops, ref, tune, dtype, shift):
     """The tensor-core kernel copies each chunk's values from the 16-byte boundary below them, with
-    a storage that ends right after the last value (bulk copies: the last piece by hand; cp.async:
-    zero-filled past it); values not 16-byte aligned (shift 1, 13), K % 8 != 0 and one token run the
-    matvec kernels. All give the reference's result."""
+    a storage that ends right after the last value (zero-filled past it); values not 16-byte aligned
+    (shift 1, 13), K % 8 != 0 and one token run the matvec kernels. All give the reference's result."""
     for k, tokens in ((517 - 5, 9), (517, 9), (512, 1)):
         x, thr = _x((tokens, k), dtype, 60 + shift, 0.4)
         w = _weight(301, k, dtype, 61 + shift, 0.5)
         for r in (32, 64, 128):
             packed = _spdp_shifted(w, r, shift)
-            for bulk in (0, 2):
-                tune("spdp_mm_bulk", bulk)
-                _poison((tokens, 301), dtype=dtype)
-                _check(ops.spdp_matvec(x, packed, thr, backend="cuda"), ref.spdp_matvec(x, packed, thr), dtype)
-                ran = torch.ops.sparsekit_cuda.tune("last_spdp_mm", -1)
-                assert ran == (1 if shift % 8 == 0 and k % 8 == 0 and tokens > 1 else 0), (k, tokens, shift)
+            _poison((tokens, 301), dtype=dtype)
+            _check(ops.spdp_matvec(x, packed, thr, backend="cuda"), ref.spdp_matvec(x, packed, thr), dtype)
+            ran = torch.ops.sparsekit_cuda.tune("last_spdp_mm", -1)
+            assert ran == (1 if shift % 8 == 0 and k % 8 == 0 and tokens > 1 else 0), (k, tokens, shift)
 
 
 def test_spdp_mm_graph_capture_and_knob(ops, ref, tune):
@@ -606,16 +595,15 @@ SPDP_MM_BAL_SHAPES = [(5, 4096, 512), (32, 304, 104), (64, 1000, 256), (100, 520
 def test_spdp_mm_balanced_matches_reference(ops, ref, tune, dtype, tile_rows, tokens, k, n):
     """Weights pruned 2:4 over output rows: every expansion unit of the tensor-core kernel takes the
     balanced path (spdp_bal=1 traps on a unit that would not), 16 and 8 rows per unit, channel splits
-    0 and 3, bulk copies and cp.async, thresholds t and 0; the result equals the reference and, bit for bit, the generic
+    0 and 3, thresholds t and 0; the result equals the reference and, bit for bit, the generic
     expansion's (spdp_bal=2): both build the same dense tile."""
     tune("spdp_mm", 1)
     seed = hash(("mmbal", tokens, k, n, tile_rows)) % 1000
     x, thr = _x((tokens, k), dtype, seed, 0.5)
     packed = _spdp_cuda(_weight_24out(n, k, dtype, seed + 3), tile_rows)
-    for split, rows, bulk in ((0, 16, 0), (3, 16, 0), (0, 8, 0), (3, 8, 0), (0, 16, 2)):
+    for split, rows in ((0, 16), (3, 16), (0, 8), (3, 8)):
         tune("split", split)
         tune("spdp_mm_rows", rows)
-        tune("spdp_mm_bulk", bulk)
         for t in (thr, 0.0):
             tune("spdp_bal", 1)
             _poison((tokens, n), dtype=dtype)
@@ -647,9 +635,8 @@ def test_spdp_mm_balanced_mixed_and_fallbacks(ops, ref, tune, dtype, tile_rows):
               _weight(200, k, dtype, seed + 6, 0.5), torch.zeros((64, k), dtype=dtype, device="cuda")]
     for w in cases:
         packed = _spdp_cuda(w, tile_rows)
-        for rows, bulk in ((16, 0), (8, 0), (16, 2)):
+        for rows in (16, 8):
             tune("spdp_mm_rows", rows)
-            tune("spdp_mm_bulk", bulk)
             _poison((24, w.shape[0]), dtype=dtype)
             got = ops.spdp_matvec(x, packed, thr, backend="cuda")
             assert torch.ops.sparsekit_cuda.tune("last_spdp_mm", -1) == 1
