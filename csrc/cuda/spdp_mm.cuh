@@ -147,11 +147,12 @@ __global__ void __launch_bounds__(kMmThreads) spdp_mm_kernel(const SpdpMmParams 
     const int j0 = q * KC;
     const long long a = o0 & ~7;                        // copied from here: 16-byte aligned
     const int nv = static_cast<int>((o1 - a + 7) >> 3);  // 16-byte pieces of values
-    for (int i = tid; i < nv; i += kMmThreads) {
-      const long long e = a + 8LL * i, left = p.nvals - e;
-      const int nb = left >= 8 ? 16 : (left > 0 ? static_cast<int>(left) * 2 : 0);
-      cp_async16_bytes(st + i * 16, nb > 0 ? vg + e : vg, nb);
-    }
+    const long long room = p.nvals - a;                  // values readable from a
+    const int nfull = room >= 8LL * nv ? nv : static_cast<int>(room > 0 ? room >> 3 : 0);  // whole pieces
+    const unsigned short* src = vg + a;
+    for (int i = tid; i < nfull; i += kMmThreads) cp_async16_bytes(st + i * 16, src + 8 * i, 16);
+    if (tid == 0 && nfull < nv)  // the last piece ends past the readable values (at most one): zero-filled
+      cp_async16_bytes(st + nfull * 16, src + 8 * nfull, 2 * static_cast<int>(room - 8LL * nfull));
 #pragma unroll
     for (int k = 0; k < XPT; ++k) {
       if (C::NXP % kMmThreads != 0 && k * kMmThreads + tid >= C::NXP) break;
