@@ -620,7 +620,7 @@ def test_spdp_mm_balanced_matches_reference(ops, ref, tune, dtype, tile_rows, to
 @pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
 @pytest.mark.parametrize("tile_rows", (32, 64, 128))
 def test_spdp_mm_balanced_mixed_and_fallbacks(ops, ref, tune, dtype, tile_rows):
-    """Automatic choice per unit where only some have the pattern: rows of one tile only; the first 2048
+    """Automatic choice per unit where only some have the pattern: rows of one tile only; the first 1024
     columns only; N % 8 == 4 and N % 4 != 0 (the last tile's offsets lose the alignment or its last group
     is partial); unbalanced weights; all zero columns. Equal to the reference and, bit for bit, to the
     generic expansion."""
