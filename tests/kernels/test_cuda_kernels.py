@@ -440,6 +440,16 @@ def _check_spdp_forms(ops, ref, x, packed, thr, dtype):
     _check(ops.spdp_matvec_sel(xs, idx, nnz, packed, backend="cuda"), ref.spdp_matvec_sel(xs, idx, nnz, packed), dtype)
 
 
+def _mixed_24out_cases(k, dtype, seed, tile_rows, cols):
+    """Weights where only part has the 2:4-over-rows pattern: the rows of one tile; the first `cols`
+    columns; N % 8 == 4 and N % 4 != 0; then random 50 % weights and all zero columns."""
+    cases = [_weight_24out(300, k, dtype, seed + 1, rows=slice(0, tile_rows)),
+             _weight_24out(4 * tile_rows, k, dtype, seed + 2)]
+    cases[1][:, cols:] = _weight(4 * tile_rows, k - cols, dtype, seed + 3, 0.5)
+    return cases + [_weight_24out(100, k, dtype, seed + 4), _weight_24out(98, k, dtype, seed + 5),
+                    _weight(200, k, dtype, seed + 6, 0.5), torch.zeros((64, k), dtype=dtype, device="cuda")]
+
+
 # the balanced path (2:4 over output rows): K, N with N % 8 == 0 (every tile, the last included, has it)
 BAL_SHAPES = [(4096, 11008), (11008, 4096), (301, 104), (37, 8), (5000, 200), (4096, 4096)]
 
@@ -477,12 +487,7 @@ def test_spdp_balanced_path_mixed_and_fallbacks(ops, ref, tune, dtype, tile_rows
     seed = hash(("balmix", tile_rows)) % 1000
     k = 5000
     x, thr = _x((1, k), dtype, seed, 0.5)
-    cases = [_weight_24out(300, k, dtype, seed + 1, rows=slice(0, tile_rows)),
-             _weight_24out(4 * tile_rows, k, dtype, seed + 2)]
-    cases[1][:, 2048:] = _weight(4 * tile_rows, k - 2048, dtype, seed + 3, 0.5)
-    cases += [_weight_24out(100, k, dtype, seed + 4), _weight_24out(98, k, dtype, seed + 5),
-              _weight(200, k, dtype, seed + 6, 0.5), torch.zeros((64, k), dtype=dtype, device="cuda")]
-    for w in cases:
+    for w in _mixed_24out_cases(k, dtype, seed, tile_rows, 2048):
         for split in (0, 1):
             tune("split", split)
             _check_spdp_forms(ops, ref, x, _spdp_cuda(w, tile_rows), thr, dtype)
@@ -628,12 +633,7 @@ def test_spdp_mm_balanced_mixed_and_fallbacks(ops, ref, tune, dtype, tile_rows):
     seed = hash(("mmbalmix", tile_rows)) % 1000
     k = 2056
     x, thr = _x((24, k), dtype, seed, 0.5)
-    cases = [_weight_24out(300, k, dtype, seed + 1, rows=slice(0, tile_rows)),
-             _weight_24out(4 * tile_rows, k, dtype, seed + 2)]
-    cases[1][:, 1024:] = _weight(4 * tile_rows, k - 1024, dtype, seed + 3, 0.5)
-    cases += [_weight_24out(100, k, dtype, seed + 4), _weight_24out(98, k, dtype, seed + 5),
-              _weight(200, k, dtype, seed + 6, 0.5), torch.zeros((64, k), dtype=dtype, device="cuda")]
-    for w in cases:
+    for w in _mixed_24out_cases(k, dtype, seed, tile_rows, 1024):
         packed = _spdp_cuda(w, tile_rows)
         for rows in (16, 8):
             tune("spdp_mm_rows", rows)
