@@ -6,6 +6,11 @@ boundary below the chunk's first value (zero-filled past the storage), the chunk
 offsets (zero past K); a unit of G rows of one column then finds its first value at
 offs[c] - (offs[0] & ~7) + popcounts of the words and bits below, and walks its G bits. These tests
 rebuild every chunk's dense tile that way and compare it with ``spdp.decode``; a wrong formula fails.
+
+A balanced unit (the 2:4-over-rows pattern: nibble_counts of its G bits hold 2 for each whole 4-row group
+inside the tile's rows and 0 above, and its value index is a multiple of 4) takes the other expansion:
+group k's two values are the 32-bit word at idx + 2k, and its 4 rows are the two words
+``prmt(word, 0, sel)`` with the selectors ``pair_selectors(its 4 bits)``.
 """
 from __future__ import annotations
 
@@ -14,14 +19,40 @@ import pytest
 import torch
 
 from sparsekit.formats import spdp
+from sparsekit.pruning.masks import nm_out_mask
 
 
 def _popc(v: int) -> int:
     return bin(v & 0xFFFFFFFF).count("1")
 
 
-def _expand_tile(packed, tile: int, g: int, storage: np.ndarray, shift: int, align_base: bool = True) -> np.ndarray:
-    """The dense [K, R] tile (column-major, as A^T in shared memory) the kernel builds, chunk by chunk."""
+def _nibble_counts(m: int) -> int:  # the kernel's SWAR count, on 32-bit words
+    c = (m - ((m >> 1) & 0x55555555)) & 0xFFFFFFFF
+    return ((c & 0x33333333) + ((c >> 2) & 0x33333333)) & 0xFFFFFFFF
+
+
+def _pair_selectors(n: int) -> tuple[int, int]:
+    s, seen = [0, 0], 0
+    for r in range(4):
+        if n >> r & 1:
+            code = 0x32 if seen else 0x10
+            seen += 1
+        else:
+            code = 0x44
+        s[r >> 1] |= code << (8 * (r & 1))
+    return s[0], s[1]
+
+
+def _prmt_zero(a: int, sel: int) -> int:
+    """PTX prmt.b32 d, a, 0, sel (selector nibbles 0-4: bytes of a, then zero bytes)."""
+    src = a.to_bytes(4, "little") + bytes(4)
+    return int.from_bytes(bytes(src[(sel >> (4 * i)) & 7] for i in range(4)), "little")
+
+
+def _expand_tile(packed, tile: int, g: int, storage: np.ndarray, shift: int, align_base: bool = True,
+                 units: dict | None = None) -> np.ndarray:
+    """The dense [K, R] tile (column-major, as A^T in shared memory) the kernel builds, chunk by chunk;
+    `units` counts the units inside K that took the balanced and the generic expansion."""
     n, k, r = spdp.dims(packed)
     w = r // 32
     kc = 4096 // r
@@ -52,7 +83,21 @@ def _expand_tile(packed, tile: int, g: int, storage: np.ndarray, shift: int, ali
                 word, sh = r0 >> 5, r0 & 31
                 m = int(bm[c, word])
                 idx = offs[c] + shift - abase + sum(_popc(int(bm[c, v])) for v in range(word)) + _popc(m & ((1 << sh) - 1))
-                bits = m >> sh
+                bits = (m >> sh) & ((1 << g) - 1)
+                ng = min(g // 4, max(0, (n - tile * r - r0) >> 2))
+                balanced = _nibble_counts(bits) == 0x22222222 & ((1 << (4 * ng)) - 1) and idx % 4 == 0
+                if units is not None and j0 + c < k:
+                    units["balanced" if balanced else "generic"] += 1
+                if balanced:
+                    for grp in range(g // 4):
+                        nib = bits >> (4 * grp) & 0xF
+                        word = int(slot[idx + 2 * grp]) & 0xFFFF | (int(slot[idx + 2 * grp + 1]) & 0xFFFF) << 16 if nib else 0
+                        sx, sy = _pair_selectors(nib)
+                        lo, hi = _prmt_zero(word, sx), _prmt_zero(word, sy)
+                        if j0 + c < k:
+                            out[j0 + c, r0 + 4 * grp: r0 + 4 * grp + 4] = np.array(
+                                [lo & 0xFFFF, lo >> 16, hi & 0xFFFF, hi >> 16], dtype=np.uint16).view(out.dtype)
+                    continue
                 for i in range(g):
                     if bits >> i & 1:
                         assert 0 <= idx < len(slot), "a load outside the slot"
@@ -98,3 +143,44 @@ def test_a_base_without_the_alignment_fails():
              for t in range(4)]
     assert all(np.array_equal(good, dense[64 * t : 64 * (t + 1)].T) for t, (good, _) in enumerate(tiles))
     assert not all(np.array_equal(bad, dense[64 * t : 64 * (t + 1)].T) for t, (_, bad) in enumerate(tiles))
+
+
+@pytest.mark.parametrize("g", (16, 8))
+@pytest.mark.parametrize("tile_rows", (32, 64, 128))
+@pytest.mark.parametrize("n,k", ((200, 37), (104, 9), (8, 5), (256, 64), (100, 6)))
+def test_balanced_units_expand_to_the_decoded_weight(g, tile_rows, n, k):
+    """A weight pruned 2:4 over output rows: every unit of a tile whose rows are a multiple of 8 takes the
+    balanced expansion (N = 100 leaves a 4-row tail: those units may fail on alignment and take the
+    generic one), and the tiles equal the decoded weight, zeros past the tile's rows included."""
+    gen = torch.Generator().manual_seed(g * 7 + tile_rows * 1000 + n + k)
+    w = torch.randn((n, k), generator=gen).half()
+    w[nm_out_mask(torch.rand((n, k), generator=gen), 2, 4)] = 0.0
+    packed = spdp.encode(w, tile_rows)
+    storage = packed["values"].view(torch.int16).numpy()
+    dense = spdp.decode(packed).view(torch.int16).numpy()
+    for tile in range(-(-n // tile_rows)):
+        units = {"balanced": 0, "generic": 0}
+        got = _expand_tile(packed, tile, g, storage, 0, units=units)
+        rows = dense[tile * tile_rows: (tile + 1) * tile_rows]
+        want = np.zeros((k, tile_rows), dtype=np.int16)
+        want[:, : rows.shape[0]] = rows.T
+        assert np.array_equal(got, want), f"tile {tile}"
+        assert units["balanced"] > 0
+        if rows.shape[0] % 8 == 0:  # only a tile ending in a 4-row tail can miss the pattern
+            assert units["generic"] == 0, (tile, units)
+
+
+def test_pair_selectors_place_the_pair():
+    for n in range(16):
+        if bin(n).count("1") != 2:
+            continue
+        rows = [r for r in range(4) if n >> r & 1]
+        sx, sy = _pair_selectors(n)
+        word = 0xBBBB_AAAA  # first value 0xAAAA, second 0xBBBB
+        got = [_prmt_zero(word, sx) & 0xFFFF, _prmt_zero(word, sx) >> 16, _prmt_zero(word, sy) & 0xFFFF,
+               _prmt_zero(word, sy) >> 16]
+        want = [0, 0, 0, 0]
+        want[rows[0]], want[rows[1]] = 0xAAAA, 0xBBBB
+        assert got == want, n
+        assert all((sel >> (4 * i)) & 0xF <= 4 for sel in (sx, sy) for i in range(4))  # no sign-replicate mode
+    assert _pair_selectors(0) == (0x4444, 0x4444)  # a unit past the tile's rows writes zeros
