@@ -285,6 +285,30 @@ def test_cuda_spdp_many_tokens_run_on_tensor_cores_or_decode_once(dtype, monkeyp
 
 @cuda
 @needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_spdp_glu_decode_batch_leaves_the_fused_kernel_for_tensor_cores(dtype):
+    """A down projection's forward_glu: from SPDP_MM_MIN_TOKENS sequences the SwiGLU product is made
+    first and the tensor-core kernel runs; below, the fused one-token kernel. Same result either way."""
+    from sparsekit.kernels.reference import silu_mul
+
+    torch.manual_seed(3)
+    tol = dict(zip(("rtol", "atol"), tols(dtype)))
+    lin = nn.Linear(192, 136, bias=False).cuda().to(dtype)
+    prune_(lin.weight, "spdp")
+    sl = SparseLinear.from_linear(lin, "spdp", 0.2, tile_rows=64)
+    for batch in (rl.SPDP_MM_MIN_TOKENS - 1, rl.SPDP_MM_MIN_TOKENS, rl.SPDP_DECODE_MIN_TOKENS - 1):
+        gu = torch.randn(batch, 1, 384, device="cuda", dtype=dtype)
+        with torch.no_grad():
+            got = sl.forward_glu(gu)
+            ran_mm = torch.ops.sparsekit_cuda.tune("last_spdp_mm", -1)
+            expect = F.linear(masked(silu_mul(gu), 0.2), lin.weight)
+        assert (sl._glu_threshold(gu) is None) == (batch >= rl.SPDP_MM_MIN_TOKENS)
+        assert ran_mm == (1 if batch >= rl.SPDP_MM_MIN_TOKENS else 0), batch
+        torch.testing.assert_close(got, expect, **tol)
+
+
+@cuda
+@needs_cuda
 def test_cuda_teal_large_decode_batch_matches_masked_dense():
     torch.manual_seed(0)
     lin = nn.Linear(200, 136, bias=False).cuda().half()

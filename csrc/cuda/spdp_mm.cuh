@@ -21,6 +21,8 @@
 // cluster, cluster_reduce_store), in a fixed order: results are bitwise deterministic.
 // No torch headers: compile with `nvcc -arch=sm_90 -Xptxas -v -c` to read the resource report.
 #pragma once
+#include <climits>
+
 #include "common.cuh"
 
 namespace sk {
@@ -125,39 +127,55 @@ __global__ void __launch_bounds__(kMmThreads) spdp_mm_kernel(const SpdpMmParams 
   const unsigned short* vg = static_cast<const unsigned short*>(p.vals);
   unsigned short* const at = reinterpret_cast<unsigned short*>(smem + NST * C::STAGE);
 
-  auto bounds = [&](int q, int& o0, int& o1) {  // chunk q's packed values: [o0, o1)
-    o0 = __ldg(p.offsets + tbase + q * KC);
-    o1 = __ldg(p.offsets + tbase + min(p.K, (q + 1) * KC));
+  const int* const toffs = p.offsets + tbase;
+  // chunk q's packed values: [o0, o1). Both loaded straight into the registers that keep them: deriving
+  // o0 from the previous chunk's o1 made the compiler move a just-loaded value within the iteration,
+  // a wait on global memory every chunk (ncu: long-scoreboard stalls 0.5 -> 2.0 per instruction)
+  auto bounds = [&](int q, int& o0, int& o1) {
+    o0 = __ldg(toffs + q * KC);
+    o1 = __ldg(toffs + min(p.K, (q + 1) * KC));
   };
   // this thread's pieces of the x tile (NXP of them, 16 bytes each): fixed rows and columns per chunk
   constexpr int XPT = (C::NXP + kMmThreads - 1) / kMmThreads;
-  long long xsrc[XPT];  // element offset in x of the piece's start at chunk column 0 (-1: zero-fill)
-  unsigned xdst[XPT];   // byte offset in the stage
-  int xcol[XPT];        // its first column in the chunk
+  const unsigned short* xsrc[XPT];  // the piece's start at column 0 (nullptr: past the tokens, zero-filled)
+  int xlim[XPT];                    // K minus its first column in the chunk: copied while j0 < xlim
 #pragma unroll
   for (int k = 0; k < XPT; ++k) {
     const int v = k * kMmThreads + tid, t = v / (KC / 8), kp = v % (KC / 8);
     const bool ok = (C::NXP % kMmThreads == 0 || v < C::NXP) && t0 + t < p.T;
-    xsrc[k] = ok ? static_cast<long long>(t0 + t) * p.K + kp * 8 : -1;
-    xdst[k] = C::V_BYTES + C::B_BYTES + C::O_BYTES + (t * C::XLD + kp * 8) * 2;
-    xcol[k] = kp * 8;
+    xsrc[k] = ok ? xg + static_cast<long long>(t0 + t) * p.K + kp * 8 : nullptr;
+    xlim[k] = ok ? p.K - kp * 8 : INT_MIN;
   }
+  const int nvals = static_cast<int>(p.nvals);  // <= INT32_MAX, as the int32 offsets
+  const unsigned smem0 = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  // 32-bit index arithmetic and one 64-bit address per copy: with 64-bit bounds math and a remainder
+  // loop, issuing the copies had been ~40 % of a chunk's instructions
+  static_assert(C::V_BYTES <= 3 * 16 * kMmThreads, "at most 3 value pieces per thread");
   auto issue = [&](int slot, int q, int o0, int o1) {
-    const unsigned st = static_cast<unsigned>(__cvta_generic_to_shared(smem + slot * C::STAGE));
+    const unsigned st = smem0 + slot * C::STAGE;
     const int j0 = q * KC;
-    const long long a = o0 & ~7;                        // copied from here: 16-byte aligned
-    const int nv = static_cast<int>((o1 - a + 7) >> 3);  // 16-byte pieces of values
-    const long long room = p.nvals - a;                  // values readable from a
-    const int nfull = room >= 8LL * nv ? nv : static_cast<int>(room > 0 ? room >> 3 : 0);  // whole pieces
-    const unsigned short* src = vg + a;
-    for (int i = tid; i < nfull; i += kMmThreads) cp_async16_bytes(st + i * 16, src + 8 * i, 16);
+    const int a = o0 & ~7;                  // copied from here: 16-byte aligned
+    const int nv = (o1 - a + 7) >> 3;       // 16-byte pieces of values
+    const int room = nvals - a;             // values readable from a (a <= o0 <= nvals)
+    const int nfull = min(nv, room >> 3);   // whole pieces
+    if (tid < nfull) {  // piece i by thread i % 256
+      const unsigned short* src = vg + (a + 8 * tid);
+      const unsigned dst = st + 16 * tid;
+      cp_async16_bytes(dst, src, 16);
+      if (tid + kMmThreads < nfull) {
+        cp_async16_bytes(dst + 16 * kMmThreads, src + 8 * kMmThreads, 16);
+        if (tid + 2 * kMmThreads < nfull) cp_async16_bytes(dst + 32 * kMmThreads, src + 16 * kMmThreads, 16);
+      }
+    }
     if (tid == 0 && nfull < nv)  // the last piece ends past the readable values (at most one): zero-filled
-      cp_async16_bytes(st + nfull * 16, src + 8 * nfull, 2 * static_cast<int>(room - 8LL * nfull));
+      cp_async16_bytes(st + nfull * 16, vg + (a + 8 * nfull), 2 * (room - 8 * nfull));
 #pragma unroll
     for (int k = 0; k < XPT; ++k) {
       if (C::NXP % kMmThreads != 0 && k * kMmThreads + tid >= C::NXP) break;
-      const bool ok = xsrc[k] >= 0 && j0 + xcol[k] < p.K;
-      cp_async16_bytes(st + xdst[k], ok ? xg + xsrc[k] + j0 : xg, ok ? 16 : 0);
+      const int v = k * kMmThreads + tid;
+      const unsigned dst = st + C::V_BYTES + C::B_BYTES + C::O_BYTES + ((v / (KC / 8)) * C::XLD + (v % (KC / 8)) * 8) * 2;
+      const bool ok = j0 < xlim[k];
+      cp_async16_bytes(dst, ok ? xsrc[k] + j0 : xg, ok ? 16 : 0);
     }
     if (warp == 0) {  // the chunk's bitmap words: 4096 / 32 = 128 words = 32 pieces, one per lane
       static_assert(C::B_BYTES == 32 * 16, "one bitmap piece per lane");
@@ -199,15 +217,18 @@ __global__ void __launch_bounds__(kMmThreads) spdp_mm_kernel(const SpdpMmParams 
   int n0v = 0, n1v = 0;  // bounds of the next chunk to issue, loaded one iteration ahead
   if (NST - 1 < nc) bounds(ca + NST - 1, n0v, n1v);
 
+  int ring = 0;  // i % NST, kept as a counter (NST = 3 is not a power of two)
   for (int i = 0; i < nc; ++i) {
     cp_async_wait<NST - 2>();
     __syncthreads();  // chunk i has landed; every warp is done with chunk i - 1
     const int qn = i + NST - 1;
-    if (qn < nc) issue(qn % NST, ca + qn, n0v, n1v);
+    const int ring_n = ring == 0 ? NST - 1 : ring - 1;  // qn % NST
+    if (qn < nc) issue(ring_n, ca + qn, n0v, n1v);
     cp_async_commit();
     if (qn + 1 < nc) bounds(ca + qn + 1, n0v, n1v);
 
-    unsigned char* st = smem + (i % NST) * C::STAGE;
+    unsigned char* st = smem + ring * C::STAGE;
+    ring = ring == NST - 1 ? 0 : ring + 1;
     const uint32_t sva = static_cast<uint32_t>(__cvta_generic_to_shared(st));
     const uint32_t* bm = reinterpret_cast<const uint32_t*>(st + C::V_BYTES);
     const int* offs = reinterpret_cast<const int*>(st + C::V_BYTES + C::B_BYTES);

@@ -64,6 +64,9 @@ SPDP_DECODE_MIN_TOKENS = 8
 # costs less (H200, a fused 7B layer: 352 against 450 us at 64 tokens, 2x slower at 128:
 # benchmarks/NOTES.md, eleventh session).
 SPDP_MM_MAX_TOKENS = 64
+# ... and from this many tokens it runs there (kSpdpMmMinTokens in csrc/cuda/ops_cuda.h), so a decode
+# batch of 4 leaves the fused SwiGLU one-token kernel for silu_mul + the tensor-core kernel.
+SPDP_MM_MIN_TOKENS = 4
 TEAL_KERNEL_MAX_TOKENS = 3
 
 
@@ -346,6 +349,9 @@ class SparseLinear(nn.Module):
             return self._t if sparse and not (gu.is_cuda and tokens > TEAL_KERNEL_MAX_TOKENS) else None
         if gu.is_cuda and tokens >= SPDP_DECODE_MIN_TOKENS:  # forward() picks the path for many tokens
             return None
+        if (gu.is_cuda and tokens >= SPDP_MM_MIN_TOKENS and sparse
+                and self._spdp_tensor_cores(gu[..., :self.in_features], tokens)):
+            return None  # the tensor-core kernel (plain op only) beats the fused one-token kernels here
         return self._t if sparse else 0.0
 
     def forward_glu(self, gu: torch.Tensor) -> torch.Tensor:
