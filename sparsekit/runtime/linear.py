@@ -340,7 +340,8 @@ class SparseLinear(nn.Module):
 
     def _glu_threshold(self, gu: torch.Tensor) -> float | None:
         """The threshold for ``ops.*_glu`` when ``forward(silu_mul(gu))`` would run this layer's plain
-        fused-threshold op (``teal_matvec`` / ``spdp_matvec``), else None."""
+        fused-threshold op (``teal_matvec`` / ``spdp_matvec``) on its one-token kernels, else None (also
+        when spdp's plain op would run the tensor-core kernel, which the fused op does not)."""
         if self.fmt not in ("teal", "spdp") or self.relative or self.shared is not None:
             return None
         tokens = gu.numel() // max(1, 2 * self.in_features)
