@@ -42,7 +42,7 @@ def main() -> None:
     ap.add_argument("--balanced", action="store_true", help="with --mm: weights pruned 2:4 over output rows")
     ap.add_argument("--ncu", action="store_true",
                     help="for ncu: one tensor-core spdp_matvec launch on qkv 4096->12288, fp16, R = 64, --tokens "
-                         "(default 32), 2:4-over-rows weights with --balanced")
+                         "(default 32), 2:4-over-rows weights with --balanced; then one spdp_decode of that weight")
     a = ap.parse_args()
     if a.decode_sweep:
         return decode_sweep(a)
@@ -188,6 +188,8 @@ def ncu_launches(a) -> None:
     ops.spdp_matvec(x, sp, 0.0, backend="cuda")
     torch.cuda.synchronize()
     print(f"tensor cores {int(tune('last_spdp_mm', -1))}, split {int(tune('last_split', -1))}")
+    ops.spdp_decode(sp, backend="cuda")  # the prefill path above SPDP_MM_MAX_TOKENS
+    torch.cuda.synchronize()
 
 
 def decode_sweep(a) -> None:

@@ -299,13 +299,14 @@ def test_spdp_matches_reference(ops, ref, dtype, tile_rows, lead, k, n, s1, s2):
 @pytest.mark.parametrize("tile_rows", (32, 64, 128))
 def test_spdp_decode_is_bit_exact(ops, ref, dtype, tile_rows):
     """The prefill path's CUDA decode against the reference, bit for bit, on a NaN-poisoned output:
-    even K (paired 4-byte stores), odd K (scalar stores), N past the last full tile, K past the last
+    K a multiple of 16 bytes of elements (16-byte stores; 136: also a last block of 8 columns, whole
+    warps past K), other K (one element per store), N past the last full tile, K past the last
     64-column block, NaN and -0.0 values, empty and full tiles."""
     from sparsekit.formats import spdp
 
     bits = {2: torch.int16, 4: torch.int32}[torch.empty((), dtype=dtype).element_size()]
     for i, (n, k, s1) in enumerate(((1, 1, 0.0), (301, 100, 0.5), (130, 67, 0.9), (4096, 11008, 0.5),
-                                    (11008, 4096, 0.7), (100, 65, 0.0), (33, 128, 1.0))):
+                                    (11008, 4096, 0.7), (100, 65, 0.0), (33, 128, 1.0), (200, 136, 0.5))):
         w = _weight(n, k, dtype, 50 + i, s1)
         if n * k > 2:
             w.view(-1)[0], w.view(-1)[1] = float("nan"), -0.0
