@@ -193,8 +193,9 @@ def ncu_launches(a) -> None:
 
 
 def decode_sweep(a) -> None:
-    """spdp_decode: the CUDA kernel against the Triton one (its default block configuration), R = 32/64/128,
-    fp16, each checked bit-exact first. GB/s on the bytes read (packed) + written (dense)."""
+    """spdp_decode: the CUDA kernels (the tensor-core kernel's pipeline, default for 16-bit values and
+    K % 8 == 0, and the one-pass kernel, tune("spdp_mm", 2)) against the Triton one (its default block
+    configuration), R = 32/64/128, fp16, each checked bit-exact first. GB/s on bytes read + written."""
     from sparsekit import ops
     from sparsekit.formats import spdp
 
@@ -206,11 +207,14 @@ def decode_sweep(a) -> None:
             sp = [{key: (v.cuda() if key != "shape" else tuple(v.tolist())) for key, v in spdp.encode(x, r).items()}
                   for x in w]
             nbytes = sum(v.numel() * v.element_size() for key, v in sp[0].items() if key != "shape") + 2 * n * k
-            for backend in ("triton", "cuda"):
+            for backend, knob in (("triton", 0), ("cuda", 0), ("cuda", 2)):
+                old = torch.ops.sparsekit_cuda.tune("spdp_mm", knob)
                 assert torch.equal(ops.spdp_decode(sp[0], backend=backend), w[0]), (name, r, backend)
                 us, _ = time_graph([lambda p=p, b=backend: ops.spdp_decode(p, backend=b) for p in sp])
-                rows.append({"shape": name, "R": r, "backend": backend, "us": us, "gbs": nbytes / us / 1e3})
-                print(f"{name:12s} R={r:<3d} {backend:6s}  {us:8.2f} µs  {nbytes / us / 1e3:7.0f} GB/s", flush=True)
+                torch.ops.sparsekit_cuda.tune("spdp_mm", old)
+                label = backend if knob == 0 else "cuda one-pass (spdp_mm=2)"
+                rows.append({"shape": name, "R": r, "backend": label, "us": us, "gbs": nbytes / us / 1e3})
+                print(f"{name:12s} R={r:<3d} {label:6s}  {us:8.2f} µs  {nbytes / us / 1e3:7.0f} GB/s", flush=True)
     if a.json:
         Path(a.json).write_text(json.dumps({"gpu": torch.cuda.get_device_name(), "decode_sweep": rows}, indent=1))
 

@@ -16,7 +16,7 @@ struct Tuning {
   int spdp_stage = 0;  // one-token spdp of 16-bit values, staged variant (MvCfg STG): 0 = 64/128-row tiles, 1 = every tile size (values 16-byte aligned), 2 = never
   int spdp_bal = 0;   // spdp of 16-bit values, balanced paths (one token: MvCfg BAL, per block; several: spdp_mm.cuh, per expansion unit): 0 = where the 2:4-over-rows pattern holds, 1 = required (tests: a block or unit without it traps), 2 = never
   int spdp_nib = 0;   // one-token spdp of 16-bit values, nibble variant (MvCfg NIB): 0/1 = where values are 4-byte aligned, 2 = never
-  int spdp_mm = 0;    // several-token spdp on tensor cores (spdp_mm.cuh): 0 = from kSpdpMmMinTokens tokens, 1 = from 2, 2 = never
+  int spdp_mm = 0;    // several-token spdp on tensor cores (spdp_mm.cuh): 0 = from kSpdpMmMinTokens tokens, 1 = from 2, 2 = never (also spdp_decode)
   int spdp_mm_rows = 16;  // rows one thread expands per unit in that kernel: 16 or 8
   int spinfer_warps = 4;  // 4 or 8 warps per spinfer block (4 measured faster on the H200)
   int teal1 = 0;          // one-token teal kernel (teal1.cuh): 0 = off (matvec.cuh measured faster), 1 = on where it applies
@@ -25,7 +25,7 @@ struct Tuning {
   int l2pf = 0;           // fused teal: channels per block whose row segments are prefetched into L2 at the start
   int last_split = 0;  // read-only: the slices chosen by the last launch
   int last_teal1 = 0;  // read-only: 1 when the last teal launch used the one-token kernel
-  int last_spdp_mm = 0;  // read-only: 1 when the last spdp_matvec ran the tensor-core kernel
+  int last_spdp_mm = 0;  // read-only: 1 when the last spdp_matvec or spdp_decode ran spdp_mm.cuh
 };
 Tuning& tuning();
 // spdp_matvec runs the tensor-core kernel from this many tokens (fp16/bf16, K % 8 == 0).

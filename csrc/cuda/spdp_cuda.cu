@@ -194,6 +194,29 @@ at::Tensor spdp_decode(const at::Tensor& values, const at::Tensor& bitmap, const
   const at::Tensor bc = bitmap.reshape({-1}).contiguous();
   const at::Tensor oc = offsets.reshape({-1}).contiguous();
   auto stream = at::cuda::getCurrentCUDAStream();
+  // 16-bit values, K % 8 == 0, values 16-byte aligned: the tensor-core kernel's copy and expansion
+  // pipeline (spdp_mm.cuh, TN = 0); tune("spdp_mm", 2) keeps the one-pass kernel (spdp_decode.cuh)
+  if (es == 2 && k % 8 == 0 && reinterpret_cast<uintptr_t>(vc.data_ptr()) % 16 == 0 && tuning().spdp_mm != 2) {
+    const at::Tensor ba = aligned(bc, 16), oa = aligned(oc, 16);
+    const int64_t avail = static_cast<int64_t>(vc.storage().nbytes() / 2) - vc.storage_offset();
+    sk::SpdpMmParams q{};
+    q.vals = vc.data_ptr();
+    q.bitmap = reinterpret_cast<const uint32_t*>(ba.data_ptr<int>());
+    q.offsets = oa.data_ptr<int>();
+    q.y = out.data_ptr();
+    q.nvals = std::min<int64_t>(std::max<int64_t>(avail, vc.numel()), INT32_MAX);
+    q.N = static_cast<int>(n);
+    q.K = static_cast<int>(k);
+    q.bal = tuning().spdp_bal;
+    tuning().last_spdp_mm = 1;
+    const int device = values.get_device(), sms = sm_count(device);
+    const cudaError_t e = tile_rows == 32   ? sk::spdp_mm_decode<32>(q, sms, stream, device)
+                          : tile_rows == 64 ? sk::spdp_mm_decode<64>(q, sms, stream, device)
+                                            : sk::spdp_mm_decode<128>(q, sms, stream, device);
+    TORCH_CHECK(e == cudaSuccess, op, ": kernel launch failed: ", cudaGetErrorString(e));
+    return out;
+  }
+  tuning().last_spdp_mm = 0;
   const cudaError_t e = es == 2 ? decode_dispatch_r<uint16_t>(vc, bc, oc, out, static_cast<int>(n), static_cast<int>(k),
                                                               tile_rows, stream)
                                 : decode_dispatch_r<uint32_t>(vc, bc, oc, out, static_cast<int>(n), static_cast<int>(k),

@@ -19,8 +19,12 @@
 //     ldmatrix, mma.m16n8k16 with fp32 accumulation.
 // The S slices of a tile add their partial sums through distributed shared memory (a (1, S, 1)
 // cluster, cluster_reduce_store), in a fixed order: results are bitwise deterministic.
+// TN = 0 instantiates spdp_decode instead (the prefill path above 64 tokens): the same copies and
+// expansion, then step 3 writes the chunk's dense tile to y = W [N, K] (16-byte stores, two rows per
+// thread read from A^T as 4-byte pairs), no x tile, no mma, no reduction (slices own their columns).
 // No torch headers: compile with `nvcc -arch=sm_90 -Xptxas -v -c` to read the resource report.
 #pragma once
+#include <algorithm>
 #include <climits>
 
 #include "common.cuh"
@@ -55,7 +59,7 @@ struct MmCfg {
   static constexpr int STAGE = V_BYTES + B_BYTES + O_BYTES + X_BYTES;
   static constexpr int ALD = R + 8;  // halves per A^T row (one column of the tile)
   static constexpr int A_BYTES = KC * ALD * 2;
-  static constexpr int PART = TN * R * 4;
+  static constexpr int PART = TN * R * 4;  // 0 when decoding
   static constexpr size_t SMEM = (NST * STAGE + A_BYTES > PART) ? NST * STAGE + A_BYTES : PART;
   // the output tile is MT x NT8 mma tiles: warp w owns m16 strip w % MT and every n8 tile (B
   // fragments are shared by no other warp's A); WK = NW / MT warps split a strip's k-steps
@@ -67,6 +71,7 @@ struct MmCfg {
   static_assert(G == 8 || G == 16, "G rows per unit");
   static_assert(kMmThreads % UC == 0 && UNITS >= 1, "units");
   static constexpr int NXP = TN * KC / 8;  // 16-byte pieces of the x tile
+  static_assert(TN > 0 || (R / 2) * (KC / 8) == kMmThreads, "decode: one (row pair, 8 columns) piece per thread");
 };
 
 // 2 x 16 bits of `w` where |value| > thr, else 0 (NaN fails the comparison, as in torch).
@@ -137,8 +142,8 @@ __global__ void __launch_bounds__(kMmThreads) spdp_mm_kernel(const SpdpMmParams 
   };
   // this thread's pieces of the x tile (NXP of them, 16 bytes each): fixed rows and columns per chunk
   constexpr int XPT = (C::NXP + kMmThreads - 1) / kMmThreads;
-  const unsigned short* xsrc[XPT];  // the piece's start at column 0 (nullptr: past the tokens, zero-filled)
-  int xlim[XPT];                    // K minus its first column in the chunk: copied while j0 < xlim
+  const unsigned short* xsrc[XPT > 0 ? XPT : 1];  // the piece's start at column 0 (nullptr: zero-filled)
+  int xlim[XPT > 0 ? XPT : 1];                    // K minus its first column in the chunk: copied while j0 < xlim
 #pragma unroll
   for (int k = 0; k < XPT; ++k) {
     const int v = k * kMmThreads + tid, t = v / (KC / 8), kp = v % (KC / 8);
@@ -189,7 +194,7 @@ __global__ void __launch_bounds__(kMmThreads) spdp_mm_kernel(const SpdpMmParams 
     }
   };
 
-  float acc[C::NT8][4];
+  float acc[C::NT8 > 0 ? C::NT8 : 1][4];
 #pragma unroll
   for (int o = 0; o < C::NT8; ++o)
 #pragma unroll
@@ -301,55 +306,76 @@ __global__ void __launch_bounds__(kMmThreads) spdp_mm_kernel(const SpdpMmParams 
       if constexpr (G == 16) *reinterpret_cast<uint4*>(dst + 8) = make_uint4(out[4], out[5], out[6], out[7]);
     }
     __syncthreads();
-    // 3. multiply
+    if constexpr (TN == 0) {  // 3'. decode: rows 2 rp, 2 rp + 1, columns 8 cq .. 8 cq + 7 of the chunk
+      // a warp: 16 row pairs x 2 adjacent pieces, so every store instruction writes whole 32-byte sectors
+      // (32 row pairs x 1 piece wrote half sectors: 1.6x the time at R = 64, 2x at 128)
+      constexpr int RG = R / 32;  // warps along the rows
+      const int rp = (lane >> 1) + 16 * (warp % RG), cq = (lane & 1) + 2 * (warp / RG);
+      const int n0 = tile * R + 2 * rp, j = (ca + i) * KC + 8 * cq;
+      uint32_t w[8];  // column 8 cq + e: row 2 rp in the low half, 2 rp + 1 in the high half
 #pragma unroll
-    for (int s = 0; s < C::KS / C::WK; ++s) {
-      const int ks = kq + s * C::WK;
-      uint32_t af[4];
-      const int qm = lane >> 3, r8 = lane & 7;
-      ldmatrix_x4_trans(af, at + (ks * 16 + (qm >> 1) * 8 + r8) * C::ALD + mt * 16 + (qm & 1) * 8);
-      if constexpr (C::NT8 == 1) {
-        uint32_t r[2];
-        const int rr = lane & 15;
-        ldmatrix_x2(r, xt + (rr & 7) * C::XLD + ks * 16 + (rr >> 3) * 8);
-        mma16816<T>(acc[0], af, r[0], r[1]);
-      } else {
+      for (int e = 0; e < 8; ++e) w[e] = *reinterpret_cast<const uint32_t*>(at + (8 * cq + e) * C::ALD + 2 * rp);
+      if (j < p.K) {  // K % 8 == 0: whole pieces
+        unsigned short* y = static_cast<unsigned short*>(p.y) + static_cast<long long>(n0) * p.K + j;
+        if (n0 < p.N)
+          *reinterpret_cast<uint4*>(y) = make_uint4(__byte_perm(w[0], w[1], 0x5410), __byte_perm(w[2], w[3], 0x5410),
+                                                    __byte_perm(w[4], w[5], 0x5410), __byte_perm(w[6], w[7], 0x5410));
+        if (n0 + 1 < p.N)
+          *reinterpret_cast<uint4*>(y + p.K) = make_uint4(__byte_perm(w[0], w[1], 0x7632), __byte_perm(w[2], w[3], 0x7632),
+                                                          __byte_perm(w[4], w[5], 0x7632), __byte_perm(w[6], w[7], 0x7632));
+      }
+    } else {  // 3. multiply
 #pragma unroll
-        for (int o = 0; o < C::NT8; o += 2) {
-          uint32_t r[4];
-          const int tok = (o + (lane >> 4)) * 8 + (lane & 7);
-          ldmatrix_x4(r, xt + tok * C::XLD + ks * 16 + ((lane >> 3) & 1) * 8);
-          mma16816<T>(acc[o], af, r[0], r[1]);
-          mma16816<T>(acc[o + 1], af, r[2], r[3]);
+      for (int s = 0; s < C::KS / C::WK; ++s) {
+        const int ks = kq + s * C::WK;
+        uint32_t af[4];
+        const int qm = lane >> 3, r8 = lane & 7;
+        ldmatrix_x4_trans(af, at + (ks * 16 + (qm >> 1) * 8 + r8) * C::ALD + mt * 16 + (qm & 1) * 8);
+        if constexpr (C::NT8 == 1) {
+          uint32_t r[2];
+          const int rr = lane & 15;
+          ldmatrix_x2(r, xt + (rr & 7) * C::XLD + ks * 16 + (rr >> 3) * 8);
+          mma16816<T>(acc[0], af, r[0], r[1]);
+        } else {
+#pragma unroll
+          for (int o = 0; o < C::NT8; o += 2) {
+            uint32_t r[4];
+            const int tok = (o + (lane >> 4)) * 8 + (lane & 7);
+            ldmatrix_x4(r, xt + tok * C::XLD + ks * 16 + ((lane >> 3) & 1) * 8);
+            mma16816<T>(acc[o], af, r[0], r[1]);
+            mma16816<T>(acc[o + 1], af, r[2], r[3]);
+          }
         }
       }
     }
   }
   cp_async_wait<0>();
-  __syncthreads();  // the ring is free: reuse it for the partial sums
+  if constexpr (TN > 0) {  // (decoded: nothing to reduce)
+    __syncthreads();  // the ring is free: reuse it for the partial sums
 
-  float* part = reinterpret_cast<float*>(smem);  // [TN][R]
-  const int gq = lane >> 2, tq = lane & 3;
-  for (int h = 0; h < C::WK; ++h) {  // the k-split warps of a group add in a fixed order
-    if (kq == h) {
+    float* part = reinterpret_cast<float*>(smem);  // [TN][R]
+    const int gq = lane >> 2, tq = lane & 3;
+    for (int h = 0; h < C::WK; ++h) {  // the k-split warps of a group add in a fixed order
+      if (kq == h) {
 #pragma unroll
-      for (int o = 0; o < C::NT8; ++o)
+        for (int o = 0; o < C::NT8; ++o)
 #pragma unroll
-        for (int hh = 0; hh < 2; ++hh)
+          for (int hh = 0; hh < 2; ++hh)
 #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            float* dst = part + (o * 8 + 2 * tq + j) * R + mt * 16 + gq + 8 * hh;
-            *dst = h == 0 ? acc[o][2 * hh + j] : *dst + acc[o][2 * hh + j];
-          }
+            for (int j = 0; j < 2; ++j) {
+              float* dst = part + (o * 8 + 2 * tq + j) * R + mt * 16 + gq + 8 * hh;
+              *dst = h == 0 ? acc[o][2 * hh + j] : *dst + acc[o][2 * hh + j];
+            }
+      }
+      __syncthreads();
     }
-    __syncthreads();
+    T* y = static_cast<T*>(p.y);
+    const int nrow0 = tile * R;
+    cluster_reduce_store<TN, kMmThreads>(part, R, p.S, [&](int t, int o, float s) {
+      const int n = nrow0 + o;
+      if (t0 + t < p.T && n < p.N) y[static_cast<size_t>(t0 + t) * p.N + n] = from_f<T>(s);
+    });
   }
-  T* y = static_cast<T*>(p.y);
-  const int nrow0 = tile * R;
-  cluster_reduce_store<TN, kMmThreads>(part, R, p.S, [&](int t, int o, float s) {
-    const int n = nrow0 + o;
-    if (t0 + t < p.T && n < p.N) y[static_cast<size_t>(t0 + t) * p.N + n] = from_f<T>(s);
-  });
 }
 
 // Opts in to the kernel's shared memory (once per device), then returns its resident blocks per SM.
@@ -359,6 +385,21 @@ inline cudaError_t spdp_mm_prepare(int device, int* blocks_per_sm) {
   if (e != cudaSuccess) return e;
   *blocks_per_sm = blocks_per_sm_cached<spdp_mm_kernel<T, R, TN, G>>(device, kMmThreads, MmCfg<R, TN, G>::SMEM);
   return cudaSuccess;
+}
+
+// spdp_decode through the tensor-core kernel's copies and expansion (TN = 0): y = W [N, K], 16-bit
+// values, K % 8 == 0, values 16-byte aligned. S column slices per tile, no cluster (nothing to reduce).
+template <int R>
+inline cudaError_t spdp_mm_decode(SpdpMmParams p, int sms, cudaStream_t stream, int device) {
+  using C = MmCfg<R, 0, 16>;
+  int bps = 1;
+  const cudaError_t e = spdp_mm_prepare<__half, R, 0, 16>(device, &bps);
+  if (e != cudaSuccess) return e;
+  const int tiles = (p.N + R - 1) / R, nck = (p.K + C::KC - 1) / C::KC;
+  p.S = std::max(1, std::min(nck, (sms * bps + tiles - 1) / tiles));  // about one wave
+  p.T = 0;
+  const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(p.S), 1u);
+  return launch_sliced(spdp_mm_kernel<__half, R, 0, 16>, p, grid, kMmThreads, C::SMEM, 1, stream, false);
 }
 
 // Launches with grid (tiles, S, token chunks); p.S must be set and spdp_mm_prepare called.

@@ -297,26 +297,38 @@ def test_spdp_matches_reference(ops, ref, dtype, tile_rows, lead, k, n, s1, s2):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("tile_rows", (32, 64, 128))
-def test_spdp_decode_is_bit_exact(ops, ref, dtype, tile_rows):
-    """The prefill path's CUDA decode against the reference, bit for bit, on a NaN-poisoned output:
-    K a multiple of 16 bytes of elements (16-byte stores; 136: also a last block of 8 columns, whole
-    warps past K), other K (one element per store), N past the last full tile, K past the last
-    64-column block, NaN and -0.0 values, empty and full tiles."""
+def test_spdp_decode_is_bit_exact(ops, ref, tune, dtype, tile_rows):
+    """The prefill path's CUDA decode against the reference, bit for bit, on a NaN-poisoned output.
+    16-bit values with K % 8 == 0 run the tensor-core kernel's copy/expansion pipeline (K = 11008,
+    4096, 128, 136: a last chunk of 8 columns; N past the last full tile; 2:4-over-rows weights, whose
+    units take the balanced expansion); fp32 values, other K, or tune("spdp_mm", 2) the one-pass kernel
+    (16-byte row stores where K is a multiple of 16 bytes of elements, else one element per store).
+    NaN and -0.0 values, empty and full tiles."""
     from sparsekit.formats import spdp
 
     bits = {2: torch.int16, 4: torch.int32}[torch.empty((), dtype=dtype).element_size()]
-    for i, (n, k, s1) in enumerate(((1, 1, 0.0), (301, 100, 0.5), (130, 67, 0.9), (4096, 11008, 0.5),
-                                    (11008, 4096, 0.7), (100, 65, 0.0), (33, 128, 1.0), (200, 136, 0.5))):
-        w = _weight(n, k, dtype, 50 + i, s1)
+    cases = [_weight(n, k, dtype, 50 + i, s1) for i, (n, k, s1) in enumerate(
+        ((1, 1, 0.0), (301, 100, 0.5), (130, 67, 0.9), (4096, 11008, 0.5), (11008, 4096, 0.7), (100, 65, 0.0),
+         (33, 128, 1.0), (200, 136, 0.5)))]
+    for w in cases:
+        n, k = w.shape
         if n * k > 2:
             w.view(-1)[0], w.view(-1)[1] = float("nan"), -0.0
+    balanced = _weight_24out(520, 1032, dtype, 58)
+    for w in cases + [balanced]:
+        n, k = w.shape
         packed = {key: (v.cuda() if key != "shape" else v) for key, v in spdp.encode(w, tile_rows).items()}
         expect = ref.spdp_decode(packed)
-        _poison((n, k), dtype=dtype)
-        got = ops.spdp_decode(packed, backend="cuda")
-        assert got.shape == (n, k) and got.dtype == dtype
-        assert torch.equal(got.view(bits), expect.view(bits)), (n, k, s1)
-        assert torch.equal(got.view(bits), w.view(bits))
+        for knob in (0, 2):
+            tune("spdp_mm", knob)
+            tune("spdp_bal", 1 if w is balanced else 0)  # every unit balanced, or a trap
+            _poison((n, k), dtype=dtype)
+            got = ops.spdp_decode(packed, backend="cuda")
+            ran_mm = torch.ops.sparsekit_cuda.tune("last_spdp_mm", -1)
+            assert ran_mm == (1 if knob == 0 and dtype != torch.float32 and k % 8 == 0 else 0), (n, k, knob)
+            assert got.shape == (n, k) and got.dtype == dtype
+            assert torch.equal(got.view(bits), expect.view(bits)), (n, k, knob)
+            assert torch.equal(got.view(bits), w.view(bits))
 
 
 # one-token spdp instantiations: the staged and nibble kernels (16-bit values), the deep one, the plain one
