@@ -948,7 +948,11 @@ def test_sanitizer_smoke(ops, ref, tune, tokens):
             _check(ops.spdp_matvec(x, sb, thr, backend="cuda"), ref.spdp_matvec(x, sb, thr), dtype)
             tune("spdp_bal", 0)
         tune(knob, default)
-        assert torch.equal(ops.spdp_decode(sp, backend="cuda"), ref.spdp_decode(sp))
+        for mm in (0, 2):  # decode: the tensor-core kernel's pipeline (K % 8 == 0), then the one-pass kernel
+            tune("spdp_mm", mm)
+            assert torch.equal(ops.spdp_decode(sp, backend="cuda"), ref.spdp_decode(sp))
+            assert torch.equal(ops.spdp_decode(sb, backend="cuda"), ref.spdp_decode(sb))
+        tune("spdp_mm", 0)
         xr = _x_relative(x.shape, dtype, 40 + tokens, 1.1)
         _check(ops.spdp_matvec_rel(xr, sp, 1.1, backend="cuda"), ref.spdp_matvec_rel(xr, sp, 1.1), dtype)
     _check(ops.teal_matvec_rel(xr, w.t().contiguous(), 1.1, backend="cuda"),
