@@ -1,5 +1,6 @@
 // spdp_matvec / spdp_matvec_sel on CUDA (kernels: matvec.cuh with R = tile_rows; spdp_mm.cuh, the
-// tensor-core kernel, for several tokens), and spdp_decode (kernel: spdp_decode.cuh).
+// tensor-core kernel, for several tokens), and spdp_decode (kernels: spdp_mm.cuh with TN = 0, or the
+// one-pass spdp_decode.cuh).
 #include "matvec_run.h"
 #include "spdp_decode.cuh"
 #include "spdp_mm.cuh"

@@ -1,5 +1,7 @@
-// spdp_decode: the dense [N, K] weight of an spdp-packed one, bit for bit (the prefill path: decode
-// once, then one dense matmul for every token of the prompt).
+// spdp_decode in one pass: the dense [N, K] weight of an spdp-packed one, bit for bit (the prefill
+// path above 64 tokens: decode once, then one dense matmul for every token of the prompt). CUDA runs
+// it for fp32 values, K % 8 != 0 or tune("spdp_mm", 2); 16-bit values with K % 8 == 0 take
+// spdp_mm.cuh's copy and expansion pipeline instead (TN = 0), 12-20 % faster (benchmarks/NOTES.md).
 //
 // A block owns one R-row tile and CJ consecutive input columns. Phase 1: warp w takes CJ / 8
 // consecutive columns; for a column, every lane reads the tile column's bitmap words and offset (the
