@@ -11,6 +11,9 @@ A balanced unit (the 2:4-over-rows pattern: nibble_counts of its G bits hold 2 f
 inside the tile's rows and 0 above, and its value index is a multiple of 4) takes the other expansion:
 group k's two values are the 32-bit word at idx + 2k, and its 4 rows are the two words
 ``prmt(word, 0, sel)`` with the selectors ``pair_selectors(its 4 bits)``.
+
+In decode mode (TN = 0, spdp_decode) step 3 stores the A^T tile as rows of the dense weight: each thread two
+rows x 8 columns, read as 4-byte pairs and split with ``__byte_perm``; ``_decode_store`` emulates it.
 """
 from __future__ import annotations
 
@@ -184,3 +187,54 @@ def test_pair_selectors_place_the_pair():
         assert got == want, n
         assert all((sel >> (4 * i)) & 0xF <= 4 for sel in (sx, sy) for i in range(4))  # no sign-replicate mode
     assert _pair_selectors(0) == (0x4444, 0x4444)  # a unit past the tile's rows writes zeros
+
+
+def _byte_perm(a: int, b: int, sel: int) -> int:
+    """CUDA's __byte_perm(a, b, sel): bytes of b:a (a is bytes 0-3) picked by the selector's low nibbles."""
+    both = (b & 0xFFFFFFFF) << 32 | (a & 0xFFFFFFFF)
+    return sum(((both >> (8 * ((sel >> (4 * i)) & 7))) & 0xFF) << (8 * i) for i in range(4))
+
+
+def _decode_store(at: np.ndarray, tile: int, r: int, n: int, out: np.ndarray, writes: np.ndarray) -> None:
+    """The decode mode's step 3 (spdp_mm.cuh, TN = 0) for every chunk of one tile: thread t of 256 (warp
+    t / 32, lane t % 32) reads rows 2 rp, 2 rp + 1 of columns 8 cq .. 8 cq + 7 from A^T as 4-byte pairs and
+    stores two 16-byte pieces, rows past N and columns past K skipped. Counts every element written."""
+    k = at.shape[0]
+    kc = 4096 // r
+    pairs = np.ascontiguousarray(at).view(np.uint16)  # [K, R] halves; a 4-byte pair is rows 2 rp, 2 rp + 1
+    for q in range(-(-k // kc)):
+        for t in range(256):
+            warp, lane = t // 32, t % 32
+            rg = r // 32
+            rp, cq = (lane >> 1) + 16 * (warp % rg), (lane & 1) + 2 * (warp // rg)
+            n0, j = tile * r + 2 * rp, q * kc + 8 * cq
+            col = np.minimum(np.arange(8 * cq, 8 * cq + 8) + q * kc, k - 1)  # A^T past K: never stored
+            w = [int(pairs[c, 2 * rp]) | int(pairs[c, 2 * rp + 1]) << 16 for c in col]
+            if j >= k:
+                continue
+            for row, sel in ((n0, 0x5410), (n0 + 1, 0x7632)):
+                if row < n:
+                    piece = [_byte_perm(w[2 * i], w[2 * i + 1], sel) for i in range(4)]
+                    halves = np.array([h for x in piece for h in (x & 0xFFFF, x >> 16)], dtype=np.uint16)
+                    out[row, j: j + 8] = halves.view(out.dtype)
+                    writes[row, j: j + 8] += 1
+
+
+@pytest.mark.parametrize("tile_rows", (32, 64, 128))
+def test_decode_mode_writes_every_element_once(tile_rows):
+    """spdp_decode through the tensor-core kernel: the expansion's A^T tiles, stored by step 3's thread
+    mapping, give the decoded weight, and each element inside [N, K] is written exactly once (N odd and
+    past the last full tile, K % 8 == 0 past one chunk; 2:4-out and unstructured weights)."""
+    gen = torch.Generator().manual_seed(tile_rows)
+    n, k = 2 * tile_rows + 13, 4096 // tile_rows + 48
+    for w in (torch.randn((n, k), generator=gen).half(), torch.randn((n - 13, k), generator=gen).half()):
+        w[nm_out_mask(torch.rand(w.shape, generator=gen), 2, 4) if w.shape[0] % 4 == 0
+          else torch.rand(w.shape, generator=gen) < 0.5] = 0.0
+        packed = spdp.encode(w, tile_rows)
+        storage = packed["values"].view(torch.int16).numpy()
+        out = np.zeros(w.shape, dtype=np.int16)
+        writes = np.zeros(w.shape, dtype=np.int64)
+        for tile in range(-(-w.shape[0] // tile_rows)):
+            _decode_store(_expand_tile(packed, tile, 16, storage, 0), tile, tile_rows, w.shape[0], out, writes)
+        assert (writes == 1).all()
+        assert np.array_equal(out, w.view(torch.int16).numpy())

@@ -65,6 +65,14 @@ bool use_mm(at::ScalarType dt, int64_t T, int64_t K, const at::Tensor& vc) {
   return T >= (knob == 1 ? 2 : kSpdpMmMinTokens);
 }
 
+// Values readable from a contiguous values tensor's data pointer, capped at INT32_MAX: its storage may
+// hold more than the view (the NIB kernel reads whole 4-byte pairs, so a run ending at the view's last
+// value can read one value past it; the tensor-core kernel zero-fills its copies past this count).
+int64_t readable_values(const at::Tensor& vc) {
+  const int64_t avail = static_cast<int64_t>(vc.storage().nbytes() / vc.element_size()) - vc.storage_offset();
+  return std::min<int64_t>(std::max<int64_t>(avail, vc.numel()), INT32_MAX);
+}
+
 // A tensor whose data starts `align`-byte aligned (a copy only when the input is not).
 at::Tensor aligned(const at::Tensor& t, int align) {
   at::Tensor c = t.contiguous();
@@ -111,10 +119,7 @@ at::Tensor spdp_run(const at::Tensor& x, const at::Tensor* idx, const at::Tensor
   const at::Tensor bc = aligned(bitmap, 16), oc = aligned(offsets, 16);
   const int device = x.get_device();
   auto stream = at::cuda::getCurrentCUDAStream();
-  // values readable from the values pointer: the storage may hold more than the view (the NIB kernel
-  // reads whole 4-byte pairs, so a run ending at the view's last value can read one value past it)
-  const int64_t avail = static_cast<int64_t>(vc.storage().nbytes() / vc.element_size()) - vc.storage_offset();
-  const int64_t nvals = std::min<int64_t>(std::max<int64_t>(avail, vc.numel()), INT32_MAX);
+  const int64_t nvals = readable_values(vc);
 
   const bool mm = idx == nullptr && !relative && !glu && use_mm(x.scalar_type(), T, K, vc);
   if (idx == nullptr) tuning().last_spdp_mm = mm ? 1 : 0;
@@ -199,13 +204,12 @@ at::Tensor spdp_decode(const at::Tensor& values, const at::Tensor& bitmap, const
   // pipeline (spdp_mm.cuh, TN = 0); tune("spdp_mm", 2) keeps the one-pass kernel (spdp_decode.cuh)
   if (es == 2 && k % 8 == 0 && reinterpret_cast<uintptr_t>(vc.data_ptr()) % 16 == 0 && tuning().spdp_mm != 2) {
     const at::Tensor ba = aligned(bc, 16), oa = aligned(oc, 16);
-    const int64_t avail = static_cast<int64_t>(vc.storage().nbytes() / 2) - vc.storage_offset();
     sk::SpdpMmParams q{};
     q.vals = vc.data_ptr();
     q.bitmap = reinterpret_cast<const uint32_t*>(ba.data_ptr<int>());
     q.offsets = oa.data_ptr<int>();
     q.y = out.data_ptr();
-    q.nvals = std::min<int64_t>(std::max<int64_t>(avail, vc.numel()), INT32_MAX);
+    q.nvals = readable_values(vc);
     q.N = static_cast<int>(n);
     q.K = static_cast<int>(k);
     q.bal = tuning().spdp_bal;
