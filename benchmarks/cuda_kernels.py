@@ -561,8 +561,9 @@ def prune_24_out(w: torch.Tensor, seed: int) -> torch.Tensor:
 
 
 def balanced_sweep(tune, record) -> None:
-    """spdp_matvec at T = 1, s2 = 0.5, on weights pruned 2:4 over output rows: the balanced path (default)
-    against the variants' own loops (spdp_bal=2) and unstructured 50 % weights, tile rows 32/64/128, cuBLAS."""
+    """spdp_matvec at T = 1, s2 = 0.5, on weights pruned 2:4 over output rows: declared in the fixed layout
+    (the V = 5 kernel, as SparseLinear runs it), the staged kernels' balanced path, the variants' own loops
+    (spdp_bal=2), and unstructured 50 % weights, tile rows 32/64/128, cuBLAS."""
     from sparsekit import ops
     from sparsekit.formats import spdp
     from sparsekit.kernels import reference
@@ -579,17 +580,23 @@ def balanced_sweep(tune, record) -> None:
             thr = threshold(x, 0.5)
             mask = (x.abs() > thr).flatten()
             for r in (32, 64, 128):
-                for label, w, grid in (("2:4-out", w24, [{}, {"spdp_bal": 2}]), ("unstructured", wun, [{}])):
+                for label, w, grid in (("2:4-out", w24, [("fixed", {}), ("", {}), ("", {"spdp_bal": 2})]),
+                                       ("unstructured", wun, [("", {})])):
                     packed = to_dev(spdp.encode(w, r), dtype)
                     touched = spdp_touched(packed, mask, n, k, r)
                     cps = clones(packed)
                     expect = reference.spdp_matvec(x, packed, thr)
-                    for knobs in grid:
+                    for decl, knobs in grid:
+                        if decl:
+                            assert spdp.fixed_layout(packed), f"{name} R={r}: not in the fixed layout"
+                        extra = {"fixed": True} if decl else {}
+                        what = f"{label} R={r} {decl} {fmt(knobs)}".replace("  ", " ").strip()
                         with tuned(tune, knobs):
-                            check(ops.spdp_matvec(x, packed, thr), expect, f"spdp {name} {label} R={r} {fmt(knobs)}")
-                            us, sp = time_graph([lambda p=p: ops.spdp_matvec(x, p, thr) for p in cps])
-                            record(name, dtype, "spdp_matvec", f"{label} R={r} {fmt(knobs)}".strip(), us, sp,
-                                   touched, dense_us)
+                            check(ops.spdp_matvec(x, packed | extra, thr), expect, f"spdp {name} {what}")
+                            ran = torch.ops.sparsekit_cuda.tune("last_spdp_fix", -1)
+                            assert ran == (1 if decl else 0), f"{what}: last_spdp_fix = {ran}"
+                            us, sp = time_graph([lambda p=p: ops.spdp_matvec(x, p | extra, thr) for p in cps])
+                            record(name, dtype, "spdp_matvec", what, us, sp, touched, dense_us)
                     del cps
             del ws
         del w16

@@ -27,6 +27,9 @@ TORCH_LIBRARY(sparsekit, m) {
   m.def(
       "spdp_matvec_glu(Tensor gu, Tensor values, Tensor bitmap, Tensor offsets, int n, int tile_rows, "
       "float threshold) -> Tensor");
+  // spdp_matvec(_rel, _glu, _sel): tile_rows < 0 declares the fixed balanced layout (formats/spdp.py,
+  // fixed_layout) with -tile_rows rows per tile: the CUDA one-token kernel then addresses the values
+  // without reading offsets; every backend computes the same product
   m.def(
       "spdp_matvec(Tensor x, Tensor values, Tensor bitmap, Tensor offsets, int n, int tile_rows, "
       "float threshold) -> Tensor");

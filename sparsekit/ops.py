@@ -194,6 +194,13 @@ def _spdp_args(x: torch.Tensor, packed: dict):
     return packed["values"], packed["bitmap"], packed["offsets"], n, tile_rows
 
 
+def _cuda_tile_rows(packed: dict, tile_rows: int) -> int:
+    """The ``tile_rows`` argument of the CUDA spdp ops: negative when ``packed["fixed"]`` (set by
+    ``SparseLinear.packed`` from ``spdp.fixed_layout``) declares the fixed balanced layout, whose
+    one-token kernel finds every value without reading offsets."""
+    return -tile_rows if packed.get("fixed", False) else tile_rows
+
+
 def spdp_matvec(x: torch.Tensor, packed: dict, threshold: float, *, backend: str | None = None) -> torch.Tensor:
     """``mask(x, threshold) @ W.T`` with W in the spdp format."""
     values, bitmap, offsets, n, tile_rows = _spdp_args(x, packed)
@@ -203,7 +210,8 @@ def spdp_matvec(x: torch.Tensor, packed: dict, threshold: float, *, backend: str
     if b == "triton":
         return _triton().spdp_matvec(x, values, bitmap, offsets, n, tile_rows, float(threshold))
     _check_cuda_args(b, x, values, "the packed values")
-    return torch.ops.sparsekit.spdp_matvec(x, values, bitmap, offsets, n, tile_rows, float(threshold))
+    return torch.ops.sparsekit.spdp_matvec(x, values, bitmap, offsets, n, _cuda_tile_rows(packed, tile_rows),
+                                           float(threshold))
 
 
 def spdp_values_aligned(packed: dict) -> bool:
@@ -236,7 +244,8 @@ def spdp_matvec_rel(x: torch.Tensor, packed: dict, threshold: float, *, backend:
         return reference.spdp_matvec_rel(x, packed, threshold)
     if b == "cuda":
         _check_cuda_args(b, x, values, "the packed values")
-        return torch.ops.sparsekit.spdp_matvec_rel(x, values, bitmap, offsets, n, tile_rows, float(threshold))
+        return torch.ops.sparsekit.spdp_matvec_rel(x, values, bitmap, offsets, n, _cuda_tile_rows(packed, tile_rows),
+                                                   float(threshold))
     return spdp_matvec(reference.mask_relative(x, threshold), packed, 0.0, backend=b)
 
 
@@ -249,7 +258,8 @@ def spdp_matvec_glu(gu: torch.Tensor, packed: dict, threshold: float, *, backend
         return reference.spdp_matvec_glu(gu, packed, threshold)
     if b == "cuda":
         _check_cuda_args(b, gu, values, "the packed values")
-        return torch.ops.sparsekit.spdp_matvec_glu(gu, values, bitmap, offsets, n, tile_rows, float(threshold))
+        return torch.ops.sparsekit.spdp_matvec_glu(gu, values, bitmap, offsets, n, _cuda_tile_rows(packed, tile_rows),
+                                                   float(threshold))
     return spdp_matvec(reference.silu_mul(gu), packed, threshold, backend=b)
 
 
@@ -262,7 +272,8 @@ def spdp_matvec_sel(xs, idx, nnz, packed: dict, *, backend: str | None = None) -
     if b == "triton":
         return _triton().spdp_matvec_sel(xs, idx, nnz, values, bitmap, offsets, n, tile_rows)
     _check_cuda_args(b, xs, values, "the packed values")
-    return torch.ops.sparsekit.spdp_matvec_sel(xs, idx, nnz, values, bitmap, offsets, n, tile_rows)
+    return torch.ops.sparsekit.spdp_matvec_sel(xs, idx, nnz, values, bitmap, offsets, n,
+                                               _cuda_tile_rows(packed, tile_rows))
 
 
 def spdp_decode(packed: dict, *, backend: str | None = None) -> torch.Tensor:

@@ -155,3 +155,83 @@ def test_encode_pads_short_groups_of_a_2_4_out_weight(tile_rows):
     short[0] = 0.0  # 256 short groups (0.8 %)
     assert spdp.encode(short, tile_rows)["values"].numel() == int((short != 0).sum())
 
+
+
+# ---- the fixed balanced layout (formats/spdp.fixed_layout; matvec.cuh V = 5) -----------------------
+
+@pytest.mark.parametrize("tile_rows", (32, 64, 128))
+@pytest.mark.parametrize("n,k", ((256, 37), (128, 9), (384, 64)))
+def test_fixed_layout_addresses_every_value_from_tile_and_column(tile_rows, n, k):
+    """The V = 5 kernel reads no offsets: lane li (of lpr = R / 8) of tile t, column k, takes 8-byte piece
+    i = (t * K + k) * lpr + li of the values and byte i of the bitmap, and places the 4 values with
+    bal_nibble. Emulated here on real encodings, that rebuilds the weight bit for bit."""
+    g = torch.Generator().manual_seed(tile_rows * 7 + n + k)
+    w = _prune_24_out(torch.randn(n, k, generator=g).half(), g)
+    packed = spdp.encode(w, tile_rows)
+    assert spdp.fixed_layout(packed)
+    vals = packed["values"].view(torch.int16).numpy().astype(np.uint16)
+    bytes_ = packed["bitmap"].numpy().reshape(-1).view(np.uint8)  # little-endian words: byte i = rows 8i .. 8i + 7
+    dense = w.view(torch.int16).numpy().astype(np.uint16)
+    rebuilt = np.zeros_like(dense)
+    lpr = tile_rows // 8
+    for t in range(n // tile_rows):
+        for j in range(k):
+            for li in range(lpr):
+                i = (t * k + j) * lpr + li
+                v = vals[4 * i: 4 * i + 4]
+                b = int(bytes_[i])
+                got = _bal_nibble(b & 0xF, int(v[0]), int(v[1])) + _bal_nibble(b >> 4, int(v[2]), int(v[3]))
+                rebuilt[t * tile_rows + 8 * li: t * tile_rows + 8 * li + 8, j] = got
+    assert np.array_equal(rebuilt, dense)
+
+
+@pytest.mark.parametrize("tile_rows", (32, 64, 128))
+def test_fixed_layout_is_only_claimed_where_it_holds(tile_rows):
+    """Whole tiles of 2:4-over-rows weights are in the layout; a partial last tile, unstructured weights,
+    one group with a third non-zero, or offsets that do not follow the layout are not."""
+    g = torch.Generator().manual_seed(tile_rows + 11)
+    n, k = 2 * tile_rows, 24
+    w = _prune_24_out(torch.randn(n, k, generator=g).half(), g)
+    assert spdp.fixed_layout(spdp.encode(w, tile_rows))
+    assert not spdp.fixed_layout(spdp.encode(w[: n - 4], tile_rows))  # partial last tile
+    u = torch.randn(n, k, generator=g).half()
+    u[torch.rand(n, k, generator=g) < 0.5] = 0
+    assert not spdp.fixed_layout(spdp.encode(u, tile_rows))
+    three = w.clone()
+    col = three[4:8, 5]
+    col[col == 0] = torch.tensor([1.0, 0.0], dtype=torch.half)[: int((col == 0).sum())]  # 3 non-zeros in rows 4-7
+    assert not spdp.fixed_layout(spdp.encode(three, tile_rows))
+    packed = spdp.encode(w, tile_rows)
+    packed["offsets"] = packed["offsets"].clone()
+    packed["offsets"][1] += 4  # same values, the first column claims 4 more
+    assert not spdp.fixed_layout(packed)
+
+
+def test_sparse_linear_declares_the_fixed_layout_and_every_backend_agrees():
+    """SparseLinear checks the layout once and puts `fixed` in packed(); the ops then pass a negative
+    tile_rows to the compiled backends. The CPU kernel reads offsets either way: the same bits."""
+    from sparsekit import _ext, ops
+    from sparsekit.runtime.linear import SparseLinear
+
+    g = torch.Generator().manual_seed(5)
+    n, k = 128, 96
+    lin = torch.nn.Linear(k, n, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(_prune_24_out(torch.randn(n, k, generator=g), g))
+    layer = SparseLinear.from_linear(lin, "spdp", threshold=0.3, tile_rows=64)
+    assert layer.packed().get("fixed") is True
+    x = torch.randn(3, k, generator=g)
+    want = ops.spdp_matvec(x, layer.packed(), 0.3, backend="reference")
+    plain = {key: v for key, v in layer.packed().items() if key != "fixed"}
+    assert torch.allclose(ops.spdp_matvec(x, plain, 0.3, backend="reference"), want)
+    if _ext.load() is not None:
+        got = ops.spdp_matvec(x, layer.packed(), 0.3, backend="cpu")
+        assert torch.equal(got, ops.spdp_matvec(x, plain, 0.3, backend="cpu"))
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        xs, idx, nnz = ops.select(x, 0.3, backend="cpu")
+        assert torch.equal(ops.spdp_matvec_sel(xs, idx, nnz, layer.packed(), backend="cpu"),
+                           ops.spdp_matvec_sel(xs, idx, nnz, plain, backend="cpu"))
+    lin_u = torch.nn.Linear(k, n, bias=False)
+    with torch.no_grad():
+        lin_u.weight[torch.rand(n, k, generator=g) < 0.5] = 0
+    assert "fixed" not in SparseLinear.from_linear(lin_u, "spdp", threshold=0.3, tile_rows=64).packed()

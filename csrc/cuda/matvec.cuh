@@ -79,6 +79,14 @@ struct MatvecParams {
 //   lane, and each value goes to its row with a select and a predicated FMA. No popcount, no cp.async
 //   ring, no run straddling words. The check is made per pass from the staged words, so any spdp
 //   weight takes this path wherever it has the pattern and the variant's own loop elsewhere.
+// - TEAL skeleton, V = 5 (FIX, 16-bit values): an spdp weight in the fixed balanced layout (every R-row
+//   tile column holds R / 2 values, 2 in each 4-row group, so its values start at (tile * K + k) * R / 2
+//   and its offsets need not be read; the caller declares it with a negative tile_rows, the host checks
+//   the sizes, spdp.fixed_layout the pattern). It is the TEAL kernel with R = lpr * 8 rows per tile: the
+//   same list, split, lane mapping (a lane owns 8 rows, one bitmap byte) and reductions; per list entry a
+//   lane loads its 4 values (8 bytes) and its bitmap byte at addresses computed from k, both in flight at
+//   once, then places them with bal_nibble. The SPDP kernels' staging round trip (bitmap words and
+//   offsets into shared memory, a block barrier) is gone.
 template <typename T, int TC, int R, int V = 0>
 struct MvCfg {
   static constexpr bool SPDP = R > 0;
@@ -87,6 +95,7 @@ struct MvCfg {
   static constexpr bool NIB = SPDP && V == 2;
   static constexpr bool PROBE = !SPDP && V == 3;  // the default TEAL kernel plus its block timeline
   static constexpr bool STG = SPDP && V == 4;
+  static constexpr bool FIX = !SPDP && V == 5;  // a fixed-layout balanced spdp weight on the TEAL skeleton
   static constexpr bool BAL = NIB || STG;  // the balanced path (see above) is compiled into these
   static constexpr int UB = 16;            // BAL: columns in flight per lane
   static constexpr int NTHREADS = (SPDP && !DEEP) ? 512 : 256;
@@ -104,12 +113,14 @@ struct MvCfg {
   static_assert(!DEEP || TC == 1, "the deep spdp variant exists for one token only");
   static_assert(!NIB || (TC == 1 && sizeof(T) == 2), "the nibble spdp variant exists for one token of 16-bit values");
   static_assert(!STG || (TC == 1 && sizeof(T) == 2), "the staged spdp variant exists for one token of 16-bit values");
+  static_assert(!FIX || sizeof(T) == 2, "the fixed-layout spdp variant exists for 16-bit values");
   // STG: records per stage (32 / SB lanes copy one record), stages per warp, bytes per record slot
   // (the record's aligned span: at most R values plus 16 bytes of alignment slack)
   static constexpr int SB = R == 128 ? 4 : 8;
   static constexpr int NST = 3;
   static constexpr int SLOT = R * static_cast<int>(sizeof(T)) + 16;
-  static constexpr int U = NIB ? 4
+  static constexpr int U = NIB   ? 4
+                           : FIX ? (TC == 1 ? 16 : 8)
                                : SPDP ? (DEEP ? (W == 4 ? 12 : 32) : (TC == 1 ? 8 : (TC == 4 ? 4 : 2)))
                                       : (TC == 1 ? 8 : 4);
   static constexpr int SG = DEEP ? 4 : 2;                            // SPDP staging: entries in flight per thread
@@ -156,6 +167,14 @@ __host__ __device__ __forceinline__ uint4 nib_entry(uint32_t n) {
 __device__ __forceinline__ uint32_t ld_nc_u32_if(const uint32_t* ptr, bool pred) {
   uint32_t r = 0u;
   asm("{\n .reg .pred q;\n setp.ne.b32 q, %2, 0;\n @q ld.global.nc.u32 %0, [%1];\n}"
+      : "+r"(r)
+      : "l"(ptr), "r"(static_cast<int>(pred)));
+  return r;
+}
+// 1-byte read-only streaming load when `pred` (0 otherwise), without a branch around it.
+__device__ __forceinline__ uint32_t ld_nc_u8_if(const unsigned char* ptr, bool pred) {
+  uint32_t r = 0u;
+  asm("{\n .reg .pred q;\n setp.ne.b32 q, %2, 0;\n @q ld.global.nc.L1::no_allocate.u8 %0, [%1];\n}"
       : "+r"(r)
       : "l"(ptr), "r"(static_cast<int>(pred)));
   return r;
@@ -500,7 +519,35 @@ __global__ void __launch_bounds__(MvCfg<T, TC, R, V>::NTHREADS, MvCfg<T, TC, R, 
       const int slot = warp * rpw + g, nslots = NW * rpw;
       const int col = tile * tile_out + li * VEC;
       const T* wt = static_cast<const T*>(p.w);
-      if (C::PIPE && p.vec) {
+      if constexpr (C::FIX) {
+        // column k of this tile: values (tile * K + k) * lpr * 4.., bitmap bytes (tile * K + k) * lpr..; this
+        // lane's 4 values are 8-byte piece (tile * K + k) * lpr + li, its 8 rows' bits that bitmap byte
+        // (32-bit indices: the host checks NT * K * lpr < 2^31)
+        const uint32_t lb = static_cast<uint32_t>(tile) * static_cast<uint32_t>(K * lpr) + li;
+        const uint2* vals = static_cast<const uint2*>(p.w);
+        const unsigned char* bm8 = reinterpret_cast<const unsigned char*>(p.bitmap);
+        for (int e0 = slot; e0 < cnt; e0 += nslots * U) {
+          uint2 wv[U];
+          uint32_t bb[U];
+#pragma unroll
+          for (int u = 0; u < U; ++u) {
+            const int e = e0 + u * nslots;
+            const uint32_t i = lb + static_cast<uint32_t>(s_j[e < cnt ? e : 0]) * lpr;
+            wv[u] = ld_nc_u64_if(vals + i, e < cnt);
+            bb[u] = ld_nc_u8_if(bm8 + i, e < cnt);  // 0 past the list: no row takes a value
+          }
+#pragma unroll
+          for (int u = 0; u < U; ++u) {
+            const int e = min(e0 + u * nslots, CH - 1);
+#pragma unroll
+            for (int t = 0; t < TC; ++t) {
+              const float xe = s_x[t * CH + e];
+              bal_nibble<T>(bb[u] & 0xfu, wv[u].x, xe, acc[t]);
+              bal_nibble<T>(bb[u] >> 4, wv[u].y, xe, acc[t] + 4);
+            }
+          }
+        }
+      } else if (C::PIPE && p.vec) {
         // D rows in flight per lane at all times through a shared-memory ring filled by cp.async:
         // wait for row i, consume it, refill its slot with row i + D. Completion is tracked by
         // async-copy groups (one per row, per thread), not by register scoreboards.

@@ -150,11 +150,13 @@ static int64_t tune(const std::string& key, int64_t value) {
   else if (key == "last_split") slot = &tuning().last_split;
   else if (key == "last_teal1") slot = &tuning().last_teal1;
   else if (key == "last_spdp_mm") slot = &tuning().last_spdp_mm;
+  else if (key == "last_spdp_fix") slot = &tuning().last_spdp_fix;
   TORCH_CHECK(slot != nullptr, "sparsekit_cuda.tune: unknown key '", key,
-              "' (split, teal_lpr, pipe, pdl, spdp_deep, spdp_nib, spdp_stage, spdp_bal, spdp_mm, spdp_mm_rows, spinfer_warps, teal1, teal1_threads, teal1_lpr, l2pf, last_split, last_teal1, last_spdp_mm)");
+              "' (split, teal_lpr, pipe, pdl, spdp_deep, spdp_nib, spdp_stage, spdp_bal, spdp_mm, spdp_mm_rows, spinfer_warps, teal1, teal1_threads, teal1_lpr, l2pf, last_split, last_teal1, last_spdp_mm, last_spdp_fix)");
   const int old = *slot;
   if (value >= 0) {
-    TORCH_CHECK(key != "last_split" && key != "last_teal1" && key != "last_spdp_mm", "sparsekit_cuda.tune: ", key,
+    TORCH_CHECK(key != "last_split" && key != "last_teal1" && key != "last_spdp_mm" && key != "last_spdp_fix",
+                "sparsekit_cuda.tune: ", key,
                 " is read-only");
     TORCH_CHECK(key != "teal1" || value <= 1, "sparsekit_cuda.tune: teal1 must be 0 or 1");
     TORCH_CHECK(key != "teal1_threads" || value == 0 || value == 256 || value == 512 || value == 1024,

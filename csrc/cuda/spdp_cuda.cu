@@ -19,6 +19,14 @@ void spdp_dispatch_r(sk::MatvecParams& p, int tiles, int R, int device, cudaStre
   }
 }
 
+// The fixed balanced layout (matvec.cuh, V = 5): the TEAL skeleton with lpr = R / 8 lanes per tile column.
+template <typename T>
+void fix_dispatch(sk::MatvecParams& p, int tiles, int device, cudaStream_t stream) {
+  constexpr int kMinColsPerSlice = 64;
+  if (p.T == 1) matvec_dispatch_tc<T, 1, 0, 5>(p, tiles, device, stream, kMinColsPerSlice);
+  else matvec_dispatch_tc<T, 4, 0, 5>(p, tiles, device, stream, kMinColsPerSlice);
+}
+
 // ---- the tensor-core kernel (spdp_mm.cuh) ----------------------------------------------------
 template <typename T, int R, int TN, int G>
 void mm_go(sk::SpdpMmParams& p, int device, cudaStream_t stream) {
@@ -84,7 +92,8 @@ at::Tensor aligned(const at::Tensor& t, int align) {
 // Returns the number of row tiles.
 int64_t check_packed(const at::Tensor& bitmap, const at::Tensor& offsets, const at::Device& dev, int64_t n, int64_t k,
                      int64_t R, const char* op) {
-  TORCH_CHECK(R == 32 || R == 64 || R == 128, op, ": tile_rows must be 32, 64 or 128, got ", R);
+  TORCH_CHECK(R == 32 || R == 64 || R == 128, op, ": tile_rows must be 32, 64 or 128 (negative: the same, in the "
+              "fixed balanced layout), got ", R);
   TORCH_CHECK(n >= 0 && k >= 0, op, ": n and k must be >= 0");
   for (const at::Tensor* t : {&bitmap, &offsets})
     TORCH_CHECK(t->is_cuda() && t->device() == dev, op, ": the packed tensors must be on one CUDA device");
@@ -97,10 +106,16 @@ int64_t check_packed(const at::Tensor& bitmap, const at::Tensor& offsets, const 
   return NT;
 }
 
+// tile_rows < 0 declares the fixed balanced layout (spdp.fixed_layout): -tile_rows rows per tile, every tile
+// column holding exactly tile_rows / 2 values, two in each 4-row group, so value (tile * K + k) * R / 2 starts
+// each and offsets need not be read. The kernel that uses it reads no offsets; the sizes are checked here
+// (so no read leaves the tensors), the pattern by the caller.
 at::Tensor spdp_run(const at::Tensor& x, const at::Tensor* idx, const at::Tensor* nnz, const at::Tensor& values,
-                    const at::Tensor& bitmap, const at::Tensor& offsets, int64_t n, int64_t R, double threshold,
-                    const char* op, bool relative = false, bool glu = false) {
+                    const at::Tensor& bitmap, const at::Tensor& offsets, int64_t n, int64_t tile_rows,
+                    double threshold, const char* op, bool relative = false, bool glu = false) {
   check_x(x, op);
+  const bool fixed = tile_rows < 0;
+  const int64_t R = fixed ? -tile_rows : tile_rows;
   TORCH_CHECK(values.is_cuda() && values.device() == x.device(), op, ": the packed tensors must be on x's device");
   TORCH_CHECK(values.scalar_type() == x.scalar_type(), op, ": values must have x's dtype");
   const int64_t xk = x.size(-1);  // x's channels: K, or 2K for the stacked gate/up input of glu
@@ -123,6 +138,7 @@ at::Tensor spdp_run(const at::Tensor& x, const at::Tensor* idx, const at::Tensor
 
   const bool mm = idx == nullptr && !relative && !glu && use_mm(x.scalar_type(), T, K, vc);
   if (idx == nullptr) tuning().last_spdp_mm = mm ? 1 : 0;
+  tuning().last_spdp_fix = 0;
   if (mm) {
     const at::Tensor xa = aligned(xc, 16);
     sk::SpdpMmParams q{};
@@ -141,6 +157,12 @@ at::Tensor spdp_run(const at::Tensor& x, const at::Tensor* idx, const at::Tensor
     else mm_rows<__nv_bfloat16>(q, static_cast<int>(R), device, stream);
     return y;
   }
+
+  // the fixed layout: 16-bit values, whole tiles, every value there, 8-byte aligned; up to 4 tokens per launch
+  // (more run as the other paths do); tune("spdp_bal", 2) turns it off with the other balanced paths
+  const bool fix = fixed && vc.element_size() == 2 && N % R == 0 && vc.numel() >= NT * K * (R / 2) &&
+                   reinterpret_cast<uintptr_t>(vc.data_ptr()) % 8 == 0 && T <= 4 && tuning().spdp_bal != 2 &&
+                   NT * K * (R / 8) < (int64_t(1) << 31);
 
   sk::MatvecParams p{};
   p.x = xc.data_ptr();
@@ -164,6 +186,14 @@ at::Tensor spdp_run(const at::Tensor& x, const at::Tensor* idx, const at::Tensor
   p.nvals = static_cast<int>(nvals);
   p.bal = tuning().spdp_bal;
   const int tiles = static_cast<int>(NT);
+  tuning().last_spdp_fix = fix ? 1 : 0;
+  if (fix) {
+    p.lpr = static_cast<int>(R / 8);
+    p.vec = 0;  // no TEAL row vectors (and so no L2 prefetch of w_t rows)
+    if (x.scalar_type() == at::kHalf) fix_dispatch<__half>(p, tiles, device, stream);
+    else fix_dispatch<__nv_bfloat16>(p, tiles, device, stream);
+    return y;
+  }
   switch (x.scalar_type()) {
     case at::kHalf: spdp_dispatch_r<__half>(p, tiles, static_cast<int>(R), device, stream); break;
     case at::kBFloat16: spdp_dispatch_r<__nv_bfloat16>(p, tiles, static_cast<int>(R), device, stream); break;

@@ -24,6 +24,12 @@ to an exact zero (an fp16 underflow, a zero already in the checkpoint) would bre
 whole 4-row group holds more than 2 non-zeros and at least 99.9 % hold exactly 2, ``encode`` also
 stores the first zeros of the short groups as values (``+0.0``): the same weight, at most 0.1 % more
 values. Other weights are stored exactly as described above.
+
+``fixed_layout`` tells whether a packed weight is in the *fixed balanced layout*: whole tiles
+(``N % R == 0``) and exactly 2 values in every 4-row group of every tile column, so tile column
+``(r, j)`` holds ``R / 2`` values starting at ``(r*K + j) * R / 2``. A kernel can then address any
+column's values and bitmap from ``(r, j)`` alone, without reading ``offsets`` first (the CUDA
+one-token kernel does; ``SparseLinear`` checks this once and declares it to the ops).
 """
 from __future__ import annotations
 
@@ -92,6 +98,28 @@ def encode(weight: torch.Tensor, tile_rows: int = 64) -> dict[str, torch.Tensor]
         "offsets": offsets.to(torch.int32),
         "shape": torch.tensor([n, k, tile_rows], dtype=torch.int64),  # always on the CPU
     }
+
+
+def fixed_layout(packed: dict) -> bool:
+    """Whether ``packed`` is in the fixed balanced layout (module docstring). Reads the bitmap and
+    offsets once (a device sync on a GPU): call it when a weight is loaded, not per step."""
+    n, k, r = dims(packed)
+    if n == 0 or k == 0 or n % r != 0:
+        return False
+    nt = n // r
+    offsets = packed["offsets"].reshape(-1)
+    if offsets.numel() != nt * k + 1 or packed["values"].numel() < nt * k * (r // 2):
+        return False
+    expected = torch.arange(nt * k + 1, device=offsets.device, dtype=torch.int64) * (r // 2)
+    if not torch.equal(offsets.to(torch.int64), expected):
+        return False
+    # every bitmap byte must hold two 2-bit nibbles (36 of the 256 byte values), checked in chunks
+    pairs = [b for b in range(256) if bin(b & 0xF).count("1") == 2 and bin(b >> 4).count("1") == 2]
+    good = torch.zeros(256, dtype=torch.bool, device=offsets.device)
+    good[torch.tensor(pairs, device=offsets.device)] = True
+    bytes_ = packed["bitmap"].reshape(-1).contiguous().view(torch.uint8)
+    chunk = 1 << 24
+    return all(bool(good[bytes_[i:i + chunk].long()].all()) for i in range(0, bytes_.numel(), chunk))
 
 
 def decode(packed: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -171,6 +171,7 @@ class SparseLinear(nn.Module):
         self._dims: tuple[int, ...] | None = None  # the packed "shape" as ints (no device sync, traceable)
         self._ready = False
         self._aligned = False  # spdp values 16-byte aligned (finalize and device moves refresh it)
+        self._fixed = False  # spdp weight in the fixed balanced layout (the same)
         self._dense_cache = None
         self.shared: SharedSelection | None = None
 
@@ -215,6 +216,9 @@ class SparseLinear(nn.Module):
     def _cache_alignment(self) -> None:
         # read here, eagerly: a data pointer read inside a compiled forward breaks the graph
         self._aligned = self.fmt == "spdp" and _ops().spdp_values_aligned({"values": self.values})
+        # the fixed balanced layout (formats/spdp.py): checked once here, declared to the ops by packed()
+        self._fixed = self.fmt == "spdp" and format_module("spdp").fixed_layout(
+            {k: getattr(self, k) for k in self.keys} | {"shape": self._dims})
 
     # -- views ---------------------------------------------------------------------------------
     @property
@@ -231,6 +235,8 @@ class SparseLinear(nn.Module):
         d = {k: getattr(self, k) for k in self.keys}
         if self._dims is not None:
             d["shape"] = self._dims
+        if self._fixed:
+            d["fixed"] = True
         return d
 
     def dense_weight(self) -> torch.Tensor:

@@ -529,6 +529,90 @@ def test_spdp_balanced_path_fused_inputs(ops, ref, tune, dtype):
     torch.cuda.synchronize()
 
 
+# the fixed balanced layout (matvec.cuh V = 5): K, N with N % 128 == 0 (whole tiles at every tile size)
+FIX_SHAPES = [(4096, 11008), (11008, 4096), (301, 256), (37, 128), (5000, 384), (4096, 4096)]
+
+
+def _fixed(ops, w, tile_rows):
+    from sparsekit.formats import spdp
+
+    packed = _spdp_cuda(w, tile_rows)
+    assert spdp.fixed_layout(packed)
+    return packed | {"fixed": True}
+
+
+def _ran_fix() -> int:
+    return torch.ops.sparsekit_cuda.tune("last_spdp_fix", -1)
+
+
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
+@pytest.mark.parametrize("tile_rows", (32, 64, 128))
+@pytest.mark.parametrize("k,n", FIX_SHAPES)
+def test_spdp_fixed_layout_matches_reference(ops, ref, tune, dtype, tile_rows, k, n):
+    """A weight pruned 2:4 over output rows, declared in the fixed layout, runs the V = 5 kernel (no
+    offsets read) for 1-3 tokens through spdp_matvec and _sel, split or not (K = 5000 with one slice:
+    three passes of the list), and for 4 tokens through _rel and _glu (the plain op takes the
+    tensor-core kernel there); spdp_bal=2 turns it off."""
+    seed = hash(("fix", k, n, tile_rows)) % 1000
+    packed = _fixed(ops, _weight_24out(n, k, dtype, seed + 3), tile_rows)
+    for tokens in (1, 2, 3):
+        x, thr = _x((tokens, k), dtype, seed + tokens, 0.5)
+        for split in (0, 1, 3):
+            tune("split", split)
+            _poison((tokens, n), dtype=dtype)
+            _check(ops.spdp_matvec(x, packed, thr, backend="cuda"), ref.spdp_matvec(x, packed, thr), dtype)
+            assert _ran_fix() == 1
+            xs, idx, nnz = ops.select(x, thr, backend="cuda")
+            _poison((tokens, n), dtype=dtype)
+            _check(ops.spdp_matvec_sel(xs, idx, nnz, packed, backend="cuda"),
+                   ref.spdp_matvec_sel(xs, idx, nnz, packed), dtype)
+            assert _ran_fix() == 1
+    tune("split", 0)
+    for tokens in (1, 4):
+        x = _x_relative((tokens, k), dtype, seed, 1.1)
+        _poison((tokens, n), dtype=dtype)
+        _check(ops.spdp_matvec_rel(x, packed, 1.1, backend="cuda"), ref.spdp_matvec_rel(x, packed, 1.1), dtype)
+        assert _ran_fix() == 1
+        gu = _gu_glu((tokens,), k, dtype, seed + 1, 0.25)
+        _poison((tokens, n), dtype=dtype)
+        _check(ops.spdp_matvec_glu(gu, packed, 0.25, backend="cuda"), ref.spdp_matvec_glu(gu, packed, 0.25), dtype)
+        assert _ran_fix() == 1
+    x, thr = _x((1, k), dtype, seed, 0.5)
+    tune("spdp_bal", 2)
+    _check(ops.spdp_matvec(x, packed, thr, backend="cuda"), ref.spdp_matvec(x, packed, thr), dtype)
+    assert _ran_fix() == 0
+    tune("spdp_bal", 0)
+    torch.cuda.synchronize()
+
+
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
+def test_spdp_fixed_layout_declared_where_it_cannot_run(ops, ref, dtype):
+    """The host takes the fixed-layout kernel only where its reads stay inside the tensors: a declared
+    weight with a partial last tile, values that are not 8-byte aligned, 5 tokens through _glu, or float32
+    values runs the other paths, correctly."""
+    k = 520
+    seed = 77
+    w = _weight_24out(200, k, dtype, seed)  # 200 % 64 != 0: a partial last tile
+    packed = _spdp_cuda(w, 64) | {"fixed": True}
+    x, thr = _x((1, k), dtype, seed, 0.5)
+    _check(ops.spdp_matvec(x, packed, thr, backend="cuda"), ref.spdp_matvec(x, packed, thr), dtype)
+    assert _ran_fix() == 0
+    whole = _fixed(ops, _weight_24out(256, k, dtype, seed + 1), 64)
+    _check(ops.spdp_matvec(x, whole, thr, backend="cuda"), ref.spdp_matvec(x, whole, thr), dtype)
+    assert _ran_fix() == 1
+    shifted = _spdp_shifted(_weight_24out(256, k, dtype, seed + 1), 64, 2) | {"fixed": True}
+    _check(ops.spdp_matvec(x, shifted, thr, backend="cuda"), ref.spdp_matvec(x, shifted, thr), dtype)
+    assert _ran_fix() == 0
+    gu = _gu_glu((5,), k, dtype, seed + 2, 0.25)
+    _check(ops.spdp_matvec_glu(gu, whole, 0.25, backend="cuda"), ref.spdp_matvec_glu(gu, whole, 0.25), dtype)
+    assert _ran_fix() == 0
+    w32 = _fixed(ops, _weight_24out(256, k, torch.float32, seed + 3), 64)
+    x32 = x.float()
+    _check(ops.spdp_matvec(x32, w32, thr, backend="cuda"), ref.spdp_matvec(x32, w32, thr), torch.float32)
+    assert _ran_fix() == 0
+    torch.cuda.synchronize()
+
+
 # several tokens: the tensor-core kernel (spdp_mm.cuh): (tokens, K, N, weight sparsity)
 SPDP_MM_SHAPES = [(2, 200, 301, 0.5), (5, 1024, 64, 0.0), (17, 136, 129, 0.9), (33, 8, 5, 0.5), (64, 520, 200, 0.5),
                   (100, 264, 130, 0.7), (8, 4096, 11008, 0.5)]
