@@ -60,6 +60,7 @@ def _args(argv=None):
                     help="keep the SwiGLU product as its own kernel, not inside the down projection (ablation)")
     ap.add_argument("--threshold-rule", default="relative", choices=("relative", "absolute"),
                     help="the o_proj thresholds' rule (calibrate's default is relative; absolute: the ablation)")
+    ap.add_argument("--tile-rows", type=int, default=64, choices=(32, 64, 128), help="spdp tile rows (spdp, spdp24)")
     ap.add_argument("--tune", default="", help="CUDA kernel knobs for the whole run, e.g. pdl=1 (sparsekit_cuda.tune)")
     ap.add_argument("--tune-variants", default="",
                     help="also time each format with these knobs, e.g. 'l2pf=64;l2pf=32,pdl=1' (rows FMT+KNOBS)")
@@ -178,7 +179,7 @@ def child(a) -> int:
             synthetic.apply_weight_sparsity(model, s1, seed=0, structure=structure)
             thresholds = synthetic.calibrate_thresholds(model, s2, seed=0, rule=a.threshold_rule) if s2 > 0 else None
             t0 = time.time()
-            report = convert_model(model, base, thresholds)
+            report = convert_model(model, base, thresholds, **({"tile_rows": a.tile_rows} if base == "spdp" else {}))
             conv = {"convert_seconds": round(time.time() - t0, 1), "weight_sparsity": report["weight_sparsity"],
                     "bytes": report["bytes"], "dense_bytes": report["dense_bytes"]}
         except Exception as exc:  # noqa: BLE001
@@ -291,6 +292,7 @@ def parent(a) -> int:
                    "--repeat", str(a.repeat), "--out", str(out), "--device", a.device] + (["--hf"] if a.hf else []) \
                 + (["--no-compile"] if a.no_compile else []) + (["--no-fuse"] if a.no_fuse else []) \
                 + (["--eager-prefill"] if a.eager_prefill else []) + ["--threshold-rule", a.threshold_rule] \
+                + ["--tile-rows", str(a.tile_rows)] \
                 + (["--tune", a.tune] if a.tune else []) + (["--tune-variants", a.tune_variants] if a.tune_variants else [])
             env = {**os.environ, "PYTHONUNBUFFERED": "1", **({"SPARSEKIT_FUSE_GLU": "0"} if a.no_glu else {})}
             rc = subprocess.run(cmd, env=env).returncode
