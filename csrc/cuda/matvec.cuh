@@ -391,7 +391,7 @@ __global__ void __launch_bounds__(MvCfg<T, TC, R, V>::NTHREADS, MvCfg<T, TC, R, 
 #pragma unroll
       for (int i = 0; i < C::PER; ++i) {
         if (bits & (1u << i)) {
-          s_j[pos] = C::FIX ? (tile * K + kb + i) * p.lpr : kb + i;  // FIX: the column's first 8-byte piece
+          s_j[pos] = kb + i;
 #pragma unroll
           for (int t = 0; t < TC; ++t) s_x[t * CH + pos] = xv[i][t];
           ++pos;
@@ -419,8 +419,7 @@ __global__ void __launch_bounds__(MvCfg<T, TC, R, V>::NTHREADS, MvCfg<T, TC, R, 
       for (int i = 0; i < C::PER; ++i) {
         const int e = tid + i * NT;
         if (e < cnt) {
-          const int j = (jv[i] >= 0 && jv[i] < K) ? jv[i] : 0;
-          s_j[e] = C::FIX ? (tile * K + j) * p.lpr : j;
+          s_j[e] = (jv[i] >= 0 && jv[i] < K) ? jv[i] : 0;
 #pragma unroll
           for (int t = 0; t < TC; ++t) s_x[t * CH + e] = xv[i][t];
         }
@@ -522,45 +521,31 @@ __global__ void __launch_bounds__(MvCfg<T, TC, R, V>::NTHREADS, MvCfg<T, TC, R, 
       const T* wt = static_cast<const T*>(p.w);
       if constexpr (C::FIX) {
         // column k of this tile: values (tile * K + k) * lpr * 4.., bitmap bytes (tile * K + k) * lpr..; this
-        // lane's 4 values are 8-byte piece (tile * K + k) * lpr + li, its 8 rows' bits that bitmap byte. The
-        // list holds (tile * K + k) * lpr (32-bit: the host checks NT * K * lpr < 2^31).
-        const uint32_t lb = li;
+        // lane's 4 values are 8-byte piece (tile * K + k) * lpr + li, its 8 rows' bits that bitmap byte
+        // (32-bit indices: the host checks NT * K * lpr < 2^31)
+        const uint32_t lb = static_cast<uint32_t>(tile) * static_cast<uint32_t>(K * lpr) + li;
         const uint2* vals = static_cast<const uint2*>(p.w);
         const unsigned char* bm8 = reinterpret_cast<const unsigned char*>(p.bitmap);
-        // two halves of U entries, software-pipelined: while one half is placed, the other's loads (issued
-        // a half earlier) are in flight, so a warp never waits on all of its loads at once
-        constexpr int H = U / 2;
-        auto issue = [&](int eb, uint2 (&w)[H], uint32_t (&b)[H]) {
+        for (int e0 = slot; e0 < cnt; e0 += nslots * U) {
+          uint2 wv[U];
+          uint32_t bb[U];
 #pragma unroll
-          for (int u = 0; u < H; ++u) {
-            const int e = eb + u * nslots;
-            const uint32_t i = lb + static_cast<uint32_t>(s_j[e < cnt ? e : 0]);
-            w[u] = ld_nc_u64_if(vals + i, e < cnt);
-            b[u] = ld_nc_u8_if(bm8 + i, e < cnt);  // 0 past the list: no row takes a value
+          for (int u = 0; u < U; ++u) {
+            const int e = e0 + u * nslots;
+            const uint32_t i = lb + static_cast<uint32_t>(s_j[e < cnt ? e : 0]) * lpr;
+            wv[u] = ld_nc_u64_if(vals + i, e < cnt);
+            bb[u] = ld_nc_u8_if(bm8 + i, e < cnt);  // 0 past the list: no row takes a value
           }
-        };
-        auto place = [&](int eb, const uint2 (&w)[H], const uint32_t (&b)[H]) {
 #pragma unroll
-          for (int u = 0; u < H; ++u) {
-            const int e = min(eb + u * nslots, CH - 1);
+          for (int u = 0; u < U; ++u) {
+            const int e = min(e0 + u * nslots, CH - 1);
 #pragma unroll
             for (int t = 0; t < TC; ++t) {
               const float xe = s_x[t * CH + e];
-              bal_nibble<T>(b[u] & 0xfu, w[u].x, xe, acc[t]);
-              bal_nibble<T>(b[u] >> 4, w[u].y, xe, acc[t] + 4);
+              bal_nibble<T>(bb[u] & 0xfu, wv[u].x, xe, acc[t]);
+              bal_nibble<T>(bb[u] >> 4, wv[u].y, xe, acc[t] + 4);
             }
           }
-        };
-        uint2 wa[H], wb[H];
-        uint32_t ba[H], bb[H];
-        const int half = H * nslots;
-        issue(slot, wa, ba);
-        issue(slot + half, wb, bb);
-        for (int e0 = slot; e0 < cnt; e0 += 2 * half) {
-          place(e0, wa, ba);
-          issue(e0 + 2 * half, wa, ba);
-          place(e0 + half, wb, bb);
-          issue(e0 + 3 * half, wb, bb);
         }
       } else if (C::PIPE && p.vec) {
         // D rows in flight per lane at all times through a shared-memory ring filled by cp.async:
