@@ -560,7 +560,7 @@ def prune_24_out(w: torch.Tensor, seed: int) -> torch.Tensor:
     return w.masked_fill(~mask.reshape(n, k), 0.0)
 
 
-def balanced_sweep(tune, record) -> None:
+def balanced_sweep(tune, record, fix_splits: bool = False) -> None:
     """spdp_matvec at T = 1, s2 = 0.5, on weights pruned 2:4 over output rows: declared in the fixed layout
     (the V = 5 kernel, as SparseLinear runs it), the staged kernels' balanced path, the variants' own loops
     (spdp_bal=2), and unstructured 50 % weights, tile rows 32/64/128, cuBLAS."""
@@ -572,16 +572,18 @@ def balanced_sweep(tune, record) -> None:
         w16 = [rand_weight(n, k, 0.0, seed=s) for s in range(COPIES)]
         w24 = prune_24_out(rand_weight(n, k, 0.0, seed=300), seed=301)
         wun = rand_weight(n, k, 0.5, seed=100)
-        for dtype in (torch.float16, torch.bfloat16):
+        for dtype in ((torch.float16,) if fix_splits else (torch.float16, torch.bfloat16)):
             ws = [w.to(dtype) for w in w16]
             x = torch.randn((1, k), device="cuda").to(dtype)
             dense_us, sp = time_graph([lambda w=w: F.linear(x, w) for w in ws])
             record(name, dtype, "dense", "cuBLAS F.linear T=1", dense_us, sp, 2 * n * k + 2 * (n + k), dense_us)
             thr = threshold(x, 0.5)
             mask = (x.abs() > thr).flatten()
-            for r in (32, 64, 128):
-                for label, w, grid in (("2:4-out", w24, [("fixed", {}), ("", {}), ("", {"spdp_bal": 2})]),
-                                       ("unstructured", wun, [("", {})])):
+            cases = ((("2:4-out", w24, [("fixed", {})] + [("fixed", {"split": v}) for v in range(1, 9)]),)
+                     if fix_splits else
+                     (("2:4-out", w24, [("fixed", {}), ("", {}), ("", {"spdp_bal": 2})]), ("unstructured", wun, [("", {})])))
+            for r in ((64, 128) if fix_splits else (32, 64, 128)):
+                for label, w, grid in cases:
                     packed = to_dev(spdp.encode(w, r), dtype)
                     touched = spdp_touched(packed, mask, n, k, r)
                     cps = clones(packed)
@@ -613,6 +615,8 @@ def main() -> None:
     ap.add_argument("--spdp", action="store_true", help="only spdp at T=1: tile rows x variants x splits")
     ap.add_argument("--balanced", action="store_true",
                     help="only spdp at T=1 on weights pruned 2:4 over output rows (the balanced path) vs unstructured")
+    ap.add_argument("--fix-splits", action="store_true",
+                    help="only the fixed-layout spdp kernel (2:4-out, fp16) at every forced channel-slice count")
     ap.add_argument("--l2pf", default=None, help="only teal at T=1 with these L2 prefetch depths, e.g. 0,32,64,128")
     ap.add_argument("--trace", action="store_true",
                     help="only block timelines of the teal kernel (prologue, stream, reductions, skews) per shape")
@@ -666,6 +670,9 @@ def main() -> None:
                       f"{r['pct_bw']:5.1f}% S={r['split']}" + (f" teal1={r['teal1']}" if "teal1" in r else ""))
         print_table(gpu, bw, rows)
 
+    if args.fix_splits:
+        balanced_sweep(tune, record, fix_splits=True)
+        return finish("spdp fixed layout, forced channel slices (fp16, 2:4-out, s1=0.5, s2=0.5, T=1)")
     if args.balanced:
         balanced_sweep(tune, record)
         return finish("spdp, 2:4 over output rows vs unstructured (s1=0.5, s2=0.5, T=1)")

@@ -107,7 +107,7 @@ struct MvCfg {
   static constexpr int ACC = NIB ? 4 : (SPDP ? W : VEC);            // accumulators per lane per token
   static constexpr int TILE_MAX = SPDP ? R : 32 * VEC;              // outputs per tile (max)
   // list capacity per pass (STG, 128-row tiles: 1024, so two blocks with their rings fit one SM)
-  static constexpr int CH = (TC == 1 && !(STG && R == 128)) ? 2048 : 1024;
+  static constexpr int CH = (FIX && TC == 1) ? 4096 : (TC == 1 && !(STG && R == 128)) ? 2048 : 1024;
   static constexpr int PER = CH / NTHREADS;                         // channels per thread (fused build)
   // loads in flight per lane in the batch loops (SPDP: columns, each R/32 values)
   static_assert(!DEEP || TC == 1, "the deep spdp variant exists for one token only");
