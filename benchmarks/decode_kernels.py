@@ -26,6 +26,8 @@ def main() -> None:
     ap.add_argument("--format", default="teal", help="dense, teal, spdp, spinfer")
     ap.add_argument("--s1", type=float, default=0.0)
     ap.add_argument("--s2", type=float, default=0.5)
+    ap.add_argument("--structure", default="unstructured", help="weight pattern of s1, e.g. 2:4-out")
+    ap.add_argument("--tile-rows", type=int, default=64, choices=(32, 64, 128), help="spdp tile rows")
     ap.add_argument("--dtype", default="float16")
     ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--batch", type=int, default=1)
@@ -44,9 +46,10 @@ def main() -> None:
     dev = torch.device("cuda")
     model = synthetic.build(a.model, dev, getattr(torch, a.dtype), seed=0)
     if a.s1 > 0:
-        synthetic.apply_weight_sparsity(model, a.s1, seed=0)
+        synthetic.apply_weight_sparsity(model, a.s1, seed=0, structure=a.structure)
     if a.format != "dense":
-        convert_model(model, a.format, synthetic.calibrate_thresholds(model, a.s2, seed=0) if a.s2 > 0 else None)
+        convert_model(model, a.format, synthetic.calibrate_thresholds(model, a.s2, seed=0) if a.s2 > 0 else None,
+                      **({"tile_rows": a.tile_rows} if a.format == "spdp" else {}))
     fused = fuse_projections(model)
     prompt = bench._prompt(model, a.batch, 32, 0, dev)
     with torch.inference_mode():

@@ -1032,6 +1032,14 @@ def test_sanitizer_smoke(ops, ref, tune, tokens):
             _check(ops.spdp_matvec(x, sb, thr, backend="cuda"), ref.spdp_matvec(x, sb, thr), dtype)
             tune("spdp_bal", 0)
         tune(knob, default)
+        # the fixed-layout kernel (whole tiles): one token, or three (its 4-token instantiation)
+        sf = _fixed(ops, _weight_24out(128, 200, dtype, seed=4), r)
+        xf = x[:1] if tokens == 1 else x[:3]
+        _check(ops.spdp_matvec(xf, sf, thr, backend="cuda"), ref.spdp_matvec(xf, sf, thr), dtype)
+        assert _ran_fix() == 1
+        xfs, fidx, fnnz = ops.select(xf, thr, backend="cuda")
+        _check(ops.spdp_matvec_sel(xfs, fidx, fnnz, sf, backend="cuda"), ref.spdp_matvec_sel(xfs, fidx, fnnz, sf), dtype)
+        assert _ran_fix() == 1
         for mm in (0, 2):  # decode: the tensor-core kernel's pipeline (K % 8 == 0), then the one-pass kernel
             tune("spdp_mm", mm)
             assert torch.equal(ops.spdp_decode(sp, backend="cuda"), ref.spdp_decode(sp))
