@@ -391,7 +391,7 @@ __global__ void __launch_bounds__(MvCfg<T, TC, R, V>::NTHREADS, MvCfg<T, TC, R, 
 #pragma unroll
       for (int i = 0; i < C::PER; ++i) {
         if (bits & (1u << i)) {
-          s_j[pos] = C::FIX ? (tile * K + kb + i) * p.lpr : kb + i;  // FIX: the column's first 8-byte piece
+          s_j[pos] = kb + i;
 #pragma unroll
           for (int t = 0; t < TC; ++t) s_x[t * CH + pos] = xv[i][t];
           ++pos;
@@ -419,8 +419,7 @@ __global__ void __launch_bounds__(MvCfg<T, TC, R, V>::NTHREADS, MvCfg<T, TC, R, 
       for (int i = 0; i < C::PER; ++i) {
         const int e = tid + i * NT;
         if (e < cnt) {
-          const int j = (jv[i] >= 0 && jv[i] < K) ? jv[i] : 0;
-          s_j[e] = C::FIX ? (tile * K + j) * p.lpr : j;
+          s_j[e] = (jv[i] >= 0 && jv[i] < K) ? jv[i] : 0;
 #pragma unroll
           for (int t = 0; t < TC; ++t) s_x[t * CH + e] = xv[i][t];
         }
@@ -522,43 +521,29 @@ __global__ void __launch_bounds__(MvCfg<T, TC, R, V>::NTHREADS, MvCfg<T, TC, R, 
       const T* wt = static_cast<const T*>(p.w);
       if constexpr (C::FIX) {
         // column k of this tile: values (tile * K + k) * lpr * 4.., bitmap bytes (tile * K + k) * lpr..; this
-        // lane's 4 values are 8-byte piece (tile * K + k) * lpr + li, its 8 rows' bits that bitmap byte. The
-        // list holds (tile * K + k) * lpr (32-bit: the host checks NT * K * lpr < 2^31).
-        // A lane group takes the list in chunks of 4 consecutive entries (one 16-byte shared load of their
-        // pieces, one of their x), chunk c = (batch * Q + q) * nslots + slot, Q chunks per batch: U loads in
-        // flight per lane, and chunks interleaved over the groups so that they share the list evenly.
-        constexpr int Q = U / 4;
+        // lane's 4 values are 8-byte piece (tile * K + k) * lpr + li, its 8 rows' bits that bitmap byte
+        // (32-bit indices: the host checks NT * K * lpr < 2^31)
+        const uint32_t lb = static_cast<uint32_t>(tile) * static_cast<uint32_t>(K * lpr) + li;
         const uint2* vals = static_cast<const uint2*>(p.w);
         const unsigned char* bm8 = reinterpret_cast<const unsigned char*>(p.bitmap);
-        for (int c0 = slot; 4 * c0 < cnt; c0 += nslots * Q) {
+        for (int e0 = slot; e0 < cnt; e0 += nslots * U) {
           uint2 wv[U];
           uint32_t bb[U];
 #pragma unroll
-          for (int q = 0; q < Q; ++q) {
-            const int c = c0 + q * nslots;
-            // past the list: stale entries of the pass, never loaded from (the chunk index kept in the list)
-            const int4 j4 = *reinterpret_cast<const int4*>(s_j + 4 * min(c, CH / 4 - 1));
-            const int jv[4] = {j4.x, j4.y, j4.z, j4.w};
-#pragma unroll
-            for (int r = 0; r < 4; ++r) {
-              const bool ok = 4 * c + r < cnt;
-              const uint32_t i = static_cast<uint32_t>(jv[r]) + li;
-              wv[4 * q + r] = ld_nc_u64_if(vals + i, ok);
-              bb[4 * q + r] = ld_nc_u8_if(bm8 + i, ok);  // 0 past the list: no row takes a value
-            }
+          for (int u = 0; u < U; ++u) {
+            const int e = e0 + u * nslots;
+            const uint32_t i = lb + static_cast<uint32_t>(s_j[e < cnt ? e : 0]) * lpr;
+            wv[u] = ld_nc_u64_if(vals + i, e < cnt);
+            bb[u] = ld_nc_u8_if(bm8 + i, e < cnt);  // 0 past the list: no row takes a value
           }
 #pragma unroll
-          for (int q = 0; q < Q; ++q) {
-            const int c = min(c0 + q * nslots, CH / 4 - 1);
+          for (int u = 0; u < U; ++u) {
+            const int e = min(e0 + u * nslots, CH - 1);
 #pragma unroll
             for (int t = 0; t < TC; ++t) {
-              const float4 x4 = *reinterpret_cast<const float4*>(s_x + t * CH + 4 * c);
-              const float xe[4] = {x4.x, x4.y, x4.z, x4.w};
-#pragma unroll
-              for (int r = 0; r < 4; ++r) {
-                bal_nibble<T>(bb[4 * q + r] & 0xfu, wv[4 * q + r].x, xe[r], acc[t]);
-                bal_nibble<T>(bb[4 * q + r] >> 4, wv[4 * q + r].y, xe[r], acc[t] + 4);
-              }
+              const float xe = s_x[t * CH + e];
+              bal_nibble<T>(bb[u] & 0xfu, wv[u].x, xe, acc[t]);
+              bal_nibble<T>(bb[u] >> 4, wv[u].y, xe, acc[t] + 4);
             }
           }
         }
