@@ -605,6 +605,39 @@ def balanced_sweep(tune, record, fix_splits: bool = False) -> None:
         torch.cuda.empty_cache()
 
 
+def fix_tokens_sweep(tune, record, tokens=(1, 2, 3, 4)) -> None:
+    """A few tokens on a 2:4-out weight (fp16, R = 64, each token's own 50 % threshold, so the union of active
+    channels grows): the fixed-layout kernel (its 4-token instantiation from 2 tokens; spdp_mm=2 keeps the
+    tensor-core kernel off) against the tensor-core kernel (the default from 4 tokens) and cuBLAS."""
+    from sparsekit import ops
+    from sparsekit.formats import spdp
+    from sparsekit.kernels import reference
+
+    dtype, r = torch.float16, 64
+    for name, (n, k) in SHAPES.items():
+        w16 = [rand_weight(n, k, 0.0, seed=s).to(dtype) for s in range(COPIES)]
+        w24 = prune_24_out(rand_weight(n, k, 0.0, seed=300), seed=301)
+        packed = to_dev(spdp.encode(w24, r), dtype)
+        assert spdp.fixed_layout(packed)
+        cps = clones(packed)
+        for t in tokens:
+            x = torch.randn((t, k), device="cuda").to(dtype)
+            thr_rows = torch.stack([row.float().abs().quantile(0.5) for row in x])
+            x = torch.where(x.float().abs() > thr_rows[:, None], x, torch.zeros_like(x))  # 50 % per token
+            dense_us, sp = time_graph([lambda w=w: F.linear(x, w) for w in w16])
+            record(name, dtype, "dense", f"cuBLAS T={t}", dense_us, sp, 2 * n * k, dense_us)
+            expect = reference.spdp_matvec(x, packed, 0.0)
+            for what, extra, knobs in (("fixed", {"fixed": True}, {"spdp_mm": 2}), ("tensor cores", {}, {}),
+                                       ("checked path", {}, {"spdp_mm": 2})):
+                with tuned(tune, knobs):
+                    check(ops.spdp_matvec(x, packed | extra, 0.0), expect, f"{name} T={t} {what}")
+                    ran = (int(tune("last_spdp_fix", -1)), int(tune("last_spdp_mm", -1)))
+                    us, sp = time_graph([lambda p=p: ops.spdp_matvec(x, p | extra, 0.0) for p in cps])
+                    record(name, dtype, "spdp_matvec", f"T={t} {what} (fix,mm)={ran}", us, sp, 2 * n * k, dense_us)
+        del cps, w16
+        torch.cuda.empty_cache()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fp16 only, no variant sweeps")
@@ -615,6 +648,8 @@ def main() -> None:
     ap.add_argument("--spdp", action="store_true", help="only spdp at T=1: tile rows x variants x splits")
     ap.add_argument("--balanced", action="store_true",
                     help="only spdp at T=1 on weights pruned 2:4 over output rows (the balanced path) vs unstructured")
+    ap.add_argument("--fix-tokens", action="store_true",
+                    help="only 1-4 tokens on 2:4-out weights: the fixed-layout kernel against tensor cores and cuBLAS")
     ap.add_argument("--fix-splits", action="store_true",
                     help="only the fixed-layout spdp kernel (2:4-out, fp16) at every forced channel-slice count")
     ap.add_argument("--l2pf", default=None, help="only teal at T=1 with these L2 prefetch depths, e.g. 0,32,64,128")
@@ -670,6 +705,9 @@ def main() -> None:
                       f"{r['pct_bw']:5.1f}% S={r['split']}" + (f" teal1={r['teal1']}" if "teal1" in r else ""))
         print_table(gpu, bw, rows)
 
+    if args.fix_tokens:
+        fix_tokens_sweep(tune, record)
+        return finish("spdp 2:4-out, a few tokens: fixed-layout kernel, tensor cores, cuBLAS (fp16, R=64, s2=0.5 per token)")
     if args.fix_splits:
         balanced_sweep(tune, record, fix_splits=True)
         return finish("spdp fixed layout, forced channel slices (fp16, 2:4-out, s1=0.5, s2=0.5, T=1)")
