@@ -115,6 +115,16 @@ def _weight(n: int, k: int, s1: float, dtype, device, gen) -> torch.Tensor:
     return w.to(dtype).to(device)
 
 
+def _weight_24out(n: int, k: int, dtype, device, gen) -> torch.Tensor:
+    """Random weights pruned 2:4 over output rows (2 of every 4 consecutive rows of each column kept,
+    values kept off zero): the pattern of the spdp kernels' balanced paths; N % 4 == 0."""
+    w = torch.randn(n, k, generator=gen, dtype=torch.float32) / k**0.5
+    w = torch.where(w.abs() < 1e-3, torch.full_like(w, 1e-3), w)
+    keep = torch.rand(n // 4, 4, k, generator=gen).argsort(dim=1)[:, :2]
+    mask = torch.zeros(n // 4, 4, k, dtype=torch.bool).scatter_(1, keep, True).reshape(n, k)
+    return w.masked_fill(~mask, 0.0).to(dtype).to(device)
+
+
 def _input(t: int, k: int, dtype, device, gen) -> torch.Tensor:
     return torch.randn(t, k, generator=gen, dtype=torch.float32).to(dtype).to(device)
 
@@ -197,8 +207,15 @@ def check_case(op: str, backend: str, dtype, k: int, n: int, t: int, device, gen
         run = (lambda: fn(x, w_t, thr, backend=backend)) if fn else (
             lambda: ops.teal_matvec_sel(*sel, w_t, backend=backend))
     elif op.startswith("spdp"):
-        packed = _on_device(spdp.encode(w, tile_rows), device)
-        detail += f" R={tile_rows} s1=0.5"
+        # whole tiles: half the cases take a 2:4-over-rows weight declared in the fixed layout (the CUDA
+        # one-token kernel that reads no offsets; the other backends compute the same product)
+        fixed = n % tile_rows == 0 and float(torch.rand(1, generator=gen)) < 0.5
+        packed = _on_device(spdp.encode(_weight_24out(n, k, dtype, device, gen) if fixed else w, tile_rows), device)
+        if fixed and spdp.fixed_layout(packed):
+            packed["fixed"] = True
+            detail += f" R={tile_rows} s1=0.5 2:4-out fixed"
+        else:
+            detail += f" R={tile_rows} s1=0.5"
         fn = None if op.endswith("_sel") else getattr(ops, op)
         ref = getattr(reference, op if fn else "spdp_matvec")(x, packed, thr)
         run = (lambda: fn(x, packed, thr, backend=backend)) if fn else (
