@@ -22,6 +22,7 @@ from sparsekit import ops
 from sparsekit.errors import BadInput
 from sparsekit.formats import spdp, spinfer
 from sparsekit.kernels import reference
+from sparsekit.pruning.masks import nm_out_mask
 
 OPS = ("select", "teal_matvec", "teal_matvec_sel", "teal_matvec_rel", "teal_matvec_glu", "spdp_matvec",
        "spdp_matvec_sel", "spdp_matvec_rel", "spdp_matvec_glu", "spinfer_matmul", "spdp_decode")
@@ -120,9 +121,7 @@ def _weight_24out(n: int, k: int, dtype, device, gen) -> torch.Tensor:
     values kept off zero): the pattern of the spdp kernels' balanced paths; N % 4 == 0."""
     w = torch.randn(n, k, generator=gen, dtype=torch.float32) / k**0.5
     w = torch.where(w.abs() < 1e-3, torch.full_like(w, 1e-3), w)
-    keep = torch.rand(n // 4, 4, k, generator=gen).argsort(dim=1)[:, :2]
-    mask = torch.zeros(n // 4, 4, k, dtype=torch.bool).scatter_(1, keep, True).reshape(n, k)
-    return w.masked_fill(~mask, 0.0).to(dtype).to(device)
+    return w.masked_fill(nm_out_mask(torch.rand(n, k, generator=gen), 2, 4), 0.0).to(dtype).to(device)
 
 
 def _input(t: int, k: int, dtype, device, gen) -> torch.Tensor:

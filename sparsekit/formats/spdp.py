@@ -38,6 +38,8 @@ import torch
 from sparsekit.formats import packed_shape
 
 KEYS = ("values", "bitmap", "offsets", "shape")
+# bitmap bytes of the fixed balanced layout: both nibbles hold 2 bits (36 of the 256 values)
+_BALANCED_BYTES = tuple(b for b in range(256) if bin(b & 0xF).count("1") == 2 and bin(b >> 4).count("1") == 2)
 _INT_VIEW = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
@@ -113,10 +115,9 @@ def fixed_layout(packed: dict) -> bool:
     expected = torch.arange(nt * k + 1, device=offsets.device, dtype=torch.int64) * (r // 2)
     if not torch.equal(offsets.to(torch.int64), expected):
         return False
-    # every bitmap byte must hold two 2-bit nibbles (36 of the 256 byte values), checked in chunks
-    pairs = [b for b in range(256) if bin(b & 0xF).count("1") == 2 and bin(b >> 4).count("1") == 2]
+    # every bitmap byte must be one of _BALANCED_BYTES, checked in chunks
     good = torch.zeros(256, dtype=torch.bool, device=offsets.device)
-    good[torch.tensor(pairs, device=offsets.device)] = True
+    good[torch.tensor(_BALANCED_BYTES, device=offsets.device)] = True
     bytes_ = packed["bitmap"].reshape(-1).contiguous().view(torch.uint8)
     chunk = 1 << 24
     return all(bool(good[bytes_[i:i + chunk].long()].all()) for i in range(0, bytes_.numel(), chunk))

@@ -211,14 +211,13 @@ class SparseLinear(nn.Module):
             self._dims = tuple(int(v) for v in self.shape.detach().cpu().tolist())
         self._dense_cache = None
         self._ready = True
-        self._cache_alignment()
+        self._cache_layout()
 
-    def _cache_alignment(self) -> None:
+    def _cache_layout(self) -> None:
         # read here, eagerly: a data pointer read inside a compiled forward breaks the graph
         self._aligned = self.fmt == "spdp" and _ops().spdp_values_aligned({"values": self.values})
         # the fixed balanced layout (formats/spdp.py): checked once here, declared to the ops by packed()
-        self._fixed = self.fmt == "spdp" and format_module("spdp").fixed_layout(
-            {k: getattr(self, k) for k in self.keys} | {"shape": self._dims})
+        self._fixed = self.fmt == "spdp" and format_module("spdp").fixed_layout(self.packed())
 
     # -- views ---------------------------------------------------------------------------------
     @property
@@ -416,5 +415,5 @@ class SparseLinear(nn.Module):
         self._dense_cache = None  # device/dtype moves rebuild it from the packed tensors
         out = super()._apply(fn, recurse)
         if self._ready:
-            self._cache_alignment()
+            self._cache_layout()
         return out
