@@ -608,7 +608,8 @@ def balanced_sweep(tune, record, fix_splits: bool = False) -> None:
 def fix_tokens_sweep(tune, record, tokens=(1, 2, 3, 4)) -> None:
     """A few tokens on a 2:4-out weight (fp16, R = 64, each token's own 50 % threshold, so the union of active
     channels grows): the fixed-layout kernel (its 4-token instantiation from 2 tokens; spdp_mm=2 keeps the
-    tensor-core kernel off) against the tensor-core kernel (the default from 4 tokens) and cuBLAS."""
+    tensor-core kernel off; up to 4 tokens) against the tensor-core kernel (the default from 4 tokens) on the
+    weight undeclared and declared in the fixed layout (its FX variant), and cuBLAS."""
     from sparsekit import ops
     from sparsekit.formats import spdp
     from sparsekit.kernels import reference
@@ -627,8 +628,10 @@ def fix_tokens_sweep(tune, record, tokens=(1, 2, 3, 4)) -> None:
             dense_us, sp = time_graph([lambda w=w: F.linear(x, w) for w in w16])
             record(name, dtype, "dense", f"cuBLAS T={t}", dense_us, sp, 2 * n * k, dense_us)
             expect = reference.spdp_matvec(x, packed, 0.0)
-            for what, extra, knobs in (("fixed", {"fixed": True}, {"spdp_mm": 2}), ("tensor cores", {}, {}),
-                                       ("checked path", {}, {"spdp_mm": 2})):
+            cases = ((("fixed", {"fixed": True}, {"spdp_mm": 2}),) if t <= 4 else ()) + (("tensor cores", {}, {}),) \
+                + ((("tensor cores fixed", {"fixed": True}, {}),) if t >= 4 else ()) \
+                + ((("checked path", {}, {"spdp_mm": 2}),) if t <= 4 else ())
+            for what, extra, knobs in cases:
                 with tuned(tune, knobs):
                     check(ops.spdp_matvec(x, packed | extra, 0.0), expect, f"{name} T={t} {what}")
                     ran = (int(tune("last_spdp_fix", -1)), int(tune("last_spdp_mm", -1)))
@@ -648,8 +651,9 @@ def main() -> None:
     ap.add_argument("--spdp", action="store_true", help="only spdp at T=1: tile rows x variants x splits")
     ap.add_argument("--balanced", action="store_true",
                     help="only spdp at T=1 on weights pruned 2:4 over output rows (the balanced path) vs unstructured")
-    ap.add_argument("--fix-tokens", action="store_true",
-                    help="only 1-4 tokens on 2:4-out weights: the fixed-layout kernel against tensor cores and cuBLAS")
+    ap.add_argument("--fix-tokens", nargs="?", const="1,2,3,4", default=None,
+                    help="only these token counts (default 1,2,3,4) on 2:4-out weights: the fixed-layout kernels "
+                    "against tensor cores and cuBLAS")
     ap.add_argument("--fix-splits", action="store_true",
                     help="only the fixed-layout spdp kernel (2:4-out, fp16) at every forced channel-slice count")
     ap.add_argument("--l2pf", default=None, help="only teal at T=1 with these L2 prefetch depths, e.g. 0,32,64,128")
@@ -706,7 +710,7 @@ def main() -> None:
         print_table(gpu, bw, rows)
 
     if args.fix_tokens:
-        fix_tokens_sweep(tune, record)
+        fix_tokens_sweep(tune, record, tuple(int(t) for t in args.fix_tokens.split(",")))
         return finish("spdp 2:4-out, a few tokens: fixed-layout kernel, tensor cores, cuBLAS (fp16, R=64, s2=0.5 per token)")
     if args.fix_splits:
         balanced_sweep(tune, record, fix_splits=True)

@@ -36,6 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 FORMATS = {"teal": (0.0, 0.5), "spdp": (0.5, 0.5), "spinfer": (0.6, 0.0), "spdp24": (0.5, 0.5)}  # name -> (s1, s2)
 # formats that are another format with another mask structure (a fresh model is pruned for them)
 VARIANT_OF = {"spdp24": ("spdp", "2:4-out")}
+SDPA_BACKENDS = {"cudnn": "enable_cudnn_sdp", "flash": "enable_flash_sdp", "efficient": "enable_mem_efficient_sdp",
+                 "math": "enable_math_sdp"}
 TARGETS = "dense TPOT <= 1.25x floor; teal >= 1.75x; spdp >= 2.6x; spinfer TPOT faster, TTFT <= dense; every TTFT <= 1.05x dense (batch 1)"
 
 
@@ -64,6 +66,10 @@ def _args(argv=None):
     ap.add_argument("--tune", default="", help="CUDA kernel knobs for the whole run, e.g. pdl=1 (sparsekit_cuda.tune)")
     ap.add_argument("--tune-variants", default="",
                     help="also time each format with these knobs, e.g. 'l2pf=64;l2pf=32,pdl=1' (rows FMT+KNOBS)")
+    ap.add_argument("--sdpa", default="",
+                    help="allowed SDPA backends, comma list of cudnn, flash, efficient, math (default: torch's choice)")
+    ap.add_argument("--inductor", default="", help="inductor settings for the compiled forwards, e.g. combo_kernels=1 "
+                    "(sets SPARSEKIT_INDUCTOR for the children)")
     ap.add_argument("--child", help=argparse.SUPPRESS)  # dtype handled by this child process
     ap.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
     ap.add_argument("--skip", default="", help=argparse.SUPPRESS)
@@ -108,6 +114,13 @@ def child(a) -> int:
         return {k: int(torch.ops.sparsekit_cuda.tune(k, v)) for k, v in knobs.items()}
 
     set_knobs(knobs_of(a.tune))
+    if a.sdpa:  # process-wide: dense and every format get the same attention kernels
+        allowed = set(filter(None, a.sdpa.split(",")))
+        unknown = allowed - set(SDPA_BACKENDS)
+        if unknown:
+            raise SystemExit(f"--sdpa: unknown backend(s) {sorted(unknown)}; use {', '.join(SDPA_BACKENDS)}")
+        for name, enable in SDPA_BACKENDS.items():
+            getattr(torch.backends.cuda, enable)(name in allowed)
     variants = [v.strip() for v in a.tune_variants.split(";") if v.strip()]
     skip = set(filter(None, a.skip.split(",")))
     batches = [int(b) for b in a.batches.split(",")]
@@ -292,9 +305,10 @@ def parent(a) -> int:
                    "--repeat", str(a.repeat), "--out", str(out), "--device", a.device] + (["--hf"] if a.hf else []) \
                 + (["--no-compile"] if a.no_compile else []) + (["--no-fuse"] if a.no_fuse else []) \
                 + (["--eager-prefill"] if a.eager_prefill else []) + ["--threshold-rule", a.threshold_rule] \
-                + ["--tile-rows", str(a.tile_rows)] \
+                + ["--tile-rows", str(a.tile_rows)] + (["--sdpa", a.sdpa] if a.sdpa else []) \
                 + (["--tune", a.tune] if a.tune else []) + (["--tune-variants", a.tune_variants] if a.tune_variants else [])
-            env = {**os.environ, "PYTHONUNBUFFERED": "1", **({"SPARSEKIT_FUSE_GLU": "0"} if a.no_glu else {})}
+            env = {**os.environ, "PYTHONUNBUFFERED": "1", **({"SPARSEKIT_FUSE_GLU": "0"} if a.no_glu else {}),
+                   **({"SPARSEKIT_INDUCTOR": a.inductor} if a.inductor else {})}
             rc = subprocess.run(cmd, env=env).returncode
             if rc == 0:
                 break
@@ -307,7 +321,8 @@ def parent(a) -> int:
 
     result = {"model": a.model, "input_tokens": a.input_tokens, "max_new_tokens": a.max_new_tokens,
               "warmup": a.warmup, "repeat": a.repeat, "formats": {f: FORMATS[f] for f in a.formats.split(",")},
-              "targets": TARGETS, "tune": a.tune, "tune_variants": a.tune_variants, "glu": not a.no_glu, "rows": list(rows.values()), "checks": checks,
+              "targets": TARGETS, "tune": a.tune, "tune_variants": a.tune_variants,
+              "sdpa": a.sdpa, "inductor": a.inductor or os.environ.get("SPARSEKIT_INDUCTOR", ""), "glu": not a.no_glu, "rows": list(rows.values()), "checks": checks,
               "environment": environment() if torch.cuda.is_available() else {}}
     tmp = out / ".decode.json.tmp"
     tmp.write_text(json.dumps(result, indent=2, default=str))

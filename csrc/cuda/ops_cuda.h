@@ -25,7 +25,8 @@ struct Tuning {
   int l2pf = 0;           // fused teal: channels per block whose row segments are prefetched into L2 at the start
   int last_split = 0;  // read-only: the slices chosen by the last launch
   int last_teal1 = 0;  // read-only: 1 when the last teal launch used the one-token kernel
-  int last_spdp_fix = 0;  // read-only: 1 when the last spdp_matvec(_rel, _glu, _sel) ran the fixed-layout kernel
+  int last_spdp_fix = 0;  // read-only: 1 when the last spdp_matvec(_rel, _glu, _sel) ran the fixed-layout one-token
+                          // kernel, 2 when spdp_matvec ran the tensor-core kernel's fixed-layout variant
   int last_spdp_mm = 0;  // read-only: 1 when the last spdp_matvec or spdp_decode ran spdp_mm.cuh
 };
 Tuning& tuning();

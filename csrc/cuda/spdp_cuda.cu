@@ -28,39 +28,41 @@ void fix_dispatch(sk::MatvecParams& p, int tiles, int device, cudaStream_t strea
 }
 
 // ---- the tensor-core kernel (spdp_mm.cuh) ----------------------------------------------------
-template <typename T, int R, int TN, int G>
+template <typename T, int R, int TN, int G, bool FX = false>
 void mm_go(sk::SpdpMmParams& p, int device, cudaStream_t stream) {
   using C = sk::MmCfg<R, TN, G>;
   int bps = 1;
-  C10_CUDA_CHECK((sk::spdp_mm_prepare<T, R, TN, G>(device, &bps)));
+  C10_CUDA_CHECK((sk::spdp_mm_prepare<T, R, TN, G, FX>(device, &bps)));
   const int tiles = (p.N + R - 1) / R, tchunks = (p.T + TN - 1) / TN;
   p.S = choose_split(device, tiles * tchunks, bps, (p.K + C::KC - 1) / C::KC);
   const bool pdl = tuning().pdl != 0 && cc_major(device) >= 9;
   tuning().last_split = p.S;
-  C10_CUDA_CHECK((sk::spdp_mm_launch<T, R, TN, G>(p, stream, pdl)));
+  C10_CUDA_CHECK((sk::spdp_mm_launch<T, R, TN, G, FX>(p, stream, pdl)));
 }
 
-// G, the rows one thread expands per unit: 16 by default, 8 with tune("spdp_mm_rows", 8)
+// G, the rows one thread expands per unit: 16 by default, 8 with tune("spdp_mm_rows", 8); fx: the fixed
+// layout's variant (16 rows per unit only)
 template <typename T, int R, int TN>
-void mm_rows_per_unit(sk::SpdpMmParams& p, int device, cudaStream_t stream) {
-  if (tuning().spdp_mm_rows == 8) mm_go<T, R, TN, 8>(p, device, stream);
+void mm_rows_per_unit(sk::SpdpMmParams& p, bool fx, int device, cudaStream_t stream) {
+  if (fx) mm_go<T, R, TN, 16, true>(p, device, stream);
+  else if (tuning().spdp_mm_rows == 8) mm_go<T, R, TN, 8>(p, device, stream);
   else mm_go<T, R, TN, 16>(p, device, stream);
 }
 
 template <typename T, int R>
-void mm_tok(sk::SpdpMmParams& p, int device, cudaStream_t stream) {
-  if (p.T <= 8) mm_rows_per_unit<T, R, 8>(p, device, stream);
-  else if (p.T <= 16) mm_rows_per_unit<T, R, 16>(p, device, stream);
-  else if (p.T <= 32) mm_rows_per_unit<T, R, 32>(p, device, stream);
-  else mm_rows_per_unit<T, R, 64>(p, device, stream);
+void mm_tok(sk::SpdpMmParams& p, bool fx, int device, cudaStream_t stream) {
+  if (p.T <= 8) mm_rows_per_unit<T, R, 8>(p, fx, device, stream);
+  else if (p.T <= 16) mm_rows_per_unit<T, R, 16>(p, fx, device, stream);
+  else if (p.T <= 32) mm_rows_per_unit<T, R, 32>(p, fx, device, stream);
+  else mm_rows_per_unit<T, R, 64>(p, fx, device, stream);
 }
 
 template <typename T>
-void mm_rows(sk::SpdpMmParams& p, int R, int device, cudaStream_t stream) {
+void mm_rows(sk::SpdpMmParams& p, int R, bool fx, int device, cudaStream_t stream) {
   switch (R) {
-    case 32: mm_tok<T, 32>(p, device, stream); break;
-    case 64: mm_tok<T, 64>(p, device, stream); break;
-    default: mm_tok<T, 128>(p, device, stream); break;
+    case 32: mm_tok<T, 32>(p, fx, device, stream); break;
+    case 64: mm_tok<T, 64>(p, fx, device, stream); break;
+    default: mm_tok<T, 128>(p, fx, device, stream); break;
   }
 }
 
@@ -153,8 +155,13 @@ at::Tensor spdp_run(const at::Tensor& x, const at::Tensor* idx, const at::Tensor
     q.K = static_cast<int>(K);
     q.thr = mask_threshold(threshold, x.scalar_type(), false);
     q.bal = tuning().spdp_bal;
-    if (x.scalar_type() == at::kHalf) mm_rows<__half>(q, static_cast<int>(R), device, stream);
-    else mm_rows<__nv_bfloat16>(q, static_cast<int>(R), device, stream);
+    // the fixed layout's variant (no offsets read, no per-unit pattern test): whole tiles, every value there;
+    // spdp_bal=2 or spdp_mm_rows=8 keep the checked path
+    const bool fx = fixed && N % R == 0 && vc.numel() >= NT * K * (R / 2) && tuning().spdp_bal != 2 &&
+                    tuning().spdp_mm_rows != 8;
+    tuning().last_spdp_fix = fx ? 2 : 0;
+    if (x.scalar_type() == at::kHalf) mm_rows<__half>(q, static_cast<int>(R), fx, device, stream);
+    else mm_rows<__nv_bfloat16>(q, static_cast<int>(R), fx, device, stream);
     return y;
   }
 

@@ -19,6 +19,11 @@
 //     ldmatrix, mma.m16n8k16 with fp32 accumulation.
 // The S slices of a tile add their partial sums through distributed shared memory (a (1, S, 1)
 // cluster, cluster_reduce_store), in a fixed order: results are bitwise deterministic.
+// FX = true: a weight declared in the fixed balanced layout (spdp.fixed_layout; the host checks N % R == 0
+// and that every value is there): column j of tile t holds values (t * K + j) * R / 2 .. + R / 2, two in each
+// 4-row group, so the chunk bounds need no offsets (no dependent global load per chunk, no offsets copied),
+// a unit's first value is at c * R / 2 + r0 / 2 of its chunk's run, and every unit is balanced (no pattern
+// or alignment test). It expands the same A^T tile, so its results equal the checked path's bit for bit.
 // TN = 0 instantiates spdp_decode instead (the prefill path above 64 tokens): the same copies and
 // expansion, then step 3 writes the chunk's dense tile to y = W [N, K] (16-byte stores, two rows per
 // thread read from A^T as 4-byte pairs), no x tile, no mma, no reduction (slices own their columns).
@@ -114,7 +119,7 @@ __device__ __forceinline__ uint32_t splat_threshold(float t) {
   return b | (b << 16);
 }
 
-template <typename T, int R, int TN, int G>
+template <typename T, int R, int TN, int G, bool FX = false>
 __global__ void __launch_bounds__(kMmThreads) spdp_mm_kernel(const SpdpMmParams p) {
   using C = MmCfg<R, TN, G>;
   constexpr int KC = C::KC, W = C::W, NST = C::NST, UC = C::UC;
@@ -137,6 +142,11 @@ __global__ void __launch_bounds__(kMmThreads) spdp_mm_kernel(const SpdpMmParams 
   // o0 from the previous chunk's o1 made the compiler move a just-loaded value within the iteration,
   // a wait on global memory every chunk (ncu: long-scoreboard stalls 0.5 -> 2.0 per instruction)
   auto bounds = [&](int q, int& o0, int& o1) {
+    if constexpr (FX) {  // (tile * K + j) * R / 2 < 2^31: values are indexed by int32 offsets
+      o0 = static_cast<int>((tbase + q * KC) * (R / 2));
+      o1 = static_cast<int>((tbase + min(p.K, (q + 1) * KC)) * (R / 2));
+      return;
+    }
     o0 = __ldg(toffs + q * KC);
     o1 = __ldg(toffs + min(p.K, (q + 1) * KC));
   };
@@ -187,7 +197,7 @@ __global__ void __launch_bounds__(kMmThreads) spdp_mm_kernel(const SpdpMmParams 
       const bool ok = j0 + lane * 4 / W < p.K;  // piece `lane` holds columns j0 + 4 lane / W ...
       cp_async16_bytes(st + C::V_BYTES + lane * 16, ok ? p.bitmap + (tbase + j0) * W + lane * 4 : p.bitmap,
                        ok ? 16 : 0);
-    } else if (warp == 1 && lane < C::O_BYTES / 16) {  // its column offsets
+    } else if (!FX && warp == 1 && lane < C::O_BYTES / 16) {  // its column offsets
       const bool ok = j0 + 4 * lane < p.K;
       cp_async16_bytes(st + C::V_BYTES + C::B_BYTES + lane * 16, ok ? p.offsets + tbase + j0 + 4 * lane : p.offsets,
                        ok ? 16 : 0);
@@ -253,28 +263,33 @@ __global__ void __launch_bounds__(kMmThreads) spdp_mm_kernel(const SpdpMmParams 
       *q = u;
     }
     // 2. expand the packed values into A^T
-    const int abase = offs[0] & ~7;  // the value index the run was copied from
+    const int abase = FX ? 0 : offs[0] & ~7;  // the value index the run was copied from (FX: offsets not staged)
 #pragma unroll
     for (int u = 0; u < C::UNITS; ++u) {
       const int c = u * (kMmThreads / UC) + tid / UC;
       uint32_t m;
-      int idx = offs[c] - abase;
-      if constexpr (W == 1) {
+      int idx;
+      if constexpr (FX) {
+        m = bm[c * W + wsel];
+        idx = c * (R / 2) + (r0 >> 1);
+      } else if constexpr (W == 1) {
+        idx = offs[c] - abase;
         m = bm[c];
       } else if constexpr (W == 2) {
         const uint2 b2 = reinterpret_cast<const uint2*>(bm)[c];
         m = wsel ? b2.y : b2.x;
-        idx += wsel ? __popc(b2.x) : 0;
+        idx = offs[c] - abase + (wsel ? __popc(b2.x) : 0);
       } else {
         const uint4 b4 = reinterpret_cast<const uint4*>(bm)[c];
         m = wsel == 0 ? b4.x : (wsel == 1 ? b4.y : (wsel == 2 ? b4.z : b4.w));
-        idx += (wsel > 0 ? __popc(b4.x) : 0) + (wsel > 1 ? __popc(b4.y) : 0) + (wsel > 2 ? __popc(b4.z) : 0);
+        idx = offs[c] - abase + (wsel > 0 ? __popc(b4.x) : 0) + (wsel > 1 ? __popc(b4.y) : 0) +
+              (wsel > 2 ? __popc(b4.z) : 0);
       }
-      idx += __popc(m & below);
+      if constexpr (!FX) idx += __popc(m & below);
       const uint32_t bits = (m >> sh) & static_cast<uint32_t>((1ull << G) - 1ull);
       uint32_t out[G / 2];
-      const bool bal = p.bal != 2 && nibble_counts(bits) == bal_counts && (idx & 3) == 0;
-      if (p.bal == 1 && !bal && (ca + i) * KC + c < p.K) __trap();  // (columns past K are zero-filled)
+      const bool bal = FX || (p.bal != 2 && nibble_counts(bits) == bal_counts && (idx & 3) == 0);
+      if (!FX && p.bal == 1 && !bal && (ca + i) * KC + c < p.K) __trap();  // (columns past K are zero-filled)
       if (bal) {
         uint32_t w[G / 4] = {};  // each group's pair (a unit with no bits reads nothing)
         if (bits) {
@@ -379,11 +394,11 @@ __global__ void __launch_bounds__(kMmThreads) spdp_mm_kernel(const SpdpMmParams 
 }
 
 // Opts in to the kernel's shared memory (once per device), then returns its resident blocks per SM.
-template <typename T, int R, int TN, int G>
+template <typename T, int R, int TN, int G, bool FX = false>
 inline cudaError_t spdp_mm_prepare(int device, int* blocks_per_sm) {
-  const cudaError_t e = allow_smem_cached<spdp_mm_kernel<T, R, TN, G>>(device, MmCfg<R, TN, G>::SMEM);
+  const cudaError_t e = allow_smem_cached<spdp_mm_kernel<T, R, TN, G, FX>>(device, MmCfg<R, TN, G>::SMEM);
   if (e != cudaSuccess) return e;
-  *blocks_per_sm = blocks_per_sm_cached<spdp_mm_kernel<T, R, TN, G>>(device, kMmThreads, MmCfg<R, TN, G>::SMEM);
+  *blocks_per_sm = blocks_per_sm_cached<spdp_mm_kernel<T, R, TN, G, FX>>(device, kMmThreads, MmCfg<R, TN, G>::SMEM);
   return cudaSuccess;
 }
 
@@ -403,11 +418,11 @@ inline cudaError_t spdp_mm_decode(SpdpMmParams p, int sms, cudaStream_t stream, 
 }
 
 // Launches with grid (tiles, S, token chunks); p.S must be set and spdp_mm_prepare called.
-template <typename T, int R, int TN, int G>
+template <typename T, int R, int TN, int G, bool FX = false>
 inline cudaError_t spdp_mm_launch(const SpdpMmParams& p, cudaStream_t stream, bool pdl) {
   const dim3 grid(static_cast<unsigned>((p.N + R - 1) / R), static_cast<unsigned>(p.S),
                   static_cast<unsigned>((p.T + TN - 1) / TN));
-  return launch_sliced(spdp_mm_kernel<T, R, TN, G>, p, grid, kMmThreads, MmCfg<R, TN, G>::SMEM, p.S, stream, pdl);
+  return launch_sliced(spdp_mm_kernel<T, R, TN, G, FX>, p, grid, kMmThreads, MmCfg<R, TN, G>::SMEM, p.S, stream, pdl);
 }
 
 }  // namespace sk
