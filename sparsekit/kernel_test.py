@@ -206,8 +206,9 @@ def check_case(op: str, backend: str, dtype, k: int, n: int, t: int, device, gen
         run = (lambda: fn(x, w_t, thr, backend=backend)) if fn else (
             lambda: ops.teal_matvec_sel(*sel, w_t, backend=backend))
     elif op.startswith("spdp"):
-        # whole tiles: half the cases take a 2:4-over-rows weight declared in the fixed layout (the CUDA
-        # one-token kernel that reads no offsets; the other backends compute the same product)
+        # whole tiles: half the cases take a 2:4-over-rows weight declared in the fixed layout (on CUDA the
+        # kernels that read no offsets: the one-token family up to 3 tokens here, the tensor-core kernel's
+        # variant at 17; the other backends compute the same product)
         fixed = n % tile_rows == 0 and float(torch.rand(1, generator=gen)) < 0.5
         packed = _on_device(spdp.encode(_weight_24out(n, k, dtype, device, gen) if fixed else w, tile_rows), device)
         if fixed and spdp.fixed_layout(packed):
