@@ -629,8 +629,7 @@ def fix_tokens_sweep(tune, record, tokens=(1, 2, 3, 4)) -> None:
             record(name, dtype, "dense", f"cuBLAS T={t}", dense_us, sp, 2 * n * k, dense_us)
             expect = reference.spdp_matvec(x, packed, 0.0)
             cases = ((("fixed", {"fixed": True}, {"spdp_mm": 2}),) if t <= 4 else ()) + (("tensor cores", {}, {}),) \
-                + ((("tensor cores fixed", {"fixed": True}, {}), ("tensor cores fixed db", {"fixed": True}, {"spdp_mm_db": 1}))
-                   if t >= 4 else ()) \
+                + ((("tensor cores fixed", {"fixed": True}, {}),) if t >= 4 else ()) \
                 + ((("checked path", {}, {"spdp_mm": 2}),) if t <= 4 else ())
             for what, extra, knobs in cases:
                 with tuned(tune, knobs):

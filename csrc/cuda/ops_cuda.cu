@@ -143,7 +143,6 @@ static int64_t tune(const std::string& key, int64_t value) {
   else if (key == "spdp_bal") slot = &tuning().spdp_bal;
   else if (key == "spdp_mm") slot = &tuning().spdp_mm;
   else if (key == "spdp_mm_rows") slot = &tuning().spdp_mm_rows;
-  else if (key == "spdp_mm_db") slot = &tuning().spdp_mm_db;
   else if (key == "teal1") slot = &tuning().teal1;
   else if (key == "teal1_threads") slot = &tuning().teal1_threads;
   else if (key == "teal1_lpr") slot = &tuning().teal1_lpr;
@@ -153,7 +152,7 @@ static int64_t tune(const std::string& key, int64_t value) {
   else if (key == "last_spdp_mm") slot = &tuning().last_spdp_mm;
   else if (key == "last_spdp_fix") slot = &tuning().last_spdp_fix;
   TORCH_CHECK(slot != nullptr, "sparsekit_cuda.tune: unknown key '", key,
-              "' (split, teal_lpr, pipe, pdl, spdp_deep, spdp_nib, spdp_stage, spdp_bal, spdp_mm, spdp_mm_rows, spdp_mm_db, spinfer_warps, teal1, teal1_threads, teal1_lpr, l2pf, last_split, last_teal1, last_spdp_mm, last_spdp_fix)");
+              "' (split, teal_lpr, pipe, pdl, spdp_deep, spdp_nib, spdp_stage, spdp_bal, spdp_mm, spdp_mm_rows, spinfer_warps, teal1, teal1_threads, teal1_lpr, l2pf, last_split, last_teal1, last_spdp_mm, last_spdp_fix)");
   const int old = *slot;
   if (value >= 0) {
     TORCH_CHECK(key != "last_split" && key != "last_teal1" && key != "last_spdp_mm" && key != "last_spdp_fix",

@@ -28,7 +28,7 @@ void fix_dispatch(sk::MatvecParams& p, int tiles, int device, cudaStream_t strea
 }
 
 // ---- the tensor-core kernel (spdp_mm.cuh) ----------------------------------------------------
-template <typename T, int R, int TN, int G, int FX = 0>
+template <typename T, int R, int TN, int G, bool FX = false>
 void mm_go(sk::SpdpMmParams& p, int device, cudaStream_t stream) {
   using C = sk::MmCfg<R, TN, G>;
   int bps = 1;
@@ -41,11 +41,10 @@ void mm_go(sk::SpdpMmParams& p, int device, cudaStream_t stream) {
 }
 
 // G, the rows one thread expands per unit: 16 by default, 8 with tune("spdp_mm_rows", 8); fx: the fixed
-// layout's variant (16 rows per unit only; with two A^T tiles under tune("spdp_mm_db", 1))
+// layout's variant (16 rows per unit only)
 template <typename T, int R, int TN>
 void mm_rows_per_unit(sk::SpdpMmParams& p, bool fx, int device, cudaStream_t stream) {
-  if (fx && tuning().spdp_mm_db) mm_go<T, R, TN, 16, 2>(p, device, stream);
-  else if (fx) mm_go<T, R, TN, 16, 1>(p, device, stream);
+  if (fx) mm_go<T, R, TN, 16, true>(p, device, stream);
   else if (tuning().spdp_mm_rows == 8) mm_go<T, R, TN, 8>(p, device, stream);
   else mm_go<T, R, TN, 16>(p, device, stream);
 }

@@ -19,13 +19,11 @@
 //     ldmatrix, mma.m16n8k16 with fp32 accumulation.
 // The S slices of a tile add their partial sums through distributed shared memory (a (1, S, 1)
 // cluster, cluster_reduce_store), in a fixed order: results are bitwise deterministic.
-// FX = 1: a weight declared in the fixed balanced layout (spdp.fixed_layout; the host checks N % R == 0
+// FX = true: a weight declared in the fixed balanced layout (spdp.fixed_layout; the host checks N % R == 0
 // and that every value is there): column j of tile t holds values (t * K + j) * R / 2 .. + R / 2, two in each
 // 4-row group, so the chunk bounds need no offsets (no dependent global load per chunk, no offsets copied),
 // a unit's first value is at c * R / 2 + r0 / 2 of its chunk's run, and every unit is balanced (no pattern
 // or alignment test). It expands the same A^T tile, so its results equal the checked path's bit for bit.
-// FX = 2 (knob spdp_mm_db, several tokens only): the same with two A^T tiles and a 4-deep ring, so chunk i + 1 is
-// expanded while the warps multiply chunk i, behind one block barrier per chunk instead of two.
 // TN = 0 instantiates spdp_decode instead (the prefill path above 64 tokens): the same copies and
 // expansion, then step 3 writes the chunk's dense tile to y = W [N, K] (16-byte stores, two rows per
 // thread read from A^T as 4-byte pairs), no x tile, no mma, no reduction (slices own their columns).
@@ -68,11 +66,6 @@ struct MmCfg {
   static constexpr int A_BYTES = KC * ALD * 2;
   static constexpr int PART = TN * R * 4;  // 0 when decoding
   static constexpr size_t SMEM = (NST * STAGE + A_BYTES > PART) ? NST * STAGE + A_BYTES : PART;
-  // FX == 2 (two A^T tiles, one chunk expanded ahead): a deeper ring, so two chunks stay in flight
-  static constexpr int NST_DB = 4, A_HALVES = A_BYTES / 2;
-  static constexpr size_t SMEM_DB = (NST_DB * STAGE + 2 * A_BYTES > PART) ? NST_DB * STAGE + 2 * A_BYTES : PART;
-  template <int FX>
-  static constexpr size_t smem() { return FX == 2 && TN > 0 ? SMEM_DB : SMEM; }
   // the output tile is MT x NT8 mma tiles: warp w owns m16 strip w % MT and every n8 tile (B
   // fragments are shared by no other warp's A); WK = NW / MT warps split a strip's k-steps
   static constexpr int MT = R / 16, NT8 = TN / 8, WK = NW / MT;
@@ -126,12 +119,10 @@ __device__ __forceinline__ uint32_t splat_threshold(float t) {
   return b | (b << 16);
 }
 
-template <typename T, int R, int TN, int G, int FX = 0>
+template <typename T, int R, int TN, int G, bool FX = false>
 __global__ void __launch_bounds__(kMmThreads) spdp_mm_kernel(const SpdpMmParams p) {
   using C = MmCfg<R, TN, G>;
   constexpr int KC = C::KC, W = C::W, NST = C::NST, UC = C::UC;
-  constexpr bool FIX = FX > 0, DB = FX == 2 && TN > 0;  // the fixed layout; two A^T tiles
-  constexpr int NSTK = DB ? C::NST_DB : NST;             // ring depth
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ uint2 sel_tab[16];  // pair_selectors of every nibble (read after the loop's first barrier)
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -144,14 +135,14 @@ __global__ void __launch_bounds__(kMmThreads) spdp_mm_kernel(const SpdpMmParams 
   const long long tbase = static_cast<long long>(tile) * p.K;  // (tile, column 0) index
   const unsigned short* xg = static_cast<const unsigned short*>(p.x);
   const unsigned short* vg = static_cast<const unsigned short*>(p.vals);
-  unsigned short* const at0 = reinterpret_cast<unsigned short*>(smem + NSTK * C::STAGE);
+  unsigned short* const at = reinterpret_cast<unsigned short*>(smem + NST * C::STAGE);
 
   const int* const toffs = p.offsets + tbase;
   // chunk q's packed values: [o0, o1). Both loaded straight into the registers that keep them: deriving
   // o0 from the previous chunk's o1 made the compiler move a just-loaded value within the iteration,
   // a wait on global memory every chunk (ncu: long-scoreboard stalls 0.5 -> 2.0 per instruction)
   auto bounds = [&](int q, int& o0, int& o1) {
-    if constexpr (FIX) {  // (tile * K + j) * R / 2 < 2^31: values are indexed by int32 offsets
+    if constexpr (FX) {  // (tile * K + j) * R / 2 < 2^31: values are indexed by int32 offsets
       o0 = static_cast<int>((tbase + q * KC) * (R / 2));
       o1 = static_cast<int>((tbase + min(p.K, (q + 1) * KC)) * (R / 2));
       return;
@@ -206,7 +197,7 @@ __global__ void __launch_bounds__(kMmThreads) spdp_mm_kernel(const SpdpMmParams 
       const bool ok = j0 + lane * 4 / W < p.K;  // piece `lane` holds columns j0 + 4 lane / W ...
       cp_async16_bytes(st + C::V_BYTES + lane * 16, ok ? p.bitmap + (tbase + j0) * W + lane * 4 : p.bitmap,
                        ok ? 16 : 0);
-    } else if (!FIX && warp == 1 && lane < C::O_BYTES / 16) {  // its column offsets
+    } else if (!FX && warp == 1 && lane < C::O_BYTES / 16) {  // its column offsets
       const bool ok = j0 + 4 * lane < p.K;
       cp_async16_bytes(st + C::V_BYTES + C::B_BYTES + lane * 16, ok ? p.offsets + tbase + j0 + 4 * lane : p.offsets,
                        ok ? 16 : 0);
@@ -230,7 +221,7 @@ __global__ void __launch_bounds__(kMmThreads) spdp_mm_kernel(const SpdpMmParams 
   const uint32_t thr2 = splat_threshold<T>(p.thr);
 
 #pragma unroll
-  for (int s = 0; s < NSTK - 1; ++s) {
+  for (int s = 0; s < NST - 1; ++s) {
     if (s < nc) {
       int o0, o1;
       bounds(ca + s, o0, o1);
@@ -241,12 +232,23 @@ __global__ void __launch_bounds__(kMmThreads) spdp_mm_kernel(const SpdpMmParams 
   int n0v = 0, n1v = 0;  // bounds of the next chunk to issue, loaded one iteration ahead
   if (NST - 1 < nc) bounds(ca + NST - 1, n0v, n1v);
 
-  // mask chunk i's x tile (in its stage `st`) and expand its packed values into the A^T tile `at`
-  auto prep = [&](unsigned char* st, unsigned short* at, int i) {
+  int ring = 0;  // i % NST, kept as a counter (NST = 3 is not a power of two)
+  for (int i = 0; i < nc; ++i) {
+    cp_async_wait<NST - 2>();
+    __syncthreads();  // chunk i has landed; every warp is done with chunk i - 1
+    const int qn = i + NST - 1;
+    const int ring_n = ring == 0 ? NST - 1 : ring - 1;  // qn % NST
+    if (qn < nc) issue(ring_n, ca + qn, n0v, n1v);
+    cp_async_commit();
+    if (qn + 1 < nc) bounds(ca + qn + 1, n0v, n1v);
+
+    unsigned char* st = smem + ring * C::STAGE;
+    ring = ring == NST - 1 ? 0 : ring + 1;
     const uint32_t sva = static_cast<uint32_t>(__cvta_generic_to_shared(st));
     const uint32_t* bm = reinterpret_cast<const uint32_t*>(st + C::V_BYTES);
     const int* offs = reinterpret_cast<const int*>(st + C::V_BYTES + C::B_BYTES);
     unsigned short* xt = reinterpret_cast<unsigned short*>(st + C::V_BYTES + C::B_BYTES + C::O_BYTES);
+
     // 1. mask the x tile
 #pragma unroll
     for (int k = 0; k < (C::NXP + kMmThreads - 1) / kMmThreads; ++k) {
@@ -261,13 +263,13 @@ __global__ void __launch_bounds__(kMmThreads) spdp_mm_kernel(const SpdpMmParams 
       *q = u;
     }
     // 2. expand the packed values into A^T
-    const int abase = FIX ? 0 : offs[0] & ~7;  // the value index the run was copied from (FX: offsets not staged)
+    const int abase = FX ? 0 : offs[0] & ~7;  // the value index the run was copied from (FX: offsets not staged)
 #pragma unroll
     for (int u = 0; u < C::UNITS; ++u) {
       const int c = u * (kMmThreads / UC) + tid / UC;
       uint32_t m;
       int idx;
-      if constexpr (FIX) {
+      if constexpr (FX) {
         m = bm[c * W + wsel];
         idx = c * (R / 2) + (r0 >> 1);
       } else if constexpr (W == 1) {
@@ -283,11 +285,11 @@ __global__ void __launch_bounds__(kMmThreads) spdp_mm_kernel(const SpdpMmParams 
         idx = offs[c] - abase + (wsel > 0 ? __popc(b4.x) : 0) + (wsel > 1 ? __popc(b4.y) : 0) +
               (wsel > 2 ? __popc(b4.z) : 0);
       }
-      if constexpr (!FIX) idx += __popc(m & below);
+      if constexpr (!FX) idx += __popc(m & below);
       const uint32_t bits = (m >> sh) & static_cast<uint32_t>((1ull << G) - 1ull);
       uint32_t out[G / 2];
-      const bool bal = FIX || (p.bal != 2 && nibble_counts(bits) == bal_counts && (idx & 3) == 0);
-      if (!FIX && p.bal == 1 && !bal && (ca + i) * KC + c < p.K) __trap();  // (columns past K are zero-filled)
+      const bool bal = FX || (p.bal != 2 && nibble_counts(bits) == bal_counts && (idx & 3) == 0);
+      if (!FX && p.bal == 1 && !bal && (ca + i) * KC + c < p.K) __trap();  // (columns past K are zero-filled)
       if (bal) {
         uint32_t w[G / 4] = {};  // each group's pair (a unit with no bits reads nothing)
         if (bits) {
@@ -318,10 +320,7 @@ __global__ void __launch_bounds__(kMmThreads) spdp_mm_kernel(const SpdpMmParams 
       *reinterpret_cast<uint4*>(dst) = make_uint4(out[0], out[1], out[2], out[3]);
       if constexpr (G == 16) *reinterpret_cast<uint4*>(dst + 8) = make_uint4(out[4], out[5], out[6], out[7]);
     }
-  };
-
-  // consume chunk i's A^T tile `at`: write it out (TN = 0), or multiply it with the chunk's x tile `xt`
-  auto use = [&](const unsigned short* at, const unsigned short* xt, int i) {
+    __syncthreads();
     if constexpr (TN == 0) {  // 3'. decode: rows 2 rp, 2 rp + 1, columns 8 cq .. 8 cq + 7 of the chunk
       // a warp: 16 row pairs x 2 adjacent pieces, so every store instruction writes whole 32-byte sectors
       // (32 row pairs x 1 piece wrote half sectors: 1.6x the time at R = 64, 2x at 128)
@@ -364,48 +363,6 @@ __global__ void __launch_bounds__(kMmThreads) spdp_mm_kernel(const SpdpMmParams 
         }
       }
     }
-  };
-
-  if constexpr (DB) {
-    // FX == 2: two A^T tiles. Iteration i expands chunk i + 1 while the warps multiply chunk i, behind one block
-    // barrier per chunk; the ring holds chunk i (its x tile), chunk i + 1 (being expanded) and NSTK - 2 in flight.
-    if (nc > 0) {
-      cp_async_wait<NSTK - 2>();
-      __syncthreads();  // chunk 0 has landed
-      prep(smem, at0, 0);
-    }
-    for (int i = 0; i < nc; ++i) {
-      cp_async_wait<NSTK - 3>();
-      __syncthreads();  // chunk i + 1 has landed, chunk i is expanded, every warp is done with chunk i - 1
-      const int qn = i + NSTK - 1;
-      if (qn < nc) {
-        int o0, o1;
-        bounds(ca + qn, o0, o1);
-        issue(qn % NSTK, ca + qn, o0, o1);  // into chunk i - 1's slot
-      }
-      cp_async_commit();
-      if (i + 1 < nc) prep(smem + ((i + 1) % NSTK) * C::STAGE, at0 + ((i + 1) & 1) * C::A_HALVES, i + 1);
-      const unsigned char* st = smem + (i % NSTK) * C::STAGE;
-      use(at0 + (i & 1) * C::A_HALVES, reinterpret_cast<const unsigned short*>(st + C::V_BYTES + C::B_BYTES + C::O_BYTES), i);
-    }
-  } else {
-    int ring = 0;  // i % NST, kept as a counter (NST = 3 is not a power of two)
-    for (int i = 0; i < nc; ++i) {
-      cp_async_wait<NST - 2>();
-      __syncthreads();  // chunk i has landed; every warp is done with chunk i - 1
-      const int qn = i + NST - 1;
-      const int ring_n = ring == 0 ? NST - 1 : ring - 1;  // qn % NST
-      if (qn < nc) issue(ring_n, ca + qn, n0v, n1v);
-      cp_async_commit();
-      if (qn + 1 < nc) bounds(ca + qn + 1, n0v, n1v);
-
-      unsigned char* st = smem + ring * C::STAGE;
-      ring = ring == NST - 1 ? 0 : ring + 1;
-      unsigned short* xt = reinterpret_cast<unsigned short*>(st + C::V_BYTES + C::B_BYTES + C::O_BYTES);
-      prep(st, at0, i);
-      __syncthreads();
-      use(at0, xt, i);
-    }
   }
   cp_async_wait<0>();
   if constexpr (TN > 0) {  // (decoded: nothing to reduce)
@@ -437,12 +394,11 @@ __global__ void __launch_bounds__(kMmThreads) spdp_mm_kernel(const SpdpMmParams 
 }
 
 // Opts in to the kernel's shared memory (once per device), then returns its resident blocks per SM.
-template <typename T, int R, int TN, int G, int FX = 0>
+template <typename T, int R, int TN, int G, bool FX = false>
 inline cudaError_t spdp_mm_prepare(int device, int* blocks_per_sm) {
-  constexpr size_t smem = MmCfg<R, TN, G>::template smem<FX>();
-  const cudaError_t e = allow_smem_cached<spdp_mm_kernel<T, R, TN, G, FX>>(device, smem);
+  const cudaError_t e = allow_smem_cached<spdp_mm_kernel<T, R, TN, G, FX>>(device, MmCfg<R, TN, G>::SMEM);
   if (e != cudaSuccess) return e;
-  *blocks_per_sm = blocks_per_sm_cached<spdp_mm_kernel<T, R, TN, G, FX>>(device, kMmThreads, smem);
+  *blocks_per_sm = blocks_per_sm_cached<spdp_mm_kernel<T, R, TN, G, FX>>(device, kMmThreads, MmCfg<R, TN, G>::SMEM);
   return cudaSuccess;
 }
 
@@ -462,12 +418,11 @@ inline cudaError_t spdp_mm_decode(SpdpMmParams p, int sms, cudaStream_t stream, 
 }
 
 // Launches with grid (tiles, S, token chunks); p.S must be set and spdp_mm_prepare called.
-template <typename T, int R, int TN, int G, int FX = 0>
+template <typename T, int R, int TN, int G, bool FX = false>
 inline cudaError_t spdp_mm_launch(const SpdpMmParams& p, cudaStream_t stream, bool pdl) {
   const dim3 grid(static_cast<unsigned>((p.N + R - 1) / R), static_cast<unsigned>(p.S),
                   static_cast<unsigned>((p.T + TN - 1) / TN));
-  return launch_sliced(spdp_mm_kernel<T, R, TN, G, FX>, p, grid, kMmThreads, MmCfg<R, TN, G>::template smem<FX>(), p.S,
-                       stream, pdl);
+  return launch_sliced(spdp_mm_kernel<T, R, TN, G, FX>, p, grid, kMmThreads, MmCfg<R, TN, G>::SMEM, p.S, stream, pdl);
 }
 
 }  // namespace sk

@@ -672,7 +672,7 @@ SPDP_MM_FIX_SHAPES = [(4, 520, 256), (9, 136, 384), (32, 4096, 512), (64, 1000, 
 @pytest.mark.parametrize("tokens,k,n", SPDP_MM_FIX_SHAPES)
 def test_spdp_mm_fixed_layout_equals_the_checked_path(ops, ref, tune, dtype, tile_rows, tokens, k, n):
     """From 4 tokens a weight declared in the fixed layout runs the tensor-core kernel's FX variant (chunk
-    bounds without offsets, no per-unit pattern test), with one A^T tile or two (spdp_mm_db): every token-chunk size, K not a multiple of the column
+    bounds without offsets, no per-unit pattern test): every token-chunk size, K not a multiple of the column
     chunk, channel splits 0/1/3, thresholds t and 0, a NaN input. It matches the reference and equals the
     undeclared weight's result (the checked path expands the same tile) bit for bit; spdp_mm_rows=8 and
     spdp_bal=2 keep the checked path."""
@@ -681,18 +681,16 @@ def test_spdp_mm_fixed_layout_equals_the_checked_path(ops, ref, tune, dtype, til
     plain = {key: v for key, v in packed.items() if key != "fixed"}
     x, thr = _x((tokens, k), dtype, seed + 1, 0.5)
     x[0, 0] = float("nan")
-    for db in (0, 1):  # one A^T tile, or two (chunk i + 1 expanded while chunk i is multiplied)
-        tune("spdp_mm_db", db)
-        for split in (0, 1, 3):
-            tune("split", split)
-            for t in (thr, 0.0):
-                _poison((tokens, n), dtype=dtype)
-                got = ops.spdp_matvec(x, packed, t, backend="cuda")
-                assert _ran_fix() == 2 and torch.ops.sparsekit_cuda.tune("last_spdp_mm", -1) == 1
-                _check(got, ref.spdp_matvec(x, packed, t), dtype)
-                _poison((tokens, n), dtype=dtype)
-                assert torch.equal(ops.spdp_matvec(x, plain, t, backend="cuda"), got)
-                assert _ran_fix() == 0
+    for split in (0, 1, 3):
+        tune("split", split)
+        for t in (thr, 0.0):
+            _poison((tokens, n), dtype=dtype)
+            got = ops.spdp_matvec(x, packed, t, backend="cuda")
+            assert _ran_fix() == 2 and torch.ops.sparsekit_cuda.tune("last_spdp_mm", -1) == 1
+            _check(got, ref.spdp_matvec(x, packed, t), dtype)
+            _poison((tokens, n), dtype=dtype)
+            assert torch.equal(ops.spdp_matvec(x, plain, t, backend="cuda"), got)
+            assert _ran_fix() == 0
     tune("split", 0)
     for knob, value in (("spdp_mm_rows", 8), ("spdp_bal", 2)):
         prev = torch.ops.sparsekit_cuda.tune(knob, value)
@@ -1080,12 +1078,9 @@ def test_sanitizer_smoke(ops, ref, tune, tokens):
         xfs, fidx, fnnz = ops.select(xf, thr, backend="cuda")
         _check(ops.spdp_matvec_sel(xfs, fidx, fnnz, sf, backend="cuda"), ref.spdp_matvec_sel(xfs, fidx, fnnz, sf), dtype)
         assert _ran_fix() == 1
-        if tokens > 1:  # six tokens: the tensor-core kernel's fixed-layout variant, one A^T tile or two
-            for db in (0, 1):
-                tune("spdp_mm_db", db)
-                _check(ops.spdp_matvec(x, sf, thr, backend="cuda"), ref.spdp_matvec(x, sf, thr), dtype)
-                assert _ran_fix() == 2
-            tune("spdp_mm_db", 0)
+        if tokens > 1:  # six tokens: the tensor-core kernel's fixed-layout variant
+            _check(ops.spdp_matvec(x, sf, thr, backend="cuda"), ref.spdp_matvec(x, sf, thr), dtype)
+            assert _ran_fix() == 2
         for mm in (0, 2):  # decode: the tensor-core kernel's pipeline (K % 8 == 0), then the one-pass kernel
             tune("spdp_mm", mm)
             assert torch.equal(ops.spdp_decode(sp, backend="cuda"), ref.spdp_decode(sp))
