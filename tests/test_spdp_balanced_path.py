@@ -185,62 +185,6 @@ def test_fixed_layout_addresses_every_value_from_tile_and_column(tile_rows, n, k
     assert np.array_equal(rebuilt, dense)
 
 
-def _pair_selectors(n: int) -> tuple[int, int]:
-    """spdp_mm.cuh pair_selectors: prmt selectors placing a 4-row group's two values at its set bits."""
-    s, seen = [0, 0], 0
-    for r in range(4):
-        if (n >> r) & 1:
-            code = 0x32 if seen else 0x10
-            seen += 1
-        else:
-            code = 0x44
-        s[r >> 1] |= code << (8 * (r & 1))
-    return s[0], s[1]
-
-
-def _prmt_zero(a: int, sel: int) -> int:
-    """prmt.b32 d, a, 0, sel: byte i of d is byte (sel >> 4i) & 7 of the pool (a's 4 bytes, then 4 zeros)."""
-    pool = a.to_bytes(4, "little") + bytes(4)
-    return int.from_bytes(bytes(pool[(sel >> (4 * i)) & 7] for i in range(4)), "little")
-
-
-@pytest.mark.parametrize("tile_rows", (32, 64, 128))
-@pytest.mark.parametrize("n,k", ((256, 37), (128, 200), (384, 64)))
-def test_fixed_layout_tensor_core_units_rebuild_the_weight(tile_rows, n, k):
-    """The tensor-core kernel's fixed-layout variant (spdp_mm.cuh, FX) reads no offsets either: chunk q of
-    tile t (KC = 4096 / R columns) is the run from value (t * K + q * KC) * R / 2 (a multiple of 8, so the
-    16-byte copy starts exactly there); the unit of 16 rows r0.. of its column c takes the 8 values at
-    c * R / 2 + r0 / 2 of the run as two 8-byte words and the 16 bits of bitmap word
-    (t * K + q * KC + c) * R / 32 + r0 / 32 from bit r0 % 32, and each 4-row group places its pair with two
-    byte permutes. Emulated here on real encodings (K not a multiple of KC: a partial last chunk), that
-    rebuilds the weight bit for bit."""
-    g = torch.Generator().manual_seed(tile_rows * 11 + n + k)
-    w = _prune_24_out(torch.randn(n, k, generator=g).half(), g)
-    packed = spdp.encode(w, tile_rows)
-    assert spdp.fixed_layout(packed)
-    vals = packed["values"].view(torch.int16).numpy().astype(np.uint16)
-    words = packed["bitmap"].numpy().reshape(-1).view(np.uint32)
-    dense = w.view(torch.int16).numpy().astype(np.uint16)
-    rebuilt = np.full_like(dense, 0xFFFF)
-    kc, nw, half = 4096 // tile_rows, tile_rows // 32, tile_rows // 2
-    for t in range(n // tile_rows):
-        for q in range(-(-k // kc)):
-            base = (t * k + q * kc) * half
-            assert base % 8 == 0
-            run = vals[base:]
-            for c in range(min(kc, k - q * kc)):
-                for r0 in range(0, tile_rows, 16):
-                    idx = c * half + r0 // 2
-                    bits = (int(words[(t * k + q * kc + c) * nw + r0 // 32]) >> (r0 % 32)) & 0xFFFF
-                    for grp in range(4):
-                        pair = int(run[idx + 2 * grp]) | (int(run[idx + 2 * grp + 1]) << 16)
-                        sx, sy = _pair_selectors((bits >> (4 * grp)) & 0xF)
-                        lo, hi = _prmt_zero(pair, sx), _prmt_zero(pair, sy)
-                        row = t * tile_rows + r0 + 4 * grp
-                        rebuilt[row: row + 4, q * kc + c] = [lo & 0xFFFF, lo >> 16, hi & 0xFFFF, hi >> 16]
-    assert np.array_equal(rebuilt, dense)
-
-
 @pytest.mark.parametrize("tile_rows", (32, 64, 128))
 def test_fixed_layout_is_only_claimed_where_it_holds(tile_rows):
     """Whole tiles of 2:4-over-rows weights are in the layout; a partial last tile, unstructured weights,

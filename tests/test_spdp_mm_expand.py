@@ -12,6 +12,9 @@ inside the tile's rows and 0 above, and its value index is a multiple of 4) take
 group k's two values are the 32-bit word at idx + 2k, and its 4 rows are the two words
 ``prmt(word, 0, sel)`` with the selectors ``pair_selectors(its 4 bits)``.
 
+For a weight declared in the fixed balanced layout (FX) the kernel computes the chunk bounds and a unit's
+first value from (tile, chunk, column, rows) instead, and takes the balanced expansion for every unit.
+
 In decode mode (TN = 0, spdp_decode) step 3 stores the A^T tile as rows of the dense weight: each thread two
 rows x 8 columns, read as 4-byte pairs and split with ``__byte_perm``; ``_decode_store`` emulates it.
 """
@@ -187,6 +190,44 @@ def test_pair_selectors_place_the_pair():
         assert got == want, n
         assert all((sel >> (4 * i)) & 0xF <= 4 for sel in (sx, sy) for i in range(4))  # no sign-replicate mode
     assert _pair_selectors(0) == (0x4444, 0x4444)  # a unit past the tile's rows writes zeros
+
+
+@pytest.mark.parametrize("tile_rows", (32, 64, 128))
+@pytest.mark.parametrize("n,k", ((256, 37), (128, 200), (384, 64)))
+def test_fixed_layout_tensor_core_units_rebuild_the_weight(tile_rows, n, k):
+    """The tensor-core kernel's fixed-layout variant (spdp_mm.cuh, FX) reads no offsets either: chunk q of
+    tile t (KC = 4096 / R columns) is the run from value (t * K + q * KC) * R / 2 (a multiple of 8, so the
+    16-byte copy starts exactly there); the unit of 16 rows r0.. of its column c takes the 8 values at
+    c * R / 2 + r0 / 2 of the run as two 8-byte words and the 16 bits of bitmap word
+    (t * K + q * KC + c) * R / 32 + r0 / 32 from bit r0 % 32, and each 4-row group places its pair with two
+    byte permutes. Emulated here on real encodings (K not a multiple of KC: a partial last chunk), that
+    rebuilds the weight bit for bit."""
+    gen = torch.Generator().manual_seed(tile_rows * 11 + n + k)
+    w = torch.randn((n, k), generator=gen).half()
+    w[nm_out_mask(torch.rand((n, k), generator=gen), 2, 4)] = 0.0
+    packed = spdp.encode(w, tile_rows)
+    assert spdp.fixed_layout(packed)
+    vals = packed["values"].view(torch.int16).numpy().astype(np.uint16)
+    words = packed["bitmap"].numpy().reshape(-1).view(np.uint32)
+    dense = w.view(torch.int16).numpy().astype(np.uint16)
+    rebuilt = np.full_like(dense, 0xFFFF)
+    kc, nw, half = 4096 // tile_rows, tile_rows // 32, tile_rows // 2
+    for t in range(n // tile_rows):
+        for q in range(-(-k // kc)):
+            base = (t * k + q * kc) * half
+            assert base % 8 == 0
+            run = vals[base:]
+            for c in range(min(kc, k - q * kc)):
+                for r0 in range(0, tile_rows, 16):
+                    idx = c * half + r0 // 2
+                    bits = (int(words[(t * k + q * kc + c) * nw + r0 // 32]) >> (r0 % 32)) & 0xFFFF
+                    for grp in range(4):
+                        pair = int(run[idx + 2 * grp]) | (int(run[idx + 2 * grp + 1]) << 16)
+                        sx, sy = _pair_selectors((bits >> (4 * grp)) & 0xF)
+                        lo, hi = _prmt_zero(pair, sx), _prmt_zero(pair, sy)
+                        row = t * tile_rows + r0 + 4 * grp
+                        rebuilt[row: row + 4, q * kc + c] = [lo & 0xFFFF, lo >> 16, hi & 0xFFFF, hi >> 16]
+    assert np.array_equal(rebuilt, dense)
 
 
 def _byte_perm(a: int, b: int, sel: int) -> int:
