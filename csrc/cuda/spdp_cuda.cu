@@ -157,8 +157,8 @@ at::Tensor spdp_run(const at::Tensor& x, const at::Tensor* idx, const at::Tensor
     q.bal = tuning().spdp_bal;
     // the fixed layout's variant (no offsets read, no per-unit pattern test): whole tiles, every value there;
     // spdp_bal=2 or spdp_mm_rows=8 keep the checked path
-    const bool fx = fixed && N % R == 0 && vc.numel() >= NT * K * (R / 2) && tuning().spdp_bal != 2 &&
-                    tuning().spdp_mm_rows != 8;
+    const bool fx = fixed && N % R == 0 && vc.numel() >= NT * K * (R / 2) && NT * K * (R / 2) < (int64_t(1) << 31) &&
+                    tuning().spdp_bal != 2 && tuning().spdp_mm_rows != 8;
     tuning().last_spdp_fix = fx ? 2 : 0;
     if (x.scalar_type() == at::kHalf) mm_rows<__half>(q, static_cast<int>(R), fx, device, stream);
     else mm_rows<__nv_bfloat16>(q, static_cast<int>(R), fx, device, stream);

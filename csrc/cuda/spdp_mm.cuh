@@ -142,7 +142,7 @@ __global__ void __launch_bounds__(kMmThreads) spdp_mm_kernel(const SpdpMmParams 
   // o0 from the previous chunk's o1 made the compiler move a just-loaded value within the iteration,
   // a wait on global memory every chunk (ncu: long-scoreboard stalls 0.5 -> 2.0 per instruction)
   auto bounds = [&](int q, int& o0, int& o1) {
-    if constexpr (FX) {  // (tile * K + j) * R / 2 < 2^31: values are indexed by int32 offsets
+    if constexpr (FX) {  // (tile * K + j) * R / 2 < 2^31: the host checks NT * K * R / 2 < 2^31
       o0 = static_cast<int>((tbase + q * KC) * (R / 2));
       o1 = static_cast<int>((tbase + min(p.K, (q + 1) * KC)) * (R / 2));
       return;
