@@ -194,10 +194,10 @@ def _spdp_args(x: torch.Tensor, packed: dict):
     return packed["values"], packed["bitmap"], packed["offsets"], n, tile_rows
 
 
-def _cuda_tile_rows(packed: dict, tile_rows: int) -> int:
-    """The ``tile_rows`` argument of the CUDA spdp ops: negative when ``packed["fixed"]`` (set by
-    ``SparseLinear.packed`` from ``spdp.fixed_layout``) declares the fixed balanced layout, whose
-    one-token kernel finds every value without reading offsets."""
+def _op_tile_rows(packed: dict, tile_rows: int) -> int:
+    """The ``tile_rows`` argument of the compiled spdp ops: negative when ``packed["fixed"]`` (set by
+    ``SparseLinear.packed`` from ``spdp.fixed_layout``) declares the fixed balanced layout, whose CUDA
+    kernels find every value without reading offsets (the CPU kernel takes ``|tile_rows|``)."""
     return -tile_rows if packed.get("fixed", False) else tile_rows
 
 
@@ -210,7 +210,7 @@ def spdp_matvec(x: torch.Tensor, packed: dict, threshold: float, *, backend: str
     if b == "triton":
         return _triton().spdp_matvec(x, values, bitmap, offsets, n, tile_rows, float(threshold))
     _check_cuda_args(b, x, values, "the packed values")
-    return torch.ops.sparsekit.spdp_matvec(x, values, bitmap, offsets, n, _cuda_tile_rows(packed, tile_rows),
+    return torch.ops.sparsekit.spdp_matvec(x, values, bitmap, offsets, n, _op_tile_rows(packed, tile_rows),
                                            float(threshold))
 
 
@@ -244,7 +244,7 @@ def spdp_matvec_rel(x: torch.Tensor, packed: dict, threshold: float, *, backend:
         return reference.spdp_matvec_rel(x, packed, threshold)
     if b == "cuda":
         _check_cuda_args(b, x, values, "the packed values")
-        return torch.ops.sparsekit.spdp_matvec_rel(x, values, bitmap, offsets, n, _cuda_tile_rows(packed, tile_rows),
+        return torch.ops.sparsekit.spdp_matvec_rel(x, values, bitmap, offsets, n, _op_tile_rows(packed, tile_rows),
                                                    float(threshold))
     return spdp_matvec(reference.mask_relative(x, threshold), packed, 0.0, backend=b)
 
@@ -258,7 +258,7 @@ def spdp_matvec_glu(gu: torch.Tensor, packed: dict, threshold: float, *, backend
         return reference.spdp_matvec_glu(gu, packed, threshold)
     if b == "cuda":
         _check_cuda_args(b, gu, values, "the packed values")
-        return torch.ops.sparsekit.spdp_matvec_glu(gu, values, bitmap, offsets, n, _cuda_tile_rows(packed, tile_rows),
+        return torch.ops.sparsekit.spdp_matvec_glu(gu, values, bitmap, offsets, n, _op_tile_rows(packed, tile_rows),
                                                    float(threshold))
     return spdp_matvec(reference.silu_mul(gu), packed, threshold, backend=b)
 
@@ -273,7 +273,7 @@ def spdp_matvec_sel(xs, idx, nnz, packed: dict, *, backend: str | None = None) -
         return _triton().spdp_matvec_sel(xs, idx, nnz, values, bitmap, offsets, n, tile_rows)
     _check_cuda_args(b, xs, values, "the packed values")
     return torch.ops.sparsekit.spdp_matvec_sel(xs, idx, nnz, values, bitmap, offsets, n,
-                                               _cuda_tile_rows(packed, tile_rows))
+                                               _op_tile_rows(packed, tile_rows))
 
 
 def spdp_decode(packed: dict, *, backend: str | None = None) -> torch.Tensor:

@@ -340,7 +340,7 @@ at::Tensor spdp_matvec(const at::Tensor& x, const at::Tensor& values, const at::
   check_float(x, "x");
   const at::Tensor x2 = as_2d(x);
   // tile_rows < 0 declares the fixed balanced layout (ops.cpp); this kernel reads offsets either way
-  return spdp_run(x, prepare_threshold(x2, threshold), values, bitmap, offsets, n, tile_rows < 0 ? -tile_rows : tile_rows);
+  return spdp_run(x, prepare_threshold(x2, threshold), values, bitmap, offsets, n, std::abs(tile_rows));
 }
 
 at::Tensor spdp_matvec_sel(const at::Tensor& xs, const at::Tensor& idx, const at::Tensor& nnz,
@@ -348,7 +348,7 @@ at::Tensor spdp_matvec_sel(const at::Tensor& xs, const at::Tensor& idx, const at
                            int64_t tile_rows) {
   check_float(xs, "xs");
   const at::Tensor x2 = as_2d(xs);
-  return spdp_run(xs, prepare_sel(x2, idx, nnz), values, bitmap, offsets, n, tile_rows < 0 ? -tile_rows : tile_rows);
+  return spdp_run(xs, prepare_sel(x2, idx, nnz), values, bitmap, offsets, n, std::abs(tile_rows));
 }
 
 // The dense [n, k] weight of an spdp-packed one, bit for bit (values are copied as raw bytes).

@@ -138,6 +138,10 @@ at::Tensor spdp_run(const at::Tensor& x, const at::Tensor* idx, const at::Tensor
   auto stream = at::cuda::getCurrentCUDAStream();
   const int64_t nvals = readable_values(vc);
 
+  // a declared fixed layout the kernels may address without offsets: whole tiles, every value there, int32 value
+  // indices; tune("spdp_bal", 2) turns it off with the other balanced paths
+  const bool fixed_ok = fixed && N % R == 0 && vc.numel() >= NT * K * (R / 2) && NT * K * (R / 2) < (int64_t(1) << 31) &&
+                        tuning().spdp_bal != 2;
   const bool mm = idx == nullptr && !relative && !glu && use_mm(x.scalar_type(), T, K, vc);
   if (idx == nullptr) tuning().last_spdp_mm = mm ? 1 : 0;
   tuning().last_spdp_fix = 0;
@@ -155,21 +159,17 @@ at::Tensor spdp_run(const at::Tensor& x, const at::Tensor* idx, const at::Tensor
     q.K = static_cast<int>(K);
     q.thr = mask_threshold(threshold, x.scalar_type(), false);
     q.bal = tuning().spdp_bal;
-    // the fixed layout's variant (no offsets read, no per-unit pattern test): whole tiles, every value there;
-    // spdp_bal=2 or spdp_mm_rows=8 keep the checked path
-    const bool fx = fixed && N % R == 0 && vc.numel() >= NT * K * (R / 2) && NT * K * (R / 2) < (int64_t(1) << 31) &&
-                    tuning().spdp_bal != 2 && tuning().spdp_mm_rows != 8;
+    // the fixed layout's variant (no offsets read, no per-unit pattern test); spdp_mm_rows=8 keeps the checked path
+    const bool fx = fixed_ok && tuning().spdp_mm_rows != 8;
     tuning().last_spdp_fix = fx ? 2 : 0;
     if (x.scalar_type() == at::kHalf) mm_rows<__half>(q, static_cast<int>(R), fx, device, stream);
     else mm_rows<__nv_bfloat16>(q, static_cast<int>(R), fx, device, stream);
     return y;
   }
 
-  // the fixed layout: 16-bit values, whole tiles, every value there, 8-byte aligned; up to 4 tokens per launch
-  // (more run as the other paths do); tune("spdp_bal", 2) turns it off with the other balanced paths
-  const bool fix = fixed && vc.element_size() == 2 && N % R == 0 && vc.numel() >= NT * K * (R / 2) &&
-                   reinterpret_cast<uintptr_t>(vc.data_ptr()) % 8 == 0 && T <= 4 && tuning().spdp_bal != 2 &&
-                   NT * K * (R / 8) < (int64_t(1) << 31);
+  // the fixed-layout one-token kernel: 16-bit values 8-byte aligned, up to 4 tokens per launch (more run as the
+  // other paths do)
+  const bool fix = fixed_ok && vc.element_size() == 2 && reinterpret_cast<uintptr_t>(vc.data_ptr()) % 8 == 0 && T <= 4;
 
   sk::MatvecParams p{};
   p.x = xc.data_ptr();

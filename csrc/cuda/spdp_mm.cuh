@@ -272,20 +272,21 @@ __global__ void __launch_bounds__(kMmThreads) spdp_mm_kernel(const SpdpMmParams 
       if constexpr (FX) {
         m = bm[c * W + wsel];
         idx = c * (R / 2) + (r0 >> 1);
-      } else if constexpr (W == 1) {
-        idx = offs[c] - abase;
-        m = bm[c];
-      } else if constexpr (W == 2) {
-        const uint2 b2 = reinterpret_cast<const uint2*>(bm)[c];
-        m = wsel ? b2.y : b2.x;
-        idx = offs[c] - abase + (wsel ? __popc(b2.x) : 0);
       } else {
-        const uint4 b4 = reinterpret_cast<const uint4*>(bm)[c];
-        m = wsel == 0 ? b4.x : (wsel == 1 ? b4.y : (wsel == 2 ? b4.z : b4.w));
-        idx = offs[c] - abase + (wsel > 0 ? __popc(b4.x) : 0) + (wsel > 1 ? __popc(b4.y) : 0) +
-              (wsel > 2 ? __popc(b4.z) : 0);
+        idx = offs[c] - abase;
+        if constexpr (W == 1) {
+          m = bm[c];
+        } else if constexpr (W == 2) {
+          const uint2 b2 = reinterpret_cast<const uint2*>(bm)[c];
+          m = wsel ? b2.y : b2.x;
+          idx += wsel ? __popc(b2.x) : 0;
+        } else {
+          const uint4 b4 = reinterpret_cast<const uint4*>(bm)[c];
+          m = wsel == 0 ? b4.x : (wsel == 1 ? b4.y : (wsel == 2 ? b4.z : b4.w));
+          idx += (wsel > 0 ? __popc(b4.x) : 0) + (wsel > 1 ? __popc(b4.y) : 0) + (wsel > 2 ? __popc(b4.z) : 0);
+        }
+        idx += __popc(m & below);
       }
-      if constexpr (!FX) idx += __popc(m & below);
       const uint32_t bits = (m >> sh) & static_cast<uint32_t>((1ull << G) - 1ull);
       uint32_t out[G / 2];
       const bool bal = FX || (p.bal != 2 && nibble_counts(bits) == bal_counts && (idx & 3) == 0);
