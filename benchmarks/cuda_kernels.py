@@ -605,11 +605,12 @@ def balanced_sweep(tune, record, fix_splits: bool = False) -> None:
         torch.cuda.empty_cache()
 
 
-def fix_tokens_sweep(tune, record, tokens=(1, 2, 3, 4)) -> None:
+def fix_tokens_sweep(tune, record, tokens=(1, 2, 3, 4), splits=None) -> None:
     """A few tokens on a 2:4-out weight (fp16, R = 64, each token's own 50 % threshold, so the union of active
     channels grows): the fixed-layout kernel (its 4-token instantiation from 2 tokens; spdp_mm=2 keeps the
     tensor-core kernel off; up to 4 tokens) against the tensor-core kernel (the default from 4 tokens) on the
-    weight undeclared and declared in the fixed layout (its FX variant), and cuBLAS."""
+    weight undeclared and declared in the fixed layout (its FX variant), and cuBLAS. ``splits``: only the FX
+    variant (from 4 tokens) at each forced channel-slice count (0 = the automatic choice), and cuBLAS."""
     from sparsekit import ops
     from sparsekit.formats import spdp
     from sparsekit.kernels import reference
@@ -631,6 +632,8 @@ def fix_tokens_sweep(tune, record, tokens=(1, 2, 3, 4)) -> None:
             cases = ((("fixed", {"fixed": True}, {"spdp_mm": 2}),) if t <= 4 else ()) + (("tensor cores", {}, {}),) \
                 + ((("tensor cores fixed", {"fixed": True}, {}),) if t >= 4 else ()) \
                 + ((("checked path", {}, {"spdp_mm": 2}),) if t <= 4 else ())
+            if splits is not None:
+                cases = tuple((f"tensor cores fixed split={s}", {"fixed": True}, {"split": s}) for s in splits) if t >= 4 else ()
             for what, extra, knobs in cases:
                 with tuned(tune, knobs):
                     check(ops.spdp_matvec(x, packed | extra, 0.0), expect, f"{name} T={t} {what}")
@@ -654,6 +657,8 @@ def main() -> None:
     ap.add_argument("--fix-tokens", nargs="?", const="1,2,3,4", default=None,
                     help="only these token counts (default 1,2,3,4) on 2:4-out weights: the fixed-layout kernels "
                     "against tensor cores and cuBLAS")
+    ap.add_argument("--mm-splits", default=None,
+                    help="with --fix-tokens: only the tensor-core FX variant at these forced splits, e.g. 0,2,4,8")
     ap.add_argument("--fix-splits", action="store_true",
                     help="only the fixed-layout spdp kernel (2:4-out, fp16) at every forced channel-slice count")
     ap.add_argument("--l2pf", default=None, help="only teal at T=1 with these L2 prefetch depths, e.g. 0,32,64,128")
@@ -710,7 +715,8 @@ def main() -> None:
         print_table(gpu, bw, rows)
 
     if args.fix_tokens:
-        fix_tokens_sweep(tune, record, tuple(int(t) for t in args.fix_tokens.split(",")))
+        fix_tokens_sweep(tune, record, tuple(int(t) for t in args.fix_tokens.split(",")),
+                         tuple(int(v) for v in args.mm_splits.split(",")) if args.mm_splits else None)
         return finish("spdp 2:4-out, a few tokens: fixed-layout kernel, tensor cores, cuBLAS (fp16, R=64, s2=0.5 per token)")
     if args.fix_splits:
         balanced_sweep(tune, record, fix_splits=True)
