@@ -159,6 +159,22 @@ def ncu_launches() -> None:
     torch.cuda.synchronize()
 
 
+def ncu_mm_launches(tokens: int) -> None:
+    """The tensor-core kernel's FX variant (2:4-out weight in the fixed layout, fp16, R = 64) at `tokens` tokens
+    with each token's own 50 % threshold, two launches per fused-layer shape (for ncu -k regex:spdp_mm)."""
+    from sparsekit import ops
+    from sparsekit.formats import spdp
+
+    for n, k in FUSED_SHAPES.values():
+        packed = to_dev(spdp.encode(prune_24_out(rand_weight(n, k, 0.0, seed=300), seed=301), 64), torch.float16)
+        x = torch.randn((tokens, k), device="cuda").half()
+        thr_rows = torch.stack([row.float().abs().quantile(0.5) for row in x])
+        x = torch.where(x.float().abs() > thr_rows[:, None], x, torch.zeros_like(x))
+        for _ in range(2):
+            ops.spdp_matvec(x, packed | {"fixed": True}, 0.0)
+    torch.cuda.synchronize()
+
+
 def print_table(gpu: str, bw: float, rows: list[dict]) -> None:
     print(f"\n## {gpu}, copy {bw:.0f} GB/s", flush=True)
     print(f"{'shape':18s} {'dtype':9s} {'op':16s} {'config':34s} {'us':>8s} {'speedup':>8s} {'GB/s':>7s} {'%bw':>6s}")
@@ -667,7 +683,11 @@ def main() -> None:
     ap.add_argument("--trace-knobs", default="", help="with --trace: knob sets to trace, e.g. ';split=4;split=2'")
     ap.add_argument("--chain", default=None,
                     help="only a fused layer's four teal launches back to back, per knob set, e.g. ';pdl=1;pdl=1,l2pf=64'")
+    ap.add_argument("--ncu-mm", type=int, default=None, metavar="T",
+                    help="only launch the tensor-core FX variant at T tokens on the fused shapes, twice each (for ncu)")
     args = ap.parse_args()
+    if args.ncu_mm:
+        return ncu_mm_launches(args.ncu_mm)
     if args.fused:
         SHAPES.clear()
         SHAPES.update(FUSED_SHAPES)
