@@ -50,7 +50,8 @@ def _pair_selectors(n: int) -> tuple[int, int]:
 
 
 def _prmt_zero(a: int, sel: int) -> int:
-    """PTX prmt.b32 d, a, 0, sel (selector nibbles 0-4: bytes of a, then zero bytes)."""
+    """PTX prmt.b32 d, a, 0, sel (selector nibbles 0-4: bytes of a, then zero bytes; only the low 16 bits of
+    sel, the four control nibbles, are read)."""
     src = a.to_bytes(4, "little") + bytes(4)
     return int.from_bytes(bytes(src[(sel >> (4 * i)) & 7] for i in range(4)), "little")
 
@@ -198,10 +199,11 @@ def test_fixed_layout_tensor_core_units_rebuild_the_weight(tile_rows, n, k):
     """The tensor-core kernel's fixed-layout variant (spdp_mm.cuh, FX) reads no offsets either: chunk q of
     tile t (KC = 4096 / R columns) is the run from value (t * K + q * KC) * R / 2 (a multiple of 8, so the
     16-byte copy starts exactly there); the unit of 16 rows r0.. of its column c takes the 8 values at
-    c * R / 2 + r0 / 2 of the run as two 8-byte words and the 16 bits of bitmap word
+    c * R / 2 + r0 / 2 of the run as one 16-byte word (aligned: c * R + r0 bytes) and the 16 bits of bitmap word
     (t * K + q * KC + c) * R / 32 + r0 / 32 from bit r0 % 32, and each 4-row group places its pair with two
-    byte permutes. Emulated here on real encodings (K not a multiple of KC: a partial last chunk), that
-    rebuilds the weight bit for bit."""
+    byte permutes whose selectors are the two halves of one 32-bit table entry (prmt reads the low 16 bits).
+    Emulated here on real encodings (K not a multiple of KC: a partial last chunk), that rebuilds the weight
+    bit for bit."""
     gen = torch.Generator().manual_seed(tile_rows * 11 + n + k)
     w = torch.randn((n, k), generator=gen).half()
     w[nm_out_mask(torch.rand((n, k), generator=gen), 2, 4)] = 0.0
@@ -220,11 +222,13 @@ def test_fixed_layout_tensor_core_units_rebuild_the_weight(tile_rows, n, k):
             for c in range(min(kc, k - q * kc)):
                 for r0 in range(0, tile_rows, 16):
                     idx = c * half + r0 // 2
+                    assert (2 * (base + idx)) % 16 == 0  # one aligned 16-byte shared-memory load
                     bits = (int(words[(t * k + q * kc + c) * nw + r0 // 32]) >> (r0 % 32)) & 0xFFFF
                     for grp in range(4):
                         pair = int(run[idx + 2 * grp]) | (int(run[idx + 2 * grp + 1]) << 16)
                         sx, sy = _pair_selectors((bits >> (4 * grp)) & 0xF)
-                        lo, hi = _prmt_zero(pair, sx), _prmt_zero(pair, sy)
+                        sel = sx | (sy << 16)  # the kernel's sel_tab entry
+                        lo, hi = _prmt_zero(pair, sel), _prmt_zero(pair, sel >> 16)
                         row = t * tile_rows + r0 + 4 * grp
                         rebuilt[row: row + 4, q * kc + c] = [lo & 0xFFFF, lo >> 16, hi & 0xFFFF, hi >> 16]
     assert np.array_equal(rebuilt, dense)

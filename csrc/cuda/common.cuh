@@ -248,6 +248,44 @@ inline cudaError_t allow_smem_cached(int device, size_t smem) {
   return cudaSuccess;
 }
 
+// Clusters of S blocks of `Kernel` (`threads` threads, `smem` dynamic bytes) that can be resident at once, cached
+// per device and S; -1 when the runtime cannot say (S == 1, or the query failed). A cluster must fit in one GPC,
+// so this can be fewer than blocks per SM * SMs / S. Call after the kernel's shared-memory opt-in.
+template <auto Kernel>
+inline int max_clusters_cached(int device, int S, int threads, size_t smem) {
+  static int cache[64][9] = {};
+  if (device < 0 || device >= 64 || S < 2 || S > 8) return -1;
+  if (cache[device][S] == 0) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(1, static_cast<unsigned>(S), 1);
+    cfg.blockDim = dim3(static_cast<unsigned>(threads), 1, 1);
+    cfg.dynamicSmemBytes = smem;
+    cudaLaunchAttribute attr[2];
+    cfg.numAttrs = launch_attrs(attr, S, false);
+    cfg.attrs = attr;
+    int n = 0;
+    if (cudaOccupancyMaxActiveClusters(&n, Kernel, &cfg) != cudaSuccess || n < 1) {
+      (void)cudaGetLastError();  // clear the sticky-free error of a failed query
+      n = -1;
+    }
+    cache[device][S] = n;
+  }
+  return cache[device][S];
+}
+// The largest split <= S whose `groups` clusters (one per output tile and token chunk) are all resident in the
+// first wave: a split that fills the SMs by block count can still leave a second wave of a few clusters, which
+// nearly doubles the launch (H200, teal 4096->12288: 96 tiles, S = 4 took 24.0 us, S = 3 17.4 us; H100, the
+// tensor-core spdp kernel at 32 tokens, 64 tiles: 62 resident clusters of 8, S = 8 took 22.4 us, S = 5 20.0 us).
+template <auto Kernel>
+inline int fit_clusters(int device, int S, int groups, int threads, size_t smem) {
+  while (S > 1) {
+    const int mc = max_clusters_cached<Kernel>(device, S, threads, smem);
+    if (mc < 0 || mc >= groups) break;
+    --S;
+  }
+  return S;
+}
+
 // Launches kernel(p) on `grid` (grid.y = S channel slices) with `threads` threads and `smem` bytes of
 // dynamic shared memory, as a (1, S, 1) cluster when S > 1, with programmatic stream serialization when `pdl`.
 template <class Kernel, class Params>

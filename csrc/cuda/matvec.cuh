@@ -883,30 +883,11 @@ inline int matvec_blocks_per_sm(int device) {
   return cache[device];
 }
 
-// Clusters of S blocks of this instantiation that can be resident at once (cached per device and S);
-// -1 when the runtime cannot say (S == 1, or the query failed). A cluster must fit in one GPC, so
-// this can be fewer than blocks_per_sm * SMs / S.
+// Clusters of S blocks of this instantiation that can be resident at once (max_clusters_cached).
 template <typename T, int TC, int R, int V = 0>
 inline int matvec_max_clusters(int device, int S) {
-  static int cache[64][9] = {};
-  if (device < 0 || device >= 64 || S < 2 || S > 8) return -1;
-  if (cache[device][S] == 0) {
-    using C = MvCfg<T, TC, R, V>;
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(1, static_cast<unsigned>(S), 1);
-    cfg.blockDim = dim3(C::NTHREADS, 1, 1);
-    cfg.dynamicSmemBytes = C::SMEM;
-    cudaLaunchAttribute attr[2];
-    cfg.numAttrs = launch_attrs(attr, S, false);
-    cfg.attrs = attr;
-    int n = 0;
-    if (cudaOccupancyMaxActiveClusters(&n, matvec_kernel<T, TC, R, V>, &cfg) != cudaSuccess || n < 1) {
-      (void)cudaGetLastError();  // clear the sticky-free error of a failed query
-      n = -1;
-    }
-    cache[device][S] = n;
-  }
-  return cache[device][S];
+  using C = MvCfg<T, TC, R, V>;
+  return max_clusters_cached<matvec_kernel<T, TC, R, V>>(device, S, C::NTHREADS, C::SMEM);
 }
 
 template <typename T, int TC, int R, int V = 0>

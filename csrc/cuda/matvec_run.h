@@ -56,15 +56,9 @@ void matvec_dispatch_tc(sk::MatvecParams& p, int tiles, int device, cudaStream_t
   C10_CUDA_CHECK(prep);
   const int bps = sk::matvec_blocks_per_sm<T, TC, R, V>(device);
   p.S = choose_split(device, tiles * tchunks, bps, std::max(1, p.K / min_per_slice));
-  if (tuning().split == 0) {
-    // Every tile's cluster must be resident in the first wave: a cluster of S blocks needs S free
-    // slots in one GPC, so a split that fills the SMs by block count can still leave a second wave
-    // of a few clusters (H200, teal 4096->12288: 96 tiles, S = 4 took 24.0 us, S = 3 17.4 us).
-    while (p.S > 1) {
-      const int mc = sk::matvec_max_clusters<T, TC, R, V>(device, p.S);
-      if (mc < 0 || mc >= tiles * tchunks) break;
-      --p.S;
-    }
+  if (tuning().split == 0) {  // every tile's cluster resident in the first wave (sk::fit_clusters)
+    using C = sk::MvCfg<T, TC, R, V>;
+    p.S = sk::fit_clusters<sk::matvec_kernel<T, TC, R, V>>(device, p.S, tiles * tchunks, C::NTHREADS, C::SMEM);
     tuning().last_split = p.S;
   }
   p.pipe = sk::MvCfg<T, TC, R, V>::PIPE ? 1 : 0;

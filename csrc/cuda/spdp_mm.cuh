@@ -7,16 +7,20 @@
 // tile holds 4096 values. cp.async copies each chunk into an NST-deep shared-memory ring: the
 // chunk's packed values (one contiguous run in the format, copied from the 16-byte boundary below
 // its first value), its bitmap words, its column offsets and the x tile [TN][KC]. Then, per chunk:
-//  1. every thread masks 16-byte pieces of the x tile in place (|x| > t, compared in x's dtype);
-//  2. the threads expand the packed values into a dense shared tile A^T [KC][R] (column-major):
+//  1. the threads expand the packed values into a dense shared tile A^T [KC][R] (column-major):
 //     a unit is G (8 or 16) consecutive rows of one column: its bitmap bits, the popcount below
 //     them, G predicated 2-byte shared loads and 16-byte stores. A balanced unit (exactly 2 bits in
 //     each 4-row group, the 2:4-over-rows pattern, and its first value 8-byte aligned) instead loads
 //     its G / 2 values with 8-byte loads and places each group's pair with two byte permutes whose
 //     selectors come from a 16-entry table indexed by the group's 4 bits (knob spdp_bal: 0 per
 //     unit, 1 required: a unit inside the rows without it traps, 2 never);
-//  3. the warps multiply: A fragments by ldmatrix.trans from A^T, B fragments from the x tile by
-//     ldmatrix, mma.m16n8k16 with fp32 accumulation.
+//  2. the warps multiply: A fragments by ldmatrix.trans from A^T, B fragments from the x tile by
+//     ldmatrix, masked in registers (|x| > t, compared in x's dtype), mma.m16n8k16 with fp32
+//     accumulation. Up to 32 tokens a warp owns two m16 strips, so the x tile is read by R / 32 warps
+//     per k-step instead of R / 16.
+// The kernel is bound by shared-memory wavefronts at 32 tokens (ncu on the H100: L1/TEX 85 % busy, short-
+// scoreboard stalls first), so each step reads shared memory as few times as it can: no separate masking
+// pass over the x tile, one 4-byte selector load per group, the FX variant's values as one 16-byte load.
 // The S slices of a tile add their partial sums through distributed shared memory (a (1, S, 1)
 // cluster, cluster_reduce_store), in a fixed order: results are bitwise deterministic.
 // FX = true: a weight declared in the fixed balanced layout (spdp.fixed_layout; the host checks N % R == 0
@@ -25,7 +29,7 @@
 // a unit's first value is at c * R / 2 + r0 / 2 of its chunk's run, and every unit is balanced (no pattern
 // or alignment test). It expands the same A^T tile, so its results equal the checked path's bit for bit.
 // TN = 0 instantiates spdp_decode instead (the prefill path above 64 tokens): the same copies and
-// expansion, then step 3 writes the chunk's dense tile to y = W [N, K] (16-byte stores, two rows per
+// expansion, then step 2 writes the chunk's dense tile to y = W [N, K] (16-byte stores, two rows per
 // thread read from A^T as 4-byte pairs), no x tile, no mma, no reduction (slices own their columns).
 // No torch headers: compile with `nvcc -arch=sm_90 -Xptxas -v -c` to read the resource report.
 #pragma once
@@ -66,13 +70,15 @@ struct MmCfg {
   static constexpr int A_BYTES = KC * ALD * 2;
   static constexpr int PART = TN * R * 4;  // 0 when decoding
   static constexpr size_t SMEM = (NST * STAGE + A_BYTES > PART) ? NST * STAGE + A_BYTES : PART;
-  // the output tile is MT x NT8 mma tiles: warp w owns m16 strip w % MT and every n8 tile (B
-  // fragments are shared by no other warp's A); WK = NW / MT warps split a strip's k-steps
-  static constexpr int MT = R / 16, NT8 = TN / 8, WK = NW / MT;
+  // the output tile is MT x NT8 mma tiles: warp w owns the MS m16 strips of group w % MG and every n8 tile;
+  // WK = NW / MG warps split a group's k-steps. Two strips per warp (up to 32 tokens) halve the B fragments
+  // read from shared memory (each group reads the x tile once); at 64 tokens one strip keeps the accumulators
+  // in registers
+  static constexpr int MT = R / 16, NT8 = TN / 8, MS = (TN > 0 && TN <= 32) ? 2 : 1, MG = MT / MS, WK = NW / MG;
   static constexpr int UC = R / G;                     // expansion units per column
   static constexpr int UNITS = KC * UC / kMmThreads;  // per thread per chunk
   static_assert(STAGE % 16 == 0 && A_BYTES % 16 == 0, "16-byte aligned stages");
-  static_assert(MT <= NW && KS % WK == 0, "warp tiling");
+  static_assert(MT % MS == 0 && MG <= NW && KS % WK == 0, "warp tiling");
   static_assert(G == 8 || G == 16, "G rows per unit");
   static_assert(kMmThreads % UC == 0 && UNITS >= 1, "units");
   static constexpr int NXP = TN * KC / 8;  // 16-byte pieces of the x tile
@@ -120,13 +126,18 @@ __device__ __forceinline__ uint32_t splat_threshold(float t) {
 }
 
 template <typename T, int R, int TN, int G, bool FX = false>
-__global__ void __launch_bounds__(kMmThreads) spdp_mm_kernel(const SpdpMmParams p) {
+__global__ void __launch_bounds__(kMmThreads, 4) spdp_mm_kernel(const SpdpMmParams p) {
   using C = MmCfg<R, TN, G>;
   constexpr int KC = C::KC, W = C::W, NST = C::NST, UC = C::UC;
   extern __shared__ __align__(16) unsigned char smem[];
-  __shared__ uint2 sel_tab[16];  // pair_selectors of every nibble (read after the loop's first barrier)
+  // pair_selectors of every nibble, .x in the low half (prmt reads the low 16 bits), .y in the high half: one
+  // 4-byte load per group (read after the loop's first barrier)
+  __shared__ uint32_t sel_tab[16];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  if (tid < 16) sel_tab[tid] = pair_selectors(tid);
+  if (tid < 16) {
+    const uint2 ps = pair_selectors(tid);
+    sel_tab[tid] = ps.x | (ps.y << 16);
+  }
   grid_dependency_wait();
   const int tile = blockIdx.x, split = blockIdx.y, t0 = blockIdx.z * TN;
   const int nck = (p.K + KC - 1) / KC;
@@ -204,11 +215,13 @@ __global__ void __launch_bounds__(kMmThreads) spdp_mm_kernel(const SpdpMmParams 
     }
   };
 
-  float acc[C::NT8 > 0 ? C::NT8 : 1][4];
+  float acc[C::MS][C::NT8 > 0 ? C::NT8 : 1][4];
 #pragma unroll
-  for (int o = 0; o < C::NT8; ++o)
+  for (int m = 0; m < C::MS; ++m)
 #pragma unroll
-    for (int i = 0; i < 4; ++i) acc[o][i] = 0.f;
+    for (int o = 0; o < C::NT8; ++o)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[m][o][i] = 0.f;
 
   // this thread's expansion unit: rows r0 .. r0 + G - 1 of its columns
   const int r0 = (tid % UC) * G, wsel = r0 >> 5, sh = r0 & 31;
@@ -216,8 +229,8 @@ __global__ void __launch_bounds__(kMmThreads) spdp_mm_kernel(const SpdpMmParams 
   // a balanced unit's nibble counts: 2 per whole 4-row group inside the tile's rows, 0 above
   const int ng = min(G / 4, max(0, (p.N - tile * R - r0) >> 2));
   const uint32_t bal_counts = 0x22222222u & static_cast<uint32_t>((1ull << (4 * ng)) - 1ull);
-  // this warp's mma tiles
-  const int mt = warp % C::MT, kq = warp / C::MT;
+  // this warp's mma tiles: strips mg * MS .. mg * MS + MS - 1, k-steps kq, kq + WK, ...
+  const int mg = warp % C::MG, kq = warp / C::MG;
   const uint32_t thr2 = splat_threshold<T>(p.thr);
 
 #pragma unroll
@@ -247,22 +260,9 @@ __global__ void __launch_bounds__(kMmThreads) spdp_mm_kernel(const SpdpMmParams 
     const uint32_t sva = static_cast<uint32_t>(__cvta_generic_to_shared(st));
     const uint32_t* bm = reinterpret_cast<const uint32_t*>(st + C::V_BYTES);
     const int* offs = reinterpret_cast<const int*>(st + C::V_BYTES + C::B_BYTES);
-    unsigned short* xt = reinterpret_cast<unsigned short*>(st + C::V_BYTES + C::B_BYTES + C::O_BYTES);
+    const unsigned short* xt = reinterpret_cast<const unsigned short*>(st + C::V_BYTES + C::B_BYTES + C::O_BYTES);
 
-    // 1. mask the x tile
-#pragma unroll
-    for (int k = 0; k < (C::NXP + kMmThreads - 1) / kMmThreads; ++k) {
-      const int v = k * kMmThreads + tid;
-      if (C::NXP % kMmThreads != 0 && v >= C::NXP) break;
-      uint4* q = reinterpret_cast<uint4*>(xt + (v / (KC / 8)) * C::XLD + (v % (KC / 8)) * 8);
-      uint4 u = *q;
-      u.x = mask_pair<T>(u.x, thr2);
-      u.y = mask_pair<T>(u.y, thr2);
-      u.z = mask_pair<T>(u.z, thr2);
-      u.w = mask_pair<T>(u.w, thr2);
-      *q = u;
-    }
-    // 2. expand the packed values into A^T
+    // 1. expand the packed values into A^T
     const int abase = FX ? 0 : offs[0] & ~7;  // the value index the run was copied from (FX: offsets not staged)
 #pragma unroll
     for (int u = 0; u < C::UNITS; ++u) {
@@ -294,18 +294,27 @@ __global__ void __launch_bounds__(kMmThreads) spdp_mm_kernel(const SpdpMmParams 
       if (bal) {
         uint32_t w[G / 4] = {};  // each group's pair (a unit with no bits reads nothing)
         if (bits) {
+          if constexpr (FX) {  // 8 values at c * R + r0 bytes: 16-byte aligned (one shared-memory wavefront per 8 lanes)
+            static_assert(!FX || G == 16, "the FX variant expands 16 rows per unit");
+            const uint4 q = *reinterpret_cast<const uint4*>(st + 2 * idx);
+            w[0] = q.x;
+            w[1] = q.y;
+            w[2] = q.z;
+            w[3] = q.w;
+          } else {
 #pragma unroll
-          for (int k = 0; k < G / 4; k += 2) {
-            const uint2 q = *reinterpret_cast<const uint2*>(st + 2 * (idx + 2 * k));
-            w[k] = q.x;
-            w[k + 1] = q.y;
+            for (int k = 0; k < G / 4; k += 2) {
+              const uint2 q = *reinterpret_cast<const uint2*>(st + 2 * (idx + 2 * k));
+              w[k] = q.x;
+              w[k + 1] = q.y;
+            }
           }
         }
 #pragma unroll
         for (int k = 0; k < G / 4; ++k) {
-          const uint2 sel = sel_tab[(bits >> (4 * k)) & 15u];
-          out[2 * k] = prmt_zero(w[k], sel.x);
-          out[2 * k + 1] = prmt_zero(w[k], sel.y);
+          const uint32_t sel = sel_tab[(bits >> (4 * k)) & 15u];
+          out[2 * k] = prmt_zero(w[k], sel);
+          out[2 * k + 1] = prmt_zero(w[k], sel >> 16);
         }
       } else {
         uint32_t a = sva + 2u * static_cast<uint32_t>(idx), v[G];
@@ -322,7 +331,7 @@ __global__ void __launch_bounds__(kMmThreads) spdp_mm_kernel(const SpdpMmParams 
       if constexpr (G == 16) *reinterpret_cast<uint4*>(dst + 8) = make_uint4(out[4], out[5], out[6], out[7]);
     }
     __syncthreads();
-    if constexpr (TN == 0) {  // 3'. decode: rows 2 rp, 2 rp + 1, columns 8 cq .. 8 cq + 7 of the chunk
+    if constexpr (TN == 0) {  // 2'. decode: rows 2 rp, 2 rp + 1, columns 8 cq .. 8 cq + 7 of the chunk
       // a warp: 16 row pairs x 2 adjacent pieces, so every store instruction writes whole 32-byte sectors
       // (32 row pairs x 1 piece wrote half sectors: 1.6x the time at R = 64, 2x at 128)
       constexpr int RG = R / 32;  // warps along the rows
@@ -340,26 +349,36 @@ __global__ void __launch_bounds__(kMmThreads) spdp_mm_kernel(const SpdpMmParams 
           *reinterpret_cast<uint4*>(y + p.K) = make_uint4(__byte_perm(w[0], w[1], 0x7632), __byte_perm(w[2], w[3], 0x7632),
                                                           __byte_perm(w[4], w[5], 0x7632), __byte_perm(w[6], w[7], 0x7632));
       }
-    } else {  // 3. multiply
+    } else {  // 2. multiply; x is masked (|x| > t, in x's dtype) in the B fragments
 #pragma unroll
       for (int s = 0; s < C::KS / C::WK; ++s) {
         const int ks = kq + s * C::WK;
-        uint32_t af[4];
+        uint32_t af[C::MS][4];
         const int qm = lane >> 3, r8 = lane & 7;
-        ldmatrix_x4_trans(af, at + (ks * 16 + (qm >> 1) * 8 + r8) * C::ALD + mt * 16 + (qm & 1) * 8);
+#pragma unroll
+        for (int m = 0; m < C::MS; ++m)
+          ldmatrix_x4_trans(af[m], at + (ks * 16 + (qm >> 1) * 8 + r8) * C::ALD + (mg * C::MS + m) * 16 + (qm & 1) * 8);
         if constexpr (C::NT8 == 1) {
           uint32_t r[2];
           const int rr = lane & 15;
           ldmatrix_x2(r, xt + (rr & 7) * C::XLD + ks * 16 + (rr >> 3) * 8);
-          mma16816<T>(acc[0], af, r[0], r[1]);
+          r[0] = mask_pair<T>(r[0], thr2);
+          r[1] = mask_pair<T>(r[1], thr2);
+#pragma unroll
+          for (int m = 0; m < C::MS; ++m) mma16816<T>(acc[m][0], af[m], r[0], r[1]);
         } else {
 #pragma unroll
           for (int o = 0; o < C::NT8; o += 2) {
             uint32_t r[4];
             const int tok = (o + (lane >> 4)) * 8 + (lane & 7);
             ldmatrix_x4(r, xt + tok * C::XLD + ks * 16 + ((lane >> 3) & 1) * 8);
-            mma16816<T>(acc[o], af, r[0], r[1]);
-            mma16816<T>(acc[o + 1], af, r[2], r[3]);
+#pragma unroll
+            for (int e = 0; e < 4; ++e) r[e] = mask_pair<T>(r[e], thr2);
+#pragma unroll
+            for (int m = 0; m < C::MS; ++m) {
+              mma16816<T>(acc[m][o], af[m], r[0], r[1]);
+              mma16816<T>(acc[m][o + 1], af[m], r[2], r[3]);
+            }
           }
         }
       }
@@ -374,14 +393,16 @@ __global__ void __launch_bounds__(kMmThreads) spdp_mm_kernel(const SpdpMmParams 
     for (int h = 0; h < C::WK; ++h) {  // the k-split warps of a group add in a fixed order
       if (kq == h) {
 #pragma unroll
-        for (int o = 0; o < C::NT8; ++o)
+        for (int m = 0; m < C::MS; ++m)
 #pragma unroll
-          for (int hh = 0; hh < 2; ++hh)
+          for (int o = 0; o < C::NT8; ++o)
 #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              float* dst = part + (o * 8 + 2 * tq + j) * R + mt * 16 + gq + 8 * hh;
-              *dst = h == 0 ? acc[o][2 * hh + j] : *dst + acc[o][2 * hh + j];
-            }
+            for (int hh = 0; hh < 2; ++hh)
+#pragma unroll
+              for (int j = 0; j < 2; ++j) {
+                float* dst = part + (o * 8 + 2 * tq + j) * R + (mg * C::MS + m) * 16 + gq + 8 * hh;
+                *dst = h == 0 ? acc[m][o][2 * hh + j] : *dst + acc[m][o][2 * hh + j];
+              }
       }
       __syncthreads();
     }
