@@ -621,12 +621,13 @@ def balanced_sweep(tune, record, fix_splits: bool = False) -> None:
         torch.cuda.empty_cache()
 
 
-def fix_tokens_sweep(tune, record, tokens=(1, 2, 3, 4), splits=None) -> None:
+def fix_tokens_sweep(tune, record, tokens=(1, 2, 3, 4), splits=None, knob_sets=None) -> None:
     """A few tokens on a 2:4-out weight (fp16, R = 64, each token's own 50 % threshold, so the union of active
     channels grows): the fixed-layout kernel (its 4-token instantiation from 2 tokens; spdp_mm=2 keeps the
     tensor-core kernel off; up to 4 tokens) against the tensor-core kernel (the default from 4 tokens) on the
     weight undeclared and declared in the fixed layout (its FX variant), and cuBLAS. ``splits``: only the FX
-    variant (from 4 tokens) at each forced channel-slice count (0 = the automatic choice), and cuBLAS."""
+    variant (from 4 tokens) at each forced channel-slice count (0 = the automatic choice), and cuBLAS; ``knob_sets``:
+    only the FX variant under each set of knobs."""
     from sparsekit import ops
     from sparsekit.formats import spdp
     from sparsekit.kernels import reference
@@ -650,6 +651,9 @@ def fix_tokens_sweep(tune, record, tokens=(1, 2, 3, 4), splits=None) -> None:
                 + ((("checked path", {}, {"spdp_mm": 2}),) if t <= 4 else ())
             if splits is not None:
                 cases = tuple((f"tensor cores fixed split={s}", {"fixed": True}, {"split": s}) for s in splits) if t >= 4 else ()
+            if knob_sets is not None:
+                cases = tuple((f"tensor cores fixed {','.join(f'{a}={b}' for a, b in ks.items()) or 'default'}",
+                               {"fixed": True}, ks) for ks in knob_sets) if t >= 4 else ()
             for what, extra, knobs in cases:
                 with tuned(tune, knobs):
                     check(ops.spdp_matvec(x, packed | extra, 0.0), expect, f"{name} T={t} {what}")
@@ -675,6 +679,8 @@ def main() -> None:
                     "against tensor cores and cuBLAS")
     ap.add_argument("--mm-splits", default=None,
                     help="with --fix-tokens: only the tensor-core FX variant at these forced splits, e.g. 0,2,4,8")
+    ap.add_argument("--mm-knobs", default=None,
+                    help="with --fix-tokens: only the tensor-core FX variant under these knob sets, e.g. ';spdp_mm_strips=1'")
     ap.add_argument("--fix-splits", action="store_true",
                     help="only the fixed-layout spdp kernel (2:4-out, fp16) at every forced channel-slice count")
     ap.add_argument("--l2pf", default=None, help="only teal at T=1 with these L2 prefetch depths, e.g. 0,32,64,128")
@@ -736,7 +742,8 @@ def main() -> None:
 
     if args.fix_tokens:
         fix_tokens_sweep(tune, record, tuple(int(t) for t in args.fix_tokens.split(",")),
-                         tuple(int(v) for v in args.mm_splits.split(",")) if args.mm_splits else None)
+                         tuple(int(v) for v in args.mm_splits.split(",")) if args.mm_splits else None,
+                         parse_knob_sets(args.mm_knobs) if args.mm_knobs is not None else None)
         return finish("spdp 2:4-out, a few tokens: fixed-layout kernel, tensor cores, cuBLAS (fp16, R=64, s2=0.5 per token)")
     if args.fix_splits:
         balanced_sweep(tune, record, fix_splits=True)

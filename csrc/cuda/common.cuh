@@ -264,10 +264,14 @@ inline int max_clusters_cached(int device, int S, int threads, size_t smem) {
     cfg.numAttrs = launch_attrs(attr, S, false);
     cfg.attrs = attr;
     int n = 0;
+    // relaxed capture mode for this thread: a first query may come while a CUDA graph is being captured
+    cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
+    (void)cudaThreadExchangeStreamCaptureMode(&mode);
     if (cudaOccupancyMaxActiveClusters(&n, Kernel, &cfg) != cudaSuccess || n < 1) {
       (void)cudaGetLastError();  // clear the sticky-free error of a failed query
       n = -1;
     }
+    (void)cudaThreadExchangeStreamCaptureMode(&mode);
     cache[device][S] = n;
   }
   return cache[device][S];

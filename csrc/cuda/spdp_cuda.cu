@@ -28,27 +28,29 @@ void fix_dispatch(sk::MatvecParams& p, int tiles, int device, cudaStream_t strea
 }
 
 // ---- the tensor-core kernel (spdp_mm.cuh) ----------------------------------------------------
-template <typename T, int R, int TN, int G, bool FX = false>
+template <typename T, int R, int TN, int G, bool FX = false, int MSX = 0>
 void mm_go(sk::SpdpMmParams& p, int device, cudaStream_t stream) {
-  using C = sk::MmCfg<R, TN, G>;
+  using C = sk::MmCfg<R, TN, G, MSX>;
   int bps = 1;
-  C10_CUDA_CHECK((sk::spdp_mm_prepare<T, R, TN, G, FX>(device, &bps)));
+  C10_CUDA_CHECK((sk::spdp_mm_prepare<T, R, TN, G, FX, MSX>(device, &bps)));
   const int tiles = (p.N + R - 1) / R, tchunks = (p.T + TN - 1) / TN;
   p.S = choose_split(device, tiles * tchunks, bps, (p.K + C::KC - 1) / C::KC);
   if (tuning().split == 0) {  // every tile's cluster resident in the first wave
-    p.S = sk::fit_clusters<sk::spdp_mm_kernel<T, R, TN, G, FX>>(device, p.S, tiles * tchunks, sk::kMmThreads, C::SMEM);
+    p.S = sk::fit_clusters<sk::spdp_mm_kernel<T, R, TN, G, FX, MSX>>(device, p.S, tiles * tchunks, sk::kMmThreads,
+                                                                       C::SMEM);
     tuning().last_split = p.S;
   }
   const bool pdl = tuning().pdl != 0 && cc_major(device) >= 9;
   tuning().last_split = p.S;
-  C10_CUDA_CHECK((sk::spdp_mm_launch<T, R, TN, G, FX>(p, stream, pdl)));
+  C10_CUDA_CHECK((sk::spdp_mm_launch<T, R, TN, G, FX, MSX>(p, stream, pdl)));
 }
 
 // G, the rows one thread expands per unit: 16 by default, 8 with tune("spdp_mm_rows", 8); fx: the fixed
 // layout's variant (16 rows per unit only)
 template <typename T, int R, int TN>
 void mm_rows_per_unit(sk::SpdpMmParams& p, bool fx, int device, cudaStream_t stream) {
-  if (fx) mm_go<T, R, TN, 16, true>(p, device, stream);
+  if (fx && TN <= 32 && tuning().spdp_mm_strips == 1) mm_go<T, R, TN, 16, true, 1>(p, device, stream);
+  else if (fx) mm_go<T, R, TN, 16, true>(p, device, stream);
   else if (tuning().spdp_mm_rows == 8) mm_go<T, R, TN, 8>(p, device, stream);
   else mm_go<T, R, TN, 16>(p, device, stream);
 }

@@ -54,7 +54,7 @@ struct SpdpMmParams {
 
 constexpr int kMmThreads = 256;
 
-template <int R, int TN, int G>
+template <int R, int TN, int G, int MSX = 0>
 struct MmCfg {
   static constexpr int NW = kMmThreads / 32, NST = 3;
   static constexpr int KC = 4096 / R;  // columns per chunk
@@ -74,7 +74,7 @@ struct MmCfg {
   // WK = NW / MG warps split a group's k-steps. Two strips per warp (up to 32 tokens) halve the B fragments
   // read from shared memory (each group reads the x tile once); at 64 tokens one strip keeps the accumulators
   // in registers
-  static constexpr int MT = R / 16, NT8 = TN / 8, MS = (TN > 0 && TN <= 32) ? 2 : 1, MG = MT / MS, WK = NW / MG;
+  static constexpr int MT = R / 16, NT8 = TN / 8, MS = MSX > 0 ? MSX : ((TN > 0 && TN <= 32) ? 2 : 1), MG = MT / MS, WK = NW / MG;
   static constexpr int UC = R / G;                     // expansion units per column
   static constexpr int UNITS = KC * UC / kMmThreads;  // per thread per chunk
   static_assert(STAGE % 16 == 0 && A_BYTES % 16 == 0, "16-byte aligned stages");
@@ -125,9 +125,9 @@ __device__ __forceinline__ uint32_t splat_threshold(float t) {
   return b | (b << 16);
 }
 
-template <typename T, int R, int TN, int G, bool FX = false>
+template <typename T, int R, int TN, int G, bool FX = false, int MSX = 0>
 __global__ void __launch_bounds__(kMmThreads, 4) spdp_mm_kernel(const SpdpMmParams p) {
-  using C = MmCfg<R, TN, G>;
+  using C = MmCfg<R, TN, G, MSX>;
   constexpr int KC = C::KC, W = C::W, NST = C::NST, UC = C::UC;
   extern __shared__ __align__(16) unsigned char smem[];
   // pair_selectors of every nibble, .x in the low half (prmt reads the low 16 bits), .y in the high half: one
@@ -416,11 +416,12 @@ __global__ void __launch_bounds__(kMmThreads, 4) spdp_mm_kernel(const SpdpMmPara
 }
 
 // Opts in to the kernel's shared memory (once per device), then returns its resident blocks per SM.
-template <typename T, int R, int TN, int G, bool FX = false>
+template <typename T, int R, int TN, int G, bool FX = false, int MSX = 0>
 inline cudaError_t spdp_mm_prepare(int device, int* blocks_per_sm) {
-  const cudaError_t e = allow_smem_cached<spdp_mm_kernel<T, R, TN, G, FX>>(device, MmCfg<R, TN, G>::SMEM);
+  constexpr size_t smem = MmCfg<R, TN, G, MSX>::SMEM;
+  const cudaError_t e = allow_smem_cached<spdp_mm_kernel<T, R, TN, G, FX, MSX>>(device, smem);
   if (e != cudaSuccess) return e;
-  *blocks_per_sm = blocks_per_sm_cached<spdp_mm_kernel<T, R, TN, G, FX>>(device, kMmThreads, MmCfg<R, TN, G>::SMEM);
+  *blocks_per_sm = blocks_per_sm_cached<spdp_mm_kernel<T, R, TN, G, FX, MSX>>(device, kMmThreads, smem);
   return cudaSuccess;
 }
 
@@ -440,11 +441,12 @@ inline cudaError_t spdp_mm_decode(SpdpMmParams p, int sms, cudaStream_t stream, 
 }
 
 // Launches with grid (tiles, S, token chunks); p.S must be set and spdp_mm_prepare called.
-template <typename T, int R, int TN, int G, bool FX = false>
+template <typename T, int R, int TN, int G, bool FX = false, int MSX = 0>
 inline cudaError_t spdp_mm_launch(const SpdpMmParams& p, cudaStream_t stream, bool pdl) {
   const dim3 grid(static_cast<unsigned>((p.N + R - 1) / R), static_cast<unsigned>(p.S),
                   static_cast<unsigned>((p.T + TN - 1) / TN));
-  return launch_sliced(spdp_mm_kernel<T, R, TN, G, FX>, p, grid, kMmThreads, MmCfg<R, TN, G>::SMEM, p.S, stream, pdl);
+  return launch_sliced(spdp_mm_kernel<T, R, TN, G, FX, MSX>, p, grid, kMmThreads, MmCfg<R, TN, G, MSX>::SMEM, p.S,
+                       stream, pdl);
 }
 
 }  // namespace sk
