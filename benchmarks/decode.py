@@ -56,6 +56,8 @@ def _args(argv=None):
     ap.add_argument("--budget-s", type=float, default=540.0, help="start no configuration after this many seconds")
     ap.add_argument("--device", default="cuda", help="cuda (the targets), or cpu for a smoke test")
     ap.add_argument("--no-compile", action="store_true", help="time the decode step uncompiled (ablation)")
+    ap.add_argument("--no-autotune", action="store_true",
+                    help="compile without inductor's coordinate-descent tuning (bench's default on the GPU; ablation)")
     ap.add_argument("--eager-prefill", action="store_true", help="compile the decode step only, not the prefill (ablation)")
     ap.add_argument("--no-fuse", action="store_true", help="one launch per projection (ablation)")
     ap.add_argument("--no-glu", action="store_true",
@@ -90,7 +92,7 @@ def _append(path: Path, row: dict) -> None:
 KEEP = ("mean_ttft_ms", "median_ttft_ms", "p90_ttft_ms", "p99_ttft_ms", "mean_tpot_ms", "median_tpot_ms",
         "p90_tpot_ms", "p99_tpot_ms", "std_tpot_ms", "output_throughput", "decode_throughput", "bandwidth_gbs",
         "floor_tpot_ms", "pct_of_floor", "bytes_per_step", "weight_bytes_per_step", "mode", "decode_graph",
-        "prefill_graph", "notes", "tokens_identical_across_repeats", "compiled", "prefill_compiled", "fused_groups", "glu_fused")
+        "prefill_graph", "notes", "tokens_identical_across_repeats", "compiled", "prefill_compiled", "fused_groups", "glu_fused", "autotune")
 
 
 # ----------------------------------------------------------------------------------- the child
@@ -163,7 +165,7 @@ def child(a) -> int:
         return bench.Settings(model=a.model, input_tokens=a.input_tokens, max_new_tokens=a.max_new_tokens,
                               batch_size=b, warmup=a.warmup, repeat=a.repeat, mode=mode,
                               compile=False if a.no_compile else None, compile_prefill=not a.eager_prefill,
-                              fuse=not a.no_fuse)
+                              fuse=not a.no_fuse, autotune=False if a.no_autotune else None)
 
     def timed(name, b, s2=0.0, harness="owned"):
         def fn():
@@ -273,7 +275,7 @@ def table(rows: dict[str, dict], checks: list[dict]) -> str:
         tr = r.get("ttft_ratio_vs_dense")
         note = "EAGER decode: " + "; ".join(r.get("notes") or []) if r.get("mode") == "graph" and not r.get("decode_graph") \
             else ("eager (CPU)" if r.get("mode") == "eager" else
-                  ", ".join(x for x in ("compiled" if r.get("compiled") else "", "fused" if r.get("fused_groups") else "",
+                  ", ".join(x for x in ("compiled" if r.get("compiled") else "", "autotuned" if r.get("autotune") else "", "fused" if r.get("fused_groups") else "",
                                          "glu" if r.get("glu_fused") else "") if x))
         lines.append(f"{r['dtype']:9} {r['format']:8} {r['batch']:>3} {r['mean_ttft_ms']:8.2f} {r['mean_tpot_ms']:8.3f} "
                      f"{r['floor_tpot_ms']:7.3f} {r['pct_of_floor']:5.0f}% {r['bandwidth_gbs']:7.0f} "

@@ -48,6 +48,10 @@ class Settings:
     fuse: bool = True  # one launch for q/k/v and one for gate/up (owned harness)
     compile: bool | None = None  # torch.compile the decode step (and the prefill); None: on in graph mode
     compile_prefill: bool = True  # with compile: the prefill forward too (False: eager prefill, an ablation)
+    # inductor's coordinate-descent tuning of the kernels it generates, for every variant alike; None: on when
+    # compiling in graph mode. It is the honest dense baseline: on the H100 it takes dense fp16 TPOT from 5.85 to
+    # 5.30 ms (benchmarks/NOTES.md, seventeenth session), for about a minute more of compile per variant
+    autotune: bool | None = None
 
 
 def parse_baselines(value: str | None) -> tuple[str, ...]:
@@ -313,6 +317,11 @@ def compile_enabled(s: Settings, mode: str) -> bool:
     return s.compile if s.compile is not None else mode == "graph"
 
 
+def autotune_enabled(s: Settings, mode: str) -> bool:
+    """Coordinate-descent tuning of the compiled forwards' generated kernels (only where they are compiled)."""
+    return compile_enabled(s, mode) and (s.autotune if s.autotune is not None else mode == "graph")
+
+
 def time_owned_loop(model, prompt, s: Settings, mode: str, progress: Progress | None, label: str) -> tuple[list, dict]:
     """Warm up and time ``repeat`` runs of the owned decode loop; returns (timings, facts).
 
@@ -340,7 +349,8 @@ def _time_session(model, prompt, s: Settings, mode: str, progress: Progress | No
     with torch.inference_mode():
         sess = DecodeSession(model, batch_size=s.batch_size, prompt_len=s.input_tokens,
                              max_new_tokens=s.max_new_tokens, mode=mode, compile=compile_enabled(s, mode),
-                             compile_prefill=s.compile_prefill)
+                             compile_prefill=s.compile_prefill,
+                             inductor={"coordinate_descent_tuning": True} if autotune_enabled(s, mode) else None)
         sess.set_prompt(prompt)
         total = s.warmup + s.repeat
         runs, tokens = [], []
@@ -352,6 +362,7 @@ def _time_session(model, prompt, s: Settings, mode: str, progress: Progress | No
             if progress:
                 progress(label, i + 1, total)
         facts = {"mode": mode, "compiled": sess.compiled, "prefill_compiled": sess.prefill_compiled,
+                 "autotune": sess.compiled and autotune_enabled(s, mode),
                  "prefill_graph": sess.prefill_graph is not None,
                  "decode_graph": sess.decode_graph is not None, "notes": list(sess.notes),
                  "tokens_identical_across_repeats": all(torch.equal(tokens[0], t) for t in tokens),
@@ -495,6 +506,7 @@ def run(s: Settings, progress: Progress | None = None) -> dict:
         "timing_device": "cuda" if device.type == "cuda" else "cpu",
         "device_bandwidth_gbs": bw,
         "settings": {**asdict(s), "baselines": list(s.baselines), "mode": mode, "compile": compile_enabled(s, mode),
+                     "autotune": autotune_enabled(s, mode),
                      "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
                      "device": str(device), "kind": subject.kind, "prefill_activation_sparsity": False,
                      "structure": subject.structure,
@@ -557,7 +569,8 @@ def _step_kind(r: dict) -> str:
     """How the variant's decode step ran: compiled, graph-replayed, fused groups."""
     if r.get("mode", "").startswith("transformers"):
         return "transformers"
-    parts = ["compiled" if r.get("compiled") else "uncompiled", "graph" if r.get("decode_graph") else "eager"]
+    parts = [("compiled, autotuned" if r.get("autotune") else "compiled") if r.get("compiled") else "uncompiled",
+             "graph" if r.get("decode_graph") else "eager"]
     if r.get("fused_groups"):
         parts.append("fused")
     if r.get("glu_fused"):

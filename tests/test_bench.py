@@ -130,6 +130,46 @@ def test_densify_restores_the_dense_model():
         torch.testing.assert_close(model(input_ids=ids).logits, ref)
 
 
+def test_autotune_follows_compile_and_mode():
+    """Coordinate-descent tuning is on wherever the forwards are compiled in graph mode, unless turned off, and
+    never without compiling."""
+    from sparsekit.bench import Settings, autotune_enabled
+
+    assert autotune_enabled(Settings(), "graph") is True
+    assert autotune_enabled(Settings(autotune=False), "graph") is False
+    assert autotune_enabled(Settings(compile=False), "graph") is False
+    assert autotune_enabled(Settings(), "eager") is False  # eager mode compiles nothing by default
+    assert autotune_enabled(Settings(compile=True), "eager") is False
+    assert autotune_enabled(Settings(compile=True, autotune=True), "eager") is True
+
+
+def test_session_passes_inductor_settings_and_env_overrides_them(monkeypatch):
+    """The compiled forwards get the given inductor settings; SPARSEKIT_INDUCTOR (experiments) overrides them."""
+    import torch._inductor.config as cfg
+
+    from sparsekit.runtime import generate
+
+    seen = []
+
+    def fake_compile(fn, backend, dynamic):
+        def run():
+            seen.append({"coordinate_descent_tuning": cfg.coordinate_descent_tuning, "combo_kernels": cfg.combo_kernels})
+            return fn()
+        return run
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    model = tiny_model("llama", seed=2)
+    monkeypatch.setenv("SPARSEKIT_INDUCTOR", "combo_kernels=1")
+    generate.DecodeSession(model, batch_size=1, prompt_len=4, max_new_tokens=2, compile=True,
+                           inductor={"coordinate_descent_tuning": True})
+    assert seen and all(s == {"coordinate_descent_tuning": True, "combo_kernels": True} for s in seen)
+    seen.clear()
+    monkeypatch.setenv("SPARSEKIT_INDUCTOR", "coordinate_descent_tuning=0")
+    generate.DecodeSession(model, batch_size=1, prompt_len=4, max_new_tokens=2, compile=True,
+                           inductor={"coordinate_descent_tuning": True})
+    assert seen and all(s["coordinate_descent_tuning"] is False for s in seen)
+
+
 # ------------------------------------------------------------------------------------ command
 def test_bench_demo_on_cpu_writes_json(capsys, tmp_path):
     res, err = _cli_json(capsys, "--model", "demo", "--input-tokens", "8", "--max-new-tokens", "4", "--warmup", "1",
@@ -137,6 +177,7 @@ def test_bench_demo_on_cpu_writes_json(capsys, tmp_path):
     for key in VLLM_KEYS + ["bandwidth_gbs", "floor_tpot_ms", "device_bandwidth_gbs", "settings", "environment"]:
         assert key in res, key
     assert res["timing_device"] == "cpu" and res["settings"]["mode"] == "eager"
+    assert res["settings"]["autotune"] is False  # nothing compiled in eager mode: nothing to tune
     assert res["completed"] == 2 and res["total_output_tokens"] == 8
     assert res["tokens_identical_across_repeats"] is True
     assert len(res["per_iter"]) == 2 and len(res["per_iter"][0]["step_ms"]) == 3

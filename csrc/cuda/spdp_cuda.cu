@@ -49,8 +49,15 @@ void mm_go(sk::SpdpMmParams& p, int device, cudaStream_t stream) {
 // layout's variant (16 rows per unit only)
 template <typename T, int R, int TN>
 void mm_rows_per_unit(sk::SpdpMmParams& p, bool fx, int device, cudaStream_t stream) {
-  if (fx && TN <= 32 && tuning().spdp_mm_strips == 1) mm_go<T, R, TN, 16, true, 1>(p, device, stream);
-  else if (fx) mm_go<T, R, TN, 16, true>(p, device, stream);
+  if (fx) {
+    // tune("spdp_mm_strips", 1 or 2) up to 32 tokens: the warp tiling other than the automatic one
+    constexpr int ms = sk::MmCfg<R, TN, 16>::MS, other = ms == 1 ? 2 : 1;
+    const int want = tuning().spdp_mm_strips;
+    if constexpr (TN <= 32) {
+      if (want != 0 && want != ms) return mm_go<T, R, TN, 16, true, other>(p, device, stream);
+    }
+    mm_go<T, R, TN, 16, true>(p, device, stream);
+  }
   else if (tuning().spdp_mm_rows == 8) mm_go<T, R, TN, 8>(p, device, stream);
   else mm_go<T, R, TN, 16>(p, device, stream);
 }

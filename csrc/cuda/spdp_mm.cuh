@@ -16,7 +16,7 @@
 //     unit, 1 required: a unit inside the rows without it traps, 2 never);
 //  2. the warps multiply: A fragments by ldmatrix.trans from A^T, B fragments from the x tile by
 //     ldmatrix, masked in registers (|x| > t, compared in x's dtype), mma.m16n8k16 with fp32
-//     accumulation. Up to 32 tokens a warp owns two m16 strips, so the x tile is read by R / 32 warps
+//     accumulation. Up to 16 tokens a warp owns two m16 strips, so the x tile is read by R / 32 warps
 //     per k-step instead of R / 16.
 // The kernel is bound by shared-memory wavefronts at 32 tokens (ncu on the H100: L1/TEX 85 % busy, short-
 // scoreboard stalls first), so each step reads shared memory as few times as it can: no separate masking
@@ -71,10 +71,12 @@ struct MmCfg {
   static constexpr int PART = TN * R * 4;  // 0 when decoding
   static constexpr size_t SMEM = (NST * STAGE + A_BYTES > PART) ? NST * STAGE + A_BYTES : PART;
   // the output tile is MT x NT8 mma tiles: warp w owns the MS m16 strips of group w % MG and every n8 tile;
-  // WK = NW / MG warps split a group's k-steps. Two strips per warp (up to 32 tokens) halve the B fragments
-  // read from shared memory (each group reads the x tile once); at 64 tokens one strip keeps the accumulators
-  // in registers
-  static constexpr int MT = R / 16, NT8 = TN / 8, MS = MSX > 0 ? MSX : ((TN > 0 && TN <= 32) ? 2 : 1), MG = MT / MS, WK = NW / MG;
+  // WK = NW / MG warps split a group's k-steps. Two strips per warp (up to 16 tokens) halve the B fragments
+  // read from shared memory (each group reads the x tile once): 2-3 % faster than one strip at 8 and 16 tokens
+  // on the H100, 1-6 % slower at 32 (benchmarks/NOTES.md, seventeenth session); MSX > 0 forces MS
+  // (tune("spdp_mm_strips"), the FX variant)
+  static constexpr int MT = R / 16, NT8 = TN / 8, MS = MSX > 0 ? MSX : ((TN > 0 && TN <= 16) ? 2 : 1), MG = MT / MS,
+                       WK = NW / MG;
   static constexpr int UC = R / G;                     // expansion units per column
   static constexpr int UNITS = KC * UC / kMmThreads;  // per thread per chunk
   static_assert(STAGE % 16 == 0 && A_BYTES % 16 == 0, "16-byte aligned stages");
@@ -126,7 +128,8 @@ __device__ __forceinline__ uint32_t splat_threshold(float t) {
 }
 
 template <typename T, int R, int TN, int G, bool FX = false, int MSX = 0>
-__global__ void __launch_bounds__(kMmThreads, 4) spdp_mm_kernel(const SpdpMmParams p) {
+// (4 resident blocks: the shared memory of up to 32 tokens allows 4 per SM, so registers must too; 64 tokens: 3)
+__global__ void __launch_bounds__(kMmThreads, TN == 64 ? 3 : 4) spdp_mm_kernel(const SpdpMmParams p) {
   using C = MmCfg<R, TN, G, MSX>;
   constexpr int KC = C::KC, W = C::W, NST = C::NST, UC = C::UC;
   extern __shared__ __align__(16) unsigned char smem[];

@@ -26,6 +26,7 @@ def command(
     format: Annotated[str, typer.Option("--format", help="Synthetic models: weight format.")] = "dense",
     structure: Annotated[str, typer.Option("--structure", help="Synthetic models: structure of the random weight masks: unstructured, N:M (such as 2:4) or N:M-out (such as 2:4-out: N of every M output rows of each column); N:M sets --weight-sparsity to N/M. --format 2:4 always uses 2:4.")] = "unstructured",
     compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the prefill and the decode step (default: on in graph mode).")] = None,
+    autotune: Annotated[Optional[bool], typer.Option("--autotune/--no-autotune", help="Tune the compiled forwards' generated kernels by coordinate descent, for every variant alike (default: on in graph mode; about a minute more of compile per variant, and a faster dense baseline).")] = None,
     fuse: Annotated[bool, typer.Option("--fuse/--no-fuse", help="One launch for q/k/v and one for gate/up.")] = True,
     save_per_iter: Annotated[bool, typer.Option("--save-per-iter", help="Keep every repeat's timings in the JSON.")] = False,
     outdir: Annotated[Optional[Path], typer.Option(help="Write bench.json here.")] = None,
@@ -43,6 +44,7 @@ def command(
         mode=mode, weight_sparsity=weight_sparsity, activation_sparsity=activation_sparsity, format=format,
         structure=structure,
         save_per_iter=save_per_iter, device=device, dtype=dtype.value, seed=seed, fuse=fuse, compile=compile,
+        autotune=autotune,
     )
     b.check_outdir(outdir)
     with _progress_bar() as bar:

@@ -73,7 +73,7 @@ class DecodeSession:
 
     def __init__(self, model: nn.Module, *, batch_size: int, prompt_len: int, max_new_tokens: int,
                  mode: str = "eager", graph_prefill: bool = True, compile: bool = False,
-                 compile_backend: str = "inductor", compile_prefill: bool = True):
+                 compile_backend: str = "inductor", compile_prefill: bool = True, inductor: dict | None = None):
         from transformers import StaticCache
 
         if mode not in MODES:
@@ -104,7 +104,7 @@ class DecodeSession:
         self._decode_forward = self._decode_forward_eager
         self._prefill_forward = self._prefill_forward_eager
         if compile:
-            self._compile(compile_backend, compile_prefill)
+            self._compile(compile_backend, compile_prefill, inductor or {})
         if mode == "graph":
             self._capture()
 
@@ -143,13 +143,14 @@ class DecodeSession:
     def _decode_body(self) -> None:
         self._emit(self._decode_forward())
 
-    def _compile(self, backend: str, prefill: bool) -> None:
-        """Compile the decode (and prefill) forward and run each once (that is when compiling happens)."""
+    def _compile(self, backend: str, prefill: bool, inductor: dict) -> None:
+        """Compile the decode (and prefill) forward and run each once (that is when compiling happens).
+        ``inductor``: inductor settings (such as coordinate_descent_tuning); SPARSEKIT_INDUCTOR overrides them."""
         try:
-            options = inductor_options() if backend == "inductor" else {}
-        except ValueError as exc:  # a malformed experiment setting: compile with inductor's defaults
+            options = {**inductor, **inductor_options()} if backend == "inductor" else {}
+        except ValueError as exc:  # a malformed experiment setting: compile with the given settings
             self.notes.append(f"SPARSEKIT_INDUCTOR ignored ({exc})")
-            options = {}
+            options = dict(inductor) if backend == "inductor" else {}
 
         def attempt(fn, what: str):
             compiled = torch.compile(fn, backend=backend, dynamic=False)

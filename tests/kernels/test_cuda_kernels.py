@@ -698,12 +698,13 @@ def test_spdp_mm_fixed_layout_equals_the_checked_path(ops, ref, tune, dtype, til
         _check(ops.spdp_matvec(x, packed, thr, backend="cuda"), ref.spdp_matvec(x, packed, thr), dtype)
         assert _ran_fix() == 0 and torch.ops.sparsekit_cuda.tune("last_spdp_mm", -1) == 1
         torch.ops.sparsekit_cuda.tune(knob, prev)
-    # one m16 strip per warp (the knob's other warp tiling, up to 32 tokens): still the FX variant, still right
-    prev = torch.ops.sparsekit_cuda.tune("spdp_mm_strips", 1)
-    _poison((tokens, n), dtype=dtype)
-    _check(ops.spdp_matvec(x, packed, thr, backend="cuda"), ref.spdp_matvec(x, packed, thr), dtype)
-    assert _ran_fix() == 2
-    torch.ops.sparsekit_cuda.tune("spdp_mm_strips", prev)
+    # one or two m16 strips per warp (the knob picks the warp tiling up to 32 tokens): still the FX variant, right
+    for strips in (1, 2):
+        prev = torch.ops.sparsekit_cuda.tune("spdp_mm_strips", strips)
+        _poison((tokens, n), dtype=dtype)
+        _check(ops.spdp_matvec(x, packed, thr, backend="cuda"), ref.spdp_matvec(x, packed, thr), dtype)
+        assert _ran_fix() == 2
+        torch.ops.sparsekit_cuda.tune("spdp_mm_strips", prev)
     torch.cuda.synchronize()
 
 
