@@ -306,7 +306,8 @@ def parent(a) -> int:
                    "--model", a.model, "--batches", a.batches, "--formats", a.formats, "--input-tokens",
                    str(a.input_tokens), "--max-new-tokens", str(a.max_new_tokens), "--warmup", str(a.warmup),
                    "--repeat", str(a.repeat), "--out", str(out), "--device", a.device] + (["--hf"] if a.hf else []) \
-                + (["--no-compile"] if a.no_compile else []) + (["--no-fuse"] if a.no_fuse else []) \
+                + (["--no-compile"] if a.no_compile else []) + (["--no-autotune"] if a.no_autotune else []) \
+                + (["--no-fuse"] if a.no_fuse else []) \
                 + (["--eager-prefill"] if a.eager_prefill else []) + ["--threshold-rule", a.threshold_rule] \
                 + ["--tile-rows", str(a.tile_rows)] + (["--sdpa", a.sdpa] if a.sdpa else []) \
                 + (["--tune", a.tune] if a.tune else []) + (["--tune-variants", a.tune_variants] if a.tune_variants else [])
@@ -325,7 +326,7 @@ def parent(a) -> int:
     result = {"model": a.model, "input_tokens": a.input_tokens, "max_new_tokens": a.max_new_tokens,
               "warmup": a.warmup, "repeat": a.repeat, "formats": {f: FORMATS[f] for f in a.formats.split(",")},
               "targets": TARGETS, "tune": a.tune, "tune_variants": a.tune_variants,
-              "sdpa": a.sdpa, "inductor": a.inductor or os.environ.get("SPARSEKIT_INDUCTOR", ""), "glu": not a.no_glu, "rows": list(rows.values()), "checks": checks,
+              "sdpa": a.sdpa, "autotune": not a.no_autotune, "inductor": a.inductor or os.environ.get("SPARSEKIT_INDUCTOR", ""), "glu": not a.no_glu, "rows": list(rows.values()), "checks": checks,
               "environment": environment() if torch.cuda.is_available() else {}}
     tmp = out / ".decode.json.tmp"
     tmp.write_text(json.dumps(result, indent=2, default=str))
