@@ -50,7 +50,7 @@ class Settings:
     compile_prefill: bool = True  # with compile: the prefill forward too (False: eager prefill, an ablation)
     # inductor's coordinate-descent tuning of the kernels it generates, for every variant alike; None: on when
     # compiling in graph mode. It is the honest dense baseline: on the H100 it takes dense fp16 TPOT from 5.85 to
-    # 5.30 ms (benchmarks/NOTES.md, seventeenth session), for about a minute more of compile per variant
+    # 5.30-5.45 ms (benchmarks/NOTES.md, seventeenth session), for about a minute more of compile per variant
     autotune: bool | None = None
 
 

@@ -73,7 +73,7 @@ struct MmCfg {
   // the output tile is MT x NT8 mma tiles: warp w owns the MS m16 strips of group w % MG and every n8 tile;
   // WK = NW / MG warps split a group's k-steps. Two strips per warp (up to 16 tokens) halve the B fragments
   // read from shared memory (each group reads the x tile once): 2-3 % faster than one strip at 8 and 16 tokens
-  // on the H100, 1-6 % slower at 32 (benchmarks/NOTES.md, seventeenth session); MSX > 0 forces MS
+  // on the H100, 0-7 % slower at 32 (benchmarks/NOTES.md, seventeenth session); MSX > 0 forces MS
   // (tune("spdp_mm_strips"), the FX variant)
   static constexpr int MT = R / 16, NT8 = TN / 8, MS = MSX > 0 ? MSX : ((TN > 0 && TN <= 16) ? 2 : 1), MG = MT / MS,
                        WK = NW / MG;
@@ -127,8 +127,8 @@ __device__ __forceinline__ uint32_t splat_threshold(float t) {
   return b | (b << 16);
 }
 
+// Launch bounds: the shared memory of up to 32 tokens allows 4 resident blocks per SM, so registers must too (64: 3).
 template <typename T, int R, int TN, int G, bool FX = false, int MSX = 0>
-// (4 resident blocks: the shared memory of up to 32 tokens allows 4 per SM, so registers must too; 64 tokens: 3)
 __global__ void __launch_bounds__(kMmThreads, TN == 64 ? 3 : 4) spdp_mm_kernel(const SpdpMmParams p) {
   using C = MmCfg<R, TN, G, MSX>;
   constexpr int KC = C::KC, W = C::W, NST = C::NST, UC = C::UC;
