@@ -285,6 +285,20 @@ def table(rows: dict[str, dict], checks: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def child_command(a, dtype: str, deadline: float, skip: str, out: Path) -> list[str]:
+    """The child process's command line: every setting of the parent's that the child reads (SPARSEKIT_FUSE_GLU
+    and SPARSEKIT_INDUCTOR travel in its environment)."""
+    return [sys.executable, __file__, "--child", dtype, "--deadline", str(deadline), "--skip", skip,
+            "--model", a.model, "--batches", a.batches, "--formats", a.formats, "--input-tokens",
+            str(a.input_tokens), "--max-new-tokens", str(a.max_new_tokens), "--warmup", str(a.warmup),
+            "--repeat", str(a.repeat), "--out", str(out), "--device", a.device] + (["--hf"] if a.hf else []) \
+        + (["--no-compile"] if a.no_compile else []) + (["--no-autotune"] if a.no_autotune else []) \
+        + (["--no-fuse"] if a.no_fuse else []) \
+        + (["--eager-prefill"] if a.eager_prefill else []) + ["--threshold-rule", a.threshold_rule] \
+        + ["--tile-rows", str(a.tile_rows)] + (["--sdpa", a.sdpa] if a.sdpa else []) \
+        + (["--tune", a.tune] if a.tune else []) + (["--tune-variants", a.tune_variants] if a.tune_variants else [])
+
+
 def parent(a) -> int:
     unknown = set(filter(None, a.sdpa.split(","))) - set(SDPA_BACKENDS)
     if unknown:
@@ -302,15 +316,7 @@ def parent(a) -> int:
             if time.time() > deadline - min(60.0, 0.5 * a.budget_s):  # too little left to start a child
                 break
             skip = ",".join(k for k in done if k.startswith(dtype + "/"))
-            cmd = [sys.executable, __file__, "--child", dtype, "--deadline", str(deadline), "--skip", skip,
-                   "--model", a.model, "--batches", a.batches, "--formats", a.formats, "--input-tokens",
-                   str(a.input_tokens), "--max-new-tokens", str(a.max_new_tokens), "--warmup", str(a.warmup),
-                   "--repeat", str(a.repeat), "--out", str(out), "--device", a.device] + (["--hf"] if a.hf else []) \
-                + (["--no-compile"] if a.no_compile else []) + (["--no-autotune"] if a.no_autotune else []) \
-                + (["--no-fuse"] if a.no_fuse else []) \
-                + (["--eager-prefill"] if a.eager_prefill else []) + ["--threshold-rule", a.threshold_rule] \
-                + ["--tile-rows", str(a.tile_rows)] + (["--sdpa", a.sdpa] if a.sdpa else []) \
-                + (["--tune", a.tune] if a.tune else []) + (["--tune-variants", a.tune_variants] if a.tune_variants else [])
+            cmd = child_command(a, dtype, deadline, skip, out)
             env = {**os.environ, "PYTHONUNBUFFERED": "1", **({"SPARSEKIT_FUSE_GLU": "0"} if a.no_glu else {}),
                    **({"SPARSEKIT_INDUCTOR": a.inductor} if a.inductor else {})}
             rc = subprocess.run(cmd, env=env).returncode
