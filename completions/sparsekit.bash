@@ -29,7 +29,7 @@ _sparsekit() {
                 --dtype) COMPREPLY=($(compgen -W "auto float16 bfloat16 float32" -- "$cur")); return;;
                 --seed) return;;
             esac
-            COMPREPLY=($(compgen -W "--activation-sparsity --attn --baseline --batch-size --compile --device --dtype --format --fuse --input-tokens --json --max-new-tokens --mode --model --no-compile --no-fuse --outdir --repeat --save-per-iter --seed --structure --warmup --weight-sparsity -m" -- "$cur"));;
+            COMPREPLY=($(compgen -W "--activation-sparsity --attn --autotune --baseline --batch-size --compile --device --dtype --format --fuse --input-tokens --json --max-new-tokens --mode --model --no-autotune --no-compile --no-fuse --outdir --repeat --save-per-iter --seed --structure --warmup --weight-sparsity -m" -- "$cur"));;
         calibrate)
             case "$prev" in
                 --out) COMPREPLY=($(compgen -f -- "$cur")); return;;

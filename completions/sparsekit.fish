@@ -23,6 +23,7 @@ complete -c sparsekit -n '__fish_seen_subcommand_from bench' -l activation-spars
 complete -c sparsekit -n '__fish_seen_subcommand_from bench' -l format -r -d 'Synthetic models: weight format.'
 complete -c sparsekit -n '__fish_seen_subcommand_from bench' -l structure -r -d 'Synthetic models: structure of the random weight masks: unstructured, N:M (such as 2:4) or N:M-out (such as 2:4-out: N of every M output rows of each column); N:M sets --weight-sparsity to N/M. --format 2:4 always uses 2:4.'
 complete -c sparsekit -n '__fish_seen_subcommand_from bench' -l compile -d 'torch.compile the prefill and the decode step (default: on in graph mode).'
+complete -c sparsekit -n '__fish_seen_subcommand_from bench' -l autotune -d 'Tune the compiled forwards generated kernels by coordinate descent, for every variant alike (default: on in graph mode; about a minute more of compile per variant, and a faster dense baseline).'
 complete -c sparsekit -n '__fish_seen_subcommand_from bench' -l fuse -d 'One launch for q/k/v and one for gate/up.'
 complete -c sparsekit -n '__fish_seen_subcommand_from bench' -l save-per-iter -d 'Keep every repeats timings in the JSON.'
 complete -c sparsekit -n '__fish_seen_subcommand_from bench' -l outdir -r -F -d 'Write bench.json here.'
