@@ -159,6 +159,14 @@ def ncu_launches() -> None:
     torch.cuda.synchronize()
 
 
+def tokens_at_half(t: int, k: int, dtype=torch.float16) -> torch.Tensor:
+    """t random tokens of k channels, each zeroed below its own median |x| (50 % per token: the union of active
+    channels grows with the tokens)."""
+    x = torch.randn((t, k), device="cuda").to(dtype)
+    thr_rows = torch.stack([row.float().abs().quantile(0.5) for row in x])
+    return torch.where(x.float().abs() > thr_rows[:, None], x, torch.zeros_like(x))
+
+
 def ncu_mm_launches(tokens: int) -> None:
     """The tensor-core kernel's FX variant (2:4-out weight in the fixed layout, fp16, R = 64) at `tokens` tokens
     with each token's own 50 % threshold, two launches per fused-layer shape (for ncu -k regex:spdp_mm)."""
@@ -167,9 +175,7 @@ def ncu_mm_launches(tokens: int) -> None:
 
     for n, k in FUSED_SHAPES.values():
         packed = to_dev(spdp.encode(prune_24_out(rand_weight(n, k, 0.0, seed=300), seed=301), 64), torch.float16)
-        x = torch.randn((tokens, k), device="cuda").half()
-        thr_rows = torch.stack([row.float().abs().quantile(0.5) for row in x])
-        x = torch.where(x.float().abs() > thr_rows[:, None], x, torch.zeros_like(x))
+        x = tokens_at_half(tokens, k)
         for _ in range(2):
             ops.spdp_matvec(x, packed | {"fixed": True}, 0.0)
     torch.cuda.synchronize()
@@ -621,13 +627,12 @@ def balanced_sweep(tune, record, fix_splits: bool = False) -> None:
         torch.cuda.empty_cache()
 
 
-def fix_tokens_sweep(tune, record, tokens=(1, 2, 3, 4), splits=None, knob_sets=None) -> None:
+def fix_tokens_sweep(tune, record, tokens=(1, 2, 3, 4), knob_sets=None) -> None:
     """A few tokens on a 2:4-out weight (fp16, R = 64, each token's own 50 % threshold, so the union of active
     channels grows): the fixed-layout kernel (its 4-token instantiation from 2 tokens; spdp_mm=2 keeps the
     tensor-core kernel off; up to 4 tokens) against the tensor-core kernel (the default from 4 tokens) on the
-    weight undeclared and declared in the fixed layout (its FX variant), and cuBLAS. ``splits``: only the FX
-    variant (from 4 tokens) at each forced channel-slice count (0 = the automatic choice), and cuBLAS; ``knob_sets``:
-    only the FX variant under each set of knobs."""
+    weight undeclared and declared in the fixed layout (its FX variant), and cuBLAS. ``knob_sets``: only the FX
+    variant (from 4 tokens) under each set of knobs (--mm-splits: {"split": S} each), and cuBLAS."""
     from sparsekit import ops
     from sparsekit.formats import spdp
     from sparsekit.kernels import reference
@@ -640,17 +645,13 @@ def fix_tokens_sweep(tune, record, tokens=(1, 2, 3, 4), splits=None, knob_sets=N
         assert spdp.fixed_layout(packed)
         cps = clones(packed)
         for t in tokens:
-            x = torch.randn((t, k), device="cuda").to(dtype)
-            thr_rows = torch.stack([row.float().abs().quantile(0.5) for row in x])
-            x = torch.where(x.float().abs() > thr_rows[:, None], x, torch.zeros_like(x))  # 50 % per token
+            x = tokens_at_half(t, k, dtype)
             dense_us, sp = time_graph([lambda w=w: F.linear(x, w) for w in w16])
             record(name, dtype, "dense", f"cuBLAS T={t}", dense_us, sp, 2 * n * k, dense_us)
             expect = reference.spdp_matvec(x, packed, 0.0)
             cases = ((("fixed", {"fixed": True}, {"spdp_mm": 2}),) if t <= 4 else ()) + (("tensor cores", {}, {}),) \
                 + ((("tensor cores fixed", {"fixed": True}, {}),) if t >= 4 else ()) \
                 + ((("checked path", {}, {"spdp_mm": 2}),) if t <= 4 else ())
-            if splits is not None:
-                cases = tuple((f"tensor cores fixed split={s}", {"fixed": True}, {"split": s}) for s in splits) if t >= 4 else ()
             if knob_sets is not None:
                 cases = tuple((f"tensor cores fixed {','.join(f'{a}={b}' for a, b in ks.items()) or 'default'}",
                                {"fixed": True}, ks) for ks in knob_sets) if t >= 4 else ()
@@ -742,8 +743,8 @@ def main() -> None:
 
     if args.fix_tokens:
         fix_tokens_sweep(tune, record, tuple(int(t) for t in args.fix_tokens.split(",")),
-                         tuple(int(v) for v in args.mm_splits.split(",")) if args.mm_splits else None,
-                         parse_knob_sets(args.mm_knobs) if args.mm_knobs is not None else None)
+                         [{"split": int(v)} for v in args.mm_splits.split(",")] if args.mm_splits
+                         else parse_knob_sets(args.mm_knobs) if args.mm_knobs is not None else None)
         return finish("spdp 2:4-out, a few tokens: fixed-layout kernel, tensor cores, cuBLAS (fp16, R=64, s2=0.5 per token)")
     if args.fix_splits:
         balanced_sweep(tune, record, fix_splits=True)

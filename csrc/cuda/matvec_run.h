@@ -55,12 +55,9 @@ void matvec_dispatch_tc(sk::MatvecParams& p, int tiles, int device, cudaStream_t
   const cudaError_t prep = sk::matvec_prepare<T, TC, R, V>(device);
   C10_CUDA_CHECK(prep);
   const int bps = sk::matvec_blocks_per_sm<T, TC, R, V>(device);
-  p.S = choose_split(device, tiles * tchunks, bps, std::max(1, p.K / min_per_slice));
-  if (tuning().split == 0) {  // every tile's cluster resident in the first wave (sk::fit_clusters)
-    using C = sk::MvCfg<T, TC, R, V>;
-    p.S = sk::fit_clusters<sk::matvec_kernel<T, TC, R, V>>(device, p.S, tiles * tchunks, C::NTHREADS, C::SMEM);
-    tuning().last_split = p.S;
-  }
+  using C = sk::MvCfg<T, TC, R, V>;
+  p.S = choose_split_fit<sk::matvec_kernel<T, TC, R, V>>(device, tiles * tchunks, bps, std::max(1, p.K / min_per_slice),
+                                                         C::NTHREADS, C::SMEM);
   p.pipe = sk::MvCfg<T, TC, R, V>::PIPE ? 1 : 0;
   p.l2pf = R == 0 ? tuning().l2pf : 0;
   if constexpr (sk::MvCfg<T, TC, R, V>::PROBE) {

@@ -4,6 +4,8 @@
 
 #include <tuple>
 
+#include "common.cuh"
+
 namespace sparsekit::cuda {
 
 // Knobs for benchmarks and tests (op sparsekit_cuda::tune); 0 = automatic.
@@ -43,6 +45,15 @@ int cc_major(int device);
 // Channel slices for `base` blocks (tiles x token chunks): fill the resident slots once, at most
 // 8 (the portable cluster size), at most `max_slices`, 1 where clusters do not exist.
 int choose_split(int device, int base, int blocks_per_sm, int max_slices);
+// choose_split for the clustered launch of `Kernel` (`threads` threads, `smem` dynamic bytes): unless
+// tune("split") forces the split, it is then lowered until all `base` clusters are resident in the first wave
+// (sk::fit_clusters).
+template <auto Kernel>
+int choose_split_fit(int device, int base, int blocks_per_sm, int max_slices, int threads, size_t smem) {
+  int s = choose_split(device, base, blocks_per_sm, max_slices);
+  if (tuning().split == 0) tuning().last_split = s = sk::fit_clusters<Kernel>(device, s, base, threads, smem);
+  return s;
+}
 // Resident clusters of S blocks for the fp16 one-token teal kernel (diagnostics: tune("clusters", S)).
 int teal_max_clusters(int device, int S);
 // The threshold as torch compares it: `x.abs() > t` casts the Python float to x's dtype.

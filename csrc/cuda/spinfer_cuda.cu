@@ -21,12 +21,8 @@ void spinfer_go(sk::SpinferParams& p, int device, cudaStream_t stream) {
   const cudaError_t prep = sk::spinfer_prepare<T, NTOK, NWARP>(device);
   C10_CUDA_CHECK(prep);
   const int bps = sk::spinfer_blocks_per_sm<T, NTOK, NWARP>(device);
-  p.S = choose_split(device, grows * tchunks, bps, std::max(1, p.KG));
-  if (tuning().split == 0) {  // every row group's cluster resident in the first wave
-    p.S = sk::fit_clusters<sk::spinfer_kernel<T, NTOK, NWARP>>(device, p.S, grows * tchunks, NWARP * 32,
-                                                               sk::SpiCfg<NTOK>::SMEM);
-    tuning().last_split = p.S;
-  }
+  p.S = choose_split_fit<sk::spinfer_kernel<T, NTOK, NWARP>>(device, grows * tchunks, bps, std::max(1, p.KG),
+                                                              NWARP * 32, sk::SpiCfg<NTOK>::SMEM);
   const bool pdl = tuning().pdl != 0 && cc_major(device) >= 9;
   const cudaError_t err = sk::spinfer_launch<T, NTOK, NWARP>(p, tchunks, stream, pdl);
   C10_CUDA_CHECK(err);
