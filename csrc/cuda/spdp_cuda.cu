@@ -30,7 +30,7 @@ void fix_dispatch(sk::MatvecParams& p, int tiles, int device, cudaStream_t strea
 // ---- the tensor-core kernel (spdp_mm.cuh) ----------------------------------------------------
 template <typename T, int R, int TN, int G, bool FX = false, int MSX = 0>
 void mm_go(sk::SpdpMmParams& p, int device, cudaStream_t stream) {
-  using C = sk::MmCfg<R, TN, G, MSX>;
+  using C = sk::MmCfg<R, TN, G, MSX, FX>;
   int bps = 1;
   C10_CUDA_CHECK((sk::spdp_mm_prepare<T, R, TN, G, FX, MSX>(device, &bps)));
   const int tiles = (p.N + R - 1) / R, tchunks = (p.T + TN - 1) / TN;

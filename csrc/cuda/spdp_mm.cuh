@@ -54,13 +54,17 @@ struct SpdpMmParams {
 
 constexpr int kMmThreads = 256;
 
-template <int R, int TN, int G, int MSX = 0>
+template <int R, int TN, int G, int MSX = 0, bool FX = false>
 struct MmCfg {
-  static constexpr int NW = kMmThreads / 32, NST = 3;
+  // ring stages: the FX variant's value runs are half as long (exactly R / 2 values per column, 16-byte
+  // aligned), so from 32 tokens the same shared memory holds a fourth stage (H100, 32 tokens: gate/up 73.1
+  // -> 68.6 us, the fused layer -3.4 %; five stages at 4 and 16 tokens measured no gain, benchmarks/NOTES.md)
+  static constexpr int NW = kMmThreads / 32, NST = FX && TN >= 32 ? 4 : 3;
   static constexpr int KC = 4096 / R;  // columns per chunk
   static constexpr int W = R / 32;     // bitmap words per column
   static constexpr int KS = KC / 16;   // mma k-steps per chunk
-  static constexpr int V_BYTES = R * KC * 2 + 16;  // a fully dense run plus its misalignment
+  // a fully dense run plus its misalignment; FX: the run itself (its first value is 16-byte aligned)
+  static constexpr int V_BYTES = FX ? R * KC : R * KC * 2 + 16;
   static constexpr int B_BYTES = KC * W * 4;
   static constexpr int O_BYTES = KC * 4;
   static constexpr int XLD = KC + 8;  // halves per x-tile row (16 bytes of padding: conflict-free ldmatrix)
@@ -130,7 +134,7 @@ __device__ __forceinline__ uint32_t splat_threshold(float t) {
 // Launch bounds: the shared memory of up to 32 tokens allows 4 resident blocks per SM, so registers must too (64: 3).
 template <typename T, int R, int TN, int G, bool FX = false, int MSX = 0>
 __global__ void __launch_bounds__(kMmThreads, TN == 64 ? 3 : 4) spdp_mm_kernel(const SpdpMmParams p) {
-  using C = MmCfg<R, TN, G, MSX>;
+  using C = MmCfg<R, TN, G, MSX, FX>;
   constexpr int KC = C::KC, W = C::W, NST = C::NST, UC = C::UC;
   extern __shared__ __align__(16) unsigned char smem[];
   // pair_selectors of every nibble, .x in the low half (prmt reads the low 16 bits), .y in the high half: one
@@ -421,7 +425,7 @@ __global__ void __launch_bounds__(kMmThreads, TN == 64 ? 3 : 4) spdp_mm_kernel(c
 // Opts in to the kernel's shared memory (once per device), then returns its resident blocks per SM.
 template <typename T, int R, int TN, int G, bool FX = false, int MSX = 0>
 inline cudaError_t spdp_mm_prepare(int device, int* blocks_per_sm) {
-  constexpr size_t smem = MmCfg<R, TN, G, MSX>::SMEM;
+  constexpr size_t smem = MmCfg<R, TN, G, MSX, FX>::SMEM;
   const cudaError_t e = allow_smem_cached<spdp_mm_kernel<T, R, TN, G, FX, MSX>>(device, smem);
   if (e != cudaSuccess) return e;
   *blocks_per_sm = blocks_per_sm_cached<spdp_mm_kernel<T, R, TN, G, FX, MSX>>(device, kMmThreads, smem);
@@ -448,7 +452,7 @@ template <typename T, int R, int TN, int G, bool FX = false, int MSX = 0>
 inline cudaError_t spdp_mm_launch(const SpdpMmParams& p, cudaStream_t stream, bool pdl) {
   const dim3 grid(static_cast<unsigned>((p.N + R - 1) / R), static_cast<unsigned>(p.S),
                   static_cast<unsigned>((p.T + TN - 1) / TN));
-  return launch_sliced(spdp_mm_kernel<T, R, TN, G, FX, MSX>, p, grid, kMmThreads, MmCfg<R, TN, G, MSX>::SMEM, p.S,
+  return launch_sliced(spdp_mm_kernel<T, R, TN, G, FX, MSX>, p, grid, kMmThreads, MmCfg<R, TN, G, MSX, FX>::SMEM, p.S,
                        stream, pdl);
 }
 
