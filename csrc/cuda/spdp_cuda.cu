@@ -34,8 +34,10 @@ void mm_go(sk::SpdpMmParams& p, int device, cudaStream_t stream) {
   int bps = 1;
   C10_CUDA_CHECK((sk::spdp_mm_prepare<T, R, TN, G, FX, MSX>(device, &bps)));
   const int tiles = (p.N + R - 1) / R, tchunks = (p.T + TN - 1) / TN;
-  p.S = choose_split_fit<sk::spdp_mm_kernel<T, R, TN, G, FX, MSX>>(device, tiles * tchunks, bps,
-                                                                    (p.K + C::KC - 1) / C::KC, sk::kMmThreads, C::SMEM);
+  const int nck = (p.K + C::KC - 1) / C::KC;
+  p.S = choose_split_fit<sk::spdp_mm_kernel<T, R, TN, G, FX, MSX>>(device, tiles * tchunks, bps, nck, sk::kMmThreads,
+                                                                    C::SMEM);
+  if (tuning().split == 0) tuning().last_split = p.S = sk::mm_split(nck, p.S);
   const bool pdl = tuning().pdl != 0 && cc_major(device) >= 9;
   C10_CUDA_CHECK((sk::spdp_mm_launch<T, R, TN, G, FX, MSX>(p, stream, pdl)));
 }

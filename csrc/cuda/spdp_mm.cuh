@@ -422,6 +422,18 @@ __global__ void __launch_bounds__(kMmThreads, TN == 64 ? 3 : 4) spdp_mm_kernel(c
   }
 }
 
+// The automatic split below `smax` (the most slices that fill the SMs in one wave): the S minimising
+// ceil(nck / S) + 2 S, i.e. a slice costs its chunks plus about two chunks' time of its own (the ring fill and
+// the cluster reduction); ties go to the fewer slices. Measured on the H100 (benchmarks/NOTES.md, eighteenth
+// session): 4096 -> 4096 (64 chunks) is fastest at S = 5 at 4, 16 and 32 tokens (14.1 / 15.5 / 19.5-19.9 us
+// against 14.8 / 16.4 / 20.7-21.0 at the 7-8 slices that fit); 11008 -> 4096 (172 chunks) at 7-8, as before.
+inline int mm_split(int nck, int smax) {
+  int best = 1;
+  for (int s = 2; s <= smax; ++s)
+    if ((nck + s - 1) / s + 2 * s < (nck + best - 1) / best + 2 * best) best = s;
+  return best;
+}
+
 // Opts in to the kernel's shared memory (once per device), then returns its resident blocks per SM.
 template <typename T, int R, int TN, int G, bool FX = false, int MSX = 0>
 inline cudaError_t spdp_mm_prepare(int device, int* blocks_per_sm) {

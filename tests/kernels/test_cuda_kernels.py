@@ -708,6 +708,34 @@ def test_spdp_mm_fixed_layout_equals_the_checked_path(ops, ref, tune, dtype, til
     torch.cuda.synchronize()
 
 
+def _mm_split_cost(nck, s):
+    return -(-nck // s) + 2 * s
+
+
+@pytest.mark.parametrize("tokens", (4, 32))
+def test_spdp_mm_split_rule(ops, ref, tune, tokens):
+    """The tensor-core kernel's automatic split is the S below the one-wave bound that minimises
+    ceil(chunks / S) + 2 S (fewer slices on ties): a Llama o projection (64 column chunks of 64 at 64-row
+    tiles) runs 5 slices where 5 clusters fit, not the 7-8 that fill the GPU (measured faster at 4, 16 and 32
+    tokens); a forced split still wins, and the result is right either way."""
+    k = n = 4096
+    packed = _fixed(ops, _weight_24out(n, k, torch.float16, 7), 64)
+    x, thr = _x((tokens, k), torch.float16, 8, 0.5)
+    want = ref.spdp_matvec(x, packed, thr)
+    tune("split", 0)
+    _check(ops.spdp_matvec(x, packed, thr, backend="cuda"), want, torch.float16)
+    assert _ran_fix() == 2
+    auto = torch.ops.sparsekit_cuda.tune("last_split")
+    nck = k // 64
+    assert all(_mm_split_cost(nck, auto) < _mm_split_cost(nck, s) for s in range(1, auto))
+    if torch.cuda.get_device_properties(0).multi_processor_count >= 100 and torch.cuda.get_device_capability()[0] >= 9:
+        assert auto == 5
+    tune("split", 3)
+    _check(ops.spdp_matvec(x, packed, thr, backend="cuda"), want, torch.float16)
+    assert torch.ops.sparsekit_cuda.tune("last_split") == 3
+    tune("split", 0)
+
+
 def test_spdp_mm_graph_capture_and_knob(ops, ref, tune):
     """Captured in a CUDA graph, replays match eager calls; tune("spdp_mm", 2) keeps the matvec kernel."""
     from sparsekit.formats import spdp
@@ -1088,6 +1116,13 @@ def test_sanitizer_smoke(ops, ref, tune, tokens):
         if tokens > 1:  # six tokens: the tensor-core kernel's fixed-layout variant
             _check(ops.spdp_matvec(x, sf, thr, backend="cuda"), ref.spdp_matvec(x, sf, thr), dtype)
             assert _ran_fix() == 2
+            # 32 tokens (its four-stage ring), one slice: the block walks 8-32 chunks, so the ring wraps
+            sw = _fixed(ops, _weight_24out(128, 1000, dtype, seed=5), r)
+            xw, tw = _x((32, 1000), dtype, seed=6, sparsity=0.5)
+            tune("split", 1)
+            _check(ops.spdp_matvec(xw, sw, tw, backend="cuda"), ref.spdp_matvec(xw, sw, tw), dtype)
+            assert _ran_fix() == 2 and torch.ops.sparsekit_cuda.tune("last_split") == 1
+            tune("split", 0)
         for mm in (0, 2):  # decode: the tensor-core kernel's pipeline (K % 8 == 0), then the one-pass kernel
             tune("spdp_mm", mm)
             assert torch.equal(ops.spdp_decode(sp, backend="cuda"), ref.spdp_decode(sp))
