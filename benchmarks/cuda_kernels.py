@@ -649,12 +649,16 @@ def fix_tokens_sweep(tune, record, tokens=(1, 2, 3, 4), knob_sets=None) -> None:
             dense_us, sp = time_graph([lambda w=w: F.linear(x, w) for w in w16])
             record(name, dtype, "dense", f"cuBLAS T={t}", dense_us, sp, 2 * n * k, dense_us)
             expect = reference.spdp_matvec(x, packed, 0.0)
-            cases = ((("fixed", {"fixed": True}, {"spdp_mm": 2}),) if t <= 4 else ()) + (("tensor cores", {}, {}),) \
-                + ((("tensor cores fixed", {"fixed": True}, {}),) if t >= 4 else ()) \
-                + ((("checked path", {}, {"spdp_mm": 2}),) if t <= 4 else ())
-            if knob_sets is not None:
-                cases = tuple((f"tensor cores fixed {','.join(f'{a}={b}' for a, b in ks.items()) or 'default'}",
-                               {"fixed": True}, ks) for ks in knob_sets) if t >= 4 else ()
+            if knob_sets is not None:  # only the FX variant (tensor cores from 4 tokens), per knob set
+                cases = [(f"tensor cores fixed {','.join(f'{a}={b}' for a, b in ks.items()) or 'default'}",
+                          {"fixed": True}, ks) for ks in knob_sets] if t >= 4 else []
+            else:
+                cases = [("fixed", {"fixed": True}, {"spdp_mm": 2})] if t <= 4 else []
+                cases.append(("tensor cores", {}, {}))
+                if t >= 4:
+                    cases.append(("tensor cores fixed", {"fixed": True}, {}))
+                if t <= 4:
+                    cases.append(("checked path", {}, {"spdp_mm": 2}))
             for what, extra, knobs in cases:
                 with tuned(tune, knobs):
                     check(ops.spdp_matvec(x, packed | extra, 0.0), expect, f"{name} T={t} {what}")

@@ -58,9 +58,9 @@ void matvec_dispatch_tc(sk::MatvecParams& p, int tiles, int device, cudaStream_t
   using C = sk::MvCfg<T, TC, R, V>;
   p.S = choose_split_fit<sk::matvec_kernel<T, TC, R, V>>(device, tiles * tchunks, bps, std::max(1, p.K / min_per_slice),
                                                          C::NTHREADS, C::SMEM);
-  p.pipe = sk::MvCfg<T, TC, R, V>::PIPE ? 1 : 0;
+  p.pipe = C::PIPE ? 1 : 0;
   p.l2pf = R == 0 ? tuning().l2pf : 0;
-  if constexpr (sk::MvCfg<T, TC, R, V>::PROBE) {
+  if constexpr (C::PROBE) {
     static_assert(sk::TR_N == 8, "trace_slots counts 8 slots per block");
     p.trace = trace_slots(static_cast<int64_t>(tiles) * p.S * tchunks, device);
   }

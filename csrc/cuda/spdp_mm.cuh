@@ -66,7 +66,7 @@ struct MmCfg {
   // a fully dense run plus its misalignment; FX: the run itself (its first value is 16-byte aligned)
   static constexpr int V_BYTES = FX ? R * KC : R * KC * 2 + 16;
   static constexpr int B_BYTES = KC * W * 4;
-  static constexpr int O_BYTES = KC * 4;
+  static constexpr int O_BYTES = FX ? 0 : KC * 4;  // column offsets (FX: computed, not staged)
   static constexpr int XLD = KC + 8;  // halves per x-tile row (16 bytes of padding: conflict-free ldmatrix)
   static constexpr int X_BYTES = TN * XLD * 2;
   static constexpr int STAGE = V_BYTES + B_BYTES + O_BYTES + X_BYTES;

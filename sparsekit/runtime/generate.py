@@ -146,11 +146,12 @@ class DecodeSession:
     def _compile(self, backend: str, prefill: bool, inductor: dict) -> None:
         """Compile the decode (and prefill) forward and run each once (that is when compiling happens).
         ``inductor``: inductor settings (such as coordinate_descent_tuning); SPARSEKIT_INDUCTOR overrides them."""
+        options = dict(inductor) if backend == "inductor" else {}
         try:
-            options = {**inductor, **inductor_options()} if backend == "inductor" else {}
+            if backend == "inductor":
+                options.update(inductor_options())
         except ValueError as exc:  # a malformed experiment setting: compile with the given settings
             self.notes.append(f"SPARSEKIT_INDUCTOR ignored ({exc})")
-            options = dict(inductor) if backend == "inductor" else {}
 
         def attempt(fn, what: str):
             compiled = torch.compile(fn, backend=backend, dynamic=False)
