@@ -144,6 +144,7 @@ static int64_t tune(const std::string& key, int64_t value) {
   else if (key == "spdp_mm") slot = &tuning().spdp_mm;
   else if (key == "spdp_mm_rows") slot = &tuning().spdp_mm_rows;
   else if (key == "spdp_mm_strips") slot = &tuning().spdp_mm_strips;
+  else if (key == "spdp_mm_tn") slot = &tuning().spdp_mm_tn;
   else if (key == "teal1") slot = &tuning().teal1;
   else if (key == "teal1_threads") slot = &tuning().teal1_threads;
   else if (key == "teal1_lpr") slot = &tuning().teal1_lpr;
@@ -153,7 +154,7 @@ static int64_t tune(const std::string& key, int64_t value) {
   else if (key == "last_spdp_mm") slot = &tuning().last_spdp_mm;
   else if (key == "last_spdp_fix") slot = &tuning().last_spdp_fix;
   TORCH_CHECK(slot != nullptr, "sparsekit_cuda.tune: unknown key '", key,
-              "' (split, teal_lpr, pipe, pdl, spdp_deep, spdp_nib, spdp_stage, spdp_bal, spdp_mm, spdp_mm_rows, spdp_mm_strips, spinfer_warps, teal1, teal1_threads, teal1_lpr, l2pf, last_split, last_teal1, last_spdp_mm, last_spdp_fix)");
+              "' (split, teal_lpr, pipe, pdl, spdp_deep, spdp_nib, spdp_stage, spdp_bal, spdp_mm, spdp_mm_rows, spdp_mm_strips, spdp_mm_tn, spinfer_warps, teal1, teal1_threads, teal1_lpr, l2pf, last_split, last_teal1, last_spdp_mm, last_spdp_fix)");
   const int old = *slot;
   if (value >= 0) {
     TORCH_CHECK(key != "last_split" && key != "last_teal1" && key != "last_spdp_mm" && key != "last_spdp_fix",
@@ -172,6 +173,8 @@ static int64_t tune(const std::string& key, int64_t value) {
     TORCH_CHECK(key != "spdp_mm" || value <= 2, "sparsekit_cuda.tune: spdp_mm must be 0, 1 or 2");
     TORCH_CHECK(key != "spdp_mm_rows" || value == 8 || value == 16, "sparsekit_cuda.tune: spdp_mm_rows must be 8 or 16");
     TORCH_CHECK(key != "spdp_mm_strips" || value <= 2, "sparsekit_cuda.tune: spdp_mm_strips must be 0, 1 or 2");
+    TORCH_CHECK(key != "spdp_mm_tn" || value == 0 || value == 8 || value == 16 || value == 32 || value == 64,
+                "sparsekit_cuda.tune: spdp_mm_tn must be 0, 8, 16, 32 or 64");
     TORCH_CHECK(key != "spdp_deep" || value <= 2, "sparsekit_cuda.tune: spdp_deep must be 0, 1 or 2");
     TORCH_CHECK(key != "spdp_nib" || value <= 2, "sparsekit_cuda.tune: spdp_nib must be 0, 1 or 2");
     TORCH_CHECK(key != "spdp_stage" || value <= 2, "sparsekit_cuda.tune: spdp_stage must be 0, 1 or 2");

@@ -20,6 +20,7 @@ struct Tuning {
   int spdp_nib = 0;   // one-token spdp of 16-bit values, nibble variant (MvCfg NIB): 0/1 = where values are 4-byte aligned, 2 = never
   int spdp_mm = 0;    // several-token spdp on tensor cores (spdp_mm.cuh): 0 = from kSpdpMmMinTokens tokens, 1 = from 2, 2 = never (also spdp_decode)
   int spdp_mm_rows = 16;  // rows one thread expands per unit in that kernel: 16 or 8
+  int spdp_mm_tn = 0;  // tokens per block in that kernel: 0 = automatic (8, 16, 32 or 64, the smallest holding T), or one of those
   int spdp_mm_strips = 0;  // m16 strips per warp in that kernel's fixed-layout variant up to 32 tokens: 0 = automatic (2 up to 16 tokens, 1 above), 1 or 2
   int spinfer_warps = 4;  // 4 or 8 warps per spinfer block (4 measured faster on the H200)
   int teal1 = 0;          // one-token teal kernel (teal1.cuh): 0 = off (matvec.cuh measured faster), 1 = on where it applies

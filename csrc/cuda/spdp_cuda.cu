@@ -59,11 +59,15 @@ void mm_rows_per_unit(sk::SpdpMmParams& p, bool fx, int device, cudaStream_t str
   else mm_go<T, R, TN, 16>(p, device, stream);
 }
 
+// TN, the tokens one block multiplies: the smallest of 8, 16, 32, 64 that holds T (more tokens run in chunks
+// of 64 along grid z), or tune("spdp_mm_tn") when set (T then runs in chunks of that many)
 template <typename T, int R>
 void mm_tok(sk::SpdpMmParams& p, bool fx, int device, cudaStream_t stream) {
-  if (p.T <= 8) mm_rows_per_unit<T, R, 8>(p, fx, device, stream);
-  else if (p.T <= 16) mm_rows_per_unit<T, R, 16>(p, fx, device, stream);
-  else if (p.T <= 32) mm_rows_per_unit<T, R, 32>(p, fx, device, stream);
+  const int forced = tuning().spdp_mm_tn;
+  const int tn = forced > 0 ? forced : (p.T <= 8 ? 8 : (p.T <= 16 ? 16 : (p.T <= 32 ? 32 : 64)));
+  if (tn == 8) mm_rows_per_unit<T, R, 8>(p, fx, device, stream);
+  else if (tn == 16) mm_rows_per_unit<T, R, 16>(p, fx, device, stream);
+  else if (tn == 32) mm_rows_per_unit<T, R, 32>(p, fx, device, stream);
   else mm_rows_per_unit<T, R, 64>(p, fx, device, stream);
 }
 

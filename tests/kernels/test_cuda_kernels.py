@@ -705,6 +705,13 @@ def test_spdp_mm_fixed_layout_equals_the_checked_path(ops, ref, tune, dtype, til
         _check(ops.spdp_matvec(x, packed, thr, backend="cuda"), ref.spdp_matvec(x, packed, thr), dtype)
         assert _ran_fix() == 2
         torch.ops.sparsekit_cuda.tune("spdp_mm_strips", prev)
+    # a forced token tile (the tokens run in chunks of that many along grid z, or one chunk wider than T)
+    for tn in (8, 16, 32, 64):
+        prev = torch.ops.sparsekit_cuda.tune("spdp_mm_tn", tn)
+        _poison((tokens, n), dtype=dtype)
+        _check(ops.spdp_matvec(x, packed, thr, backend="cuda"), ref.spdp_matvec(x, packed, thr), dtype)
+        assert _ran_fix() == 2
+        torch.ops.sparsekit_cuda.tune("spdp_mm_tn", prev)
     torch.cuda.synchronize()
 
 
