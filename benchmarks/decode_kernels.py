@@ -123,8 +123,7 @@ def _table(prof, steps: int, what: str, top: int) -> dict:
 
 def _gaps(prof, steps: int, top: int = 8) -> dict:
     """Idle GPU time between consecutive kernels (next start - previous end), summed per step and
-    grouped by the kernel that follows the gap: where launch latency and carveout or cluster set-up
-    between kernels of different kinds go."""
+    grouped by the pair of kernels around each gap: whether some kinds of launches wait longer."""
     import torch
 
     evs = sorted((ev for ev in prof.events() if ev.device_type == torch.autograd.DeviceType.CUDA),
@@ -142,6 +141,7 @@ def _gaps(prof, steps: int, top: int = 8) -> dict:
     for k, t, n in rows[:top]:
         print(f"{t:9.1f} µs {n:6.1f}x {t / max(n, 1e-9):6.2f} µs each  {k}")
     return {"gap_us": total, "pairs": rows}
+
 
 if __name__ == "__main__":
     main()
