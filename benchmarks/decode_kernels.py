@@ -59,7 +59,7 @@ def main() -> None:
     prompt = bench._prompt(model, a.batch, 32, 0, dev)
     with torch.inference_mode():
         sess = DecodeSession(model, batch_size=a.batch, prompt_len=32, max_new_tokens=a.steps + 4, mode="graph",
-                             compile=True, inductor=None if a.no_autotune else {"coordinate_descent_tuning": True})
+                             compile=True, inductor=None if a.no_autotune else bench.AUTOTUNE_INDUCTOR)
         sess.set_prompt(prompt)
         sess.reset()
         sess.prefill()

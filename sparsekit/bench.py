@@ -317,6 +317,10 @@ def compile_enabled(s: Settings, mode: str) -> bool:
     return s.compile if s.compile is not None else mode == "graph"
 
 
+# the inductor settings of autotuned variants (DecodeSession's ``inductor``)
+AUTOTUNE_INDUCTOR = {"coordinate_descent_tuning": True}
+
+
 def autotune_enabled(s: Settings, mode: str) -> bool:
     """Coordinate-descent tuning of the compiled forwards' generated kernels (only where they are compiled)."""
     return compile_enabled(s, mode) and (s.autotune if s.autotune is not None else mode == "graph")
@@ -350,7 +354,7 @@ def _time_session(model, prompt, s: Settings, mode: str, progress: Progress | No
         sess = DecodeSession(model, batch_size=s.batch_size, prompt_len=s.input_tokens,
                              max_new_tokens=s.max_new_tokens, mode=mode, compile=compile_enabled(s, mode),
                              compile_prefill=s.compile_prefill,
-                             inductor={"coordinate_descent_tuning": True} if autotune_enabled(s, mode) else None)
+                             inductor=AUTOTUNE_INDUCTOR if autotune_enabled(s, mode) else None)
         sess.set_prompt(prompt)
         total = s.warmup + s.repeat
         runs, tokens = [], []
