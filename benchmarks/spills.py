@@ -13,6 +13,7 @@ import argparse
 import collections
 import glob
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,10 +29,15 @@ def main() -> None:
     lib = args.lib or next(iter(glob.glob(str(root / "sparsekit" / "_C*.so"))), None)
     if lib is None:
         sys.exit("no built extension: run python setup.py build_ext --inplace")
+    missing = [tool for tool in ("cuobjdump", "nvdisasm") if shutil.which(tool) is None]
+    if missing:
+        sys.exit(f"{' and '.join(missing)} not found: this needs the CUDA toolkit's binary utilities on PATH")
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(["cuobjdump", "-xelf", "all", str(Path(lib).resolve())], cwd=tmp, check=True,
-                       capture_output=True)
-        for cubin in sorted(Path(tmp).glob("*.cubin")):
+        subprocess.run(["cuobjdump", "-xelf", "all", str(Path(lib).resolve())], cwd=tmp, capture_output=True)
+        cubins = sorted(Path(tmp).glob("*.cubin"))
+        if not cubins:
+            sys.exit(f"{lib} holds no CUDA kernels (built without CUDA?)")
+        for cubin in cubins:
             text = subprocess.run(["nvdisasm", "-g", str(cubin)], capture_output=True, text=True).stdout
             fun, where, counts = None, "?", {}
             for line in text.splitlines():
