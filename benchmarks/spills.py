@@ -14,6 +14,7 @@ import collections
 import glob
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -21,6 +22,7 @@ from pathlib import Path
 
 
 def main() -> None:
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # piped into head: stop quietly
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--match", default="matvec_kernel", help="substring of the kernels' mangled names")
     ap.add_argument("--lib", default=None, help="the extension (default: sparsekit/_C*.so)")
