@@ -51,9 +51,9 @@ def main() -> None:
                 if m:
                     where = f"{Path(m.group(1)).name}:{m.group(2)}"
                     continue
-                if fun and args.match in fun and re.search(r"\b(LDL|STL)\b", line):
-                    op = "LDL" if "LDL" in line else "STL"
-                    counts.setdefault(fun, collections.Counter())[(where, op)] += 1
+                m = re.search(r"\b(LDL|STL)\b", line) if fun and args.match in fun else None
+                if m:
+                    counts.setdefault(fun, collections.Counter())[(where, m.group(1))] += 1
             for fun, c in counts.items():
                 print(f"## {fun} ({cubin.name})")
                 for (where, op), n in sorted(c.items()):

@@ -147,11 +147,11 @@ class DecodeSession:
         """Compile the decode (and prefill) forward and run each once (that is when compiling happens).
         ``inductor``: inductor settings (such as coordinate_descent_tuning); SPARSEKIT_INDUCTOR overrides them."""
         options = dict(inductor) if backend == "inductor" else {}
-        try:
-            if backend == "inductor":
+        if backend == "inductor":
+            try:
                 options.update(inductor_options())
-        except ValueError as exc:  # a malformed experiment setting: compile with the given settings
-            self.notes.append(f"SPARSEKIT_INDUCTOR ignored ({exc})")
+            except ValueError as exc:  # a malformed experiment setting: compile with the given settings
+                self.notes.append(f"SPARSEKIT_INDUCTOR ignored ({exc})")
 
         def attempt(fn, what: str):
             compiled = torch.compile(fn, backend=backend, dynamic=False)
