@@ -41,6 +41,8 @@ TORCH_LIBRARY(sparsekit, m) {
   m.def(
       "spinfer_matmul(Tensor x, Tensor values, Tensor bitmaps, Tensor tile_offsets, "
       "Tensor group_offsets, int n, int k) -> Tensor");
+  // the one-token path for unstructured weights (formats/rowdelta.py: rows of values and 4-bit column steps)
+  m.def("rowdelta_matvec(Tensor x, Tensor values, Tensor deltas, Tensor row_offsets, int n, int k) -> Tensor");
   // Not part of the contract: which SIMD path the CPU kernels use ("avx512", "avx2", "base").
   // An empty string only queries; a name switches (tests use it to cover every path).
   m.def("_cpu_isa(str want) -> str", &sparsekit::cpu::cpu_isa);

@@ -16,8 +16,9 @@ Ops (shapes and semantics: ``sparsekit.kernels.reference``):
 backends mask in torch and run the plain op),
 the SwiGLU input fused (``teal_matvec_glu(gu, w_t, t)``, ``spdp_matvec_glu(gu, packed, t)``: ``gu`` holds
 the stacked gate/up outputs and the product reads ``silu(gate) * up``; one CUDA kernel, composed
-elsewhere), ``spinfer_matmul(x, packed)``, ``spdp_decode(packed)`` (the prefill path), where ``packed`` is the dict of ``sparsekit.formats.spdp`` /
-``sparsekit.formats.spinfer`` (keep its ``shape`` on the CPU, or a tuple, so reading it never
+elsewhere), ``spinfer_matmul(x, packed)``, ``rowdelta_matvec(x, packed)`` (one token, unstructured
+weights), ``spdp_decode(packed)`` (the prefill path), where ``packed`` is the dict of ``sparsekit.formats.spdp`` /
+``sparsekit.formats.spinfer`` / ``sparsekit.formats.rowdelta`` (keep its ``shape`` on the CPU, or a tuple, so reading it never
 waits for the GPU). The compiled ops are ``torch.ops.sparsekit.*``; each has a fake (meta)
 implementation registered here so ``torch.compile`` and CUDA-graph capture can trace them.
 """
@@ -307,6 +308,26 @@ def spinfer_matmul(x: torch.Tensor, packed: dict, *, backend: str | None = None)
     return torch.ops.sparsekit.spinfer_matmul(x, *args)
 
 
+def rowdelta_matvec(x: torch.Tensor, packed: dict, *, backend: str | None = None) -> torch.Tensor:
+    """``x @ W.T`` with W in the rowdelta layout (``sparsekit.formats.rowdelta``): the one-token path
+    for unstructured weights. Reads the weight once per token; values and x share a dtype."""
+    from sparsekit.formats import rowdelta
+
+    b = _choose(_dev(x), backend)
+    if b == "reference":
+        return reference.rowdelta_matvec(x, packed)
+    n, k = rowdelta.dims(packed)
+    if x.shape[-1] != k:
+        raise ValueError(f"x has {x.shape[-1]} channels but the weight has {k} inputs")
+    values = packed["values"]
+    if x.dtype != values.dtype:
+        raise ValueError(f"x is {x.dtype} but the weight's values are {values.dtype}")
+    args = (values, packed["deltas"], packed["row_offsets"], n, k)
+    if b == "triton":
+        return _triton().rowdelta_matvec(x, *args)
+    return torch.ops.sparsekit.rowdelta_matvec(x, *args)
+
+
 # ---------------------------------------------------------------------------------------- fakes
 def _out(x: torch.Tensor, n: int) -> torch.Tensor:
     return x.new_empty((*x.shape[:-1], n))
@@ -358,6 +379,10 @@ def _register_fakes() -> None:
 
     @reg("sparsekit::spinfer_matmul")
     def _spinfer(x, values, bitmaps, tile_offsets, group_offsets, n, k):
+        return _out(x, n)
+
+    @reg("sparsekit::rowdelta_matvec")
+    def _rowdelta(x, values, deltas, row_offsets, n, k):
         return _out(x, n)
 
 

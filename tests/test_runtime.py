@@ -317,3 +317,37 @@ def test_cuda_teal_large_decode_batch_matches_masked_dense():
         x = torch.randn(batch, 1, 200, device="cuda", dtype=torch.float16)
         with torch.no_grad():
             torch.testing.assert_close(sl(x), F.linear(masked(x, 0.5), lin.weight), rtol=2e-3, atol=2e-3)
+
+
+@cuda
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_spinfer_one_token_runs_the_rowdelta_copy(dtype, monkeypatch):
+    """A spinfer layer on the GPU builds its rowdelta copy; one token runs rowdelta_matvec, more tokens
+    the spinfer kernel; a dtype move rebuilds the copy; the switch turns it off."""
+    import sparsekit.ops as sk_ops
+
+    torch.manual_seed(5)
+    tol = dict(zip(("rtol", "atol"), tols(dtype)))
+    lin = nn.Linear(300, 136, bias=True).cuda().to(dtype)
+    prune_(lin.weight, "spinfer")
+    sl = SparseLinear.from_linear(lin, "spinfer")
+    assert sl._rowdelta is not None and sl._rowdelta["values"].is_cuda
+    calls = []
+    real = sk_ops.rowdelta_matvec
+    monkeypatch.setattr(sk_ops, "rowdelta_matvec", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for shape in ((1, 1, 300), (1, 300), (2, 1, 300), (1, 5, 300)):
+        x = torch.randn(shape, device="cuda", dtype=dtype)
+        with torch.no_grad():
+            torch.testing.assert_close(sl(x), F.linear(x, lin.weight, lin.bias), **tol)
+    assert calls == [1, 1]
+    assert sl.bytes_read() < sl.dense_bytes()
+    sl.float()
+    assert sl._rowdelta["values"].dtype == torch.float32
+    monkeypatch.setattr(rl, "SPINFER_ROWDELTA", False)
+    sl.to(dtype)
+    assert sl._rowdelta is None
+    x = torch.randn(1, 300, device="cuda", dtype=dtype)
+    with torch.no_grad():
+        torch.testing.assert_close(sl(x), F.linear(x, lin.weight, lin.bias), **tol)
+    assert calls == [1, 1]

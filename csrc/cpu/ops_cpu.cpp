@@ -423,6 +423,61 @@ at::Tensor spinfer_matmul(const at::Tensor& x, const at::Tensor& values, const a
   return finish(y, x);
 }
 
+// ------------------------------------------------------------------------------------ rowdelta
+// Scalar: the layout's arithmetic (running column sums of the 4-bit steps), checked entry by entry.
+at::Tensor rowdelta_matvec(const at::Tensor& x, const at::Tensor& values, const at::Tensor& deltas,
+                           const at::Tensor& row_offsets, int64_t n, int64_t k) {
+  check_float(x, "x");
+  check_float(values, "values");
+  TORCH_CHECK_VALUE(x.dim() >= 1 && x.size(-1) == k, "x has ", x.size(-1), " channels but the weight has k = ", k);
+  TORCH_CHECK_VALUE(n >= 0 && k >= 0, "n and k must be >= 0");
+  TORCH_CHECK_VALUE(deltas.scalar_type() == at::kInt && row_offsets.scalar_type() == at::kInt,
+                    "deltas and row_offsets must be int32");
+  TORCH_CHECK_VALUE(row_offsets.numel() == n + 1, "row_offsets must hold n + 1 = ", n + 1, " entries (got ",
+                    row_offsets.numel(), ")");
+  TORCH_CHECK_VALUE(values.numel() == deltas.numel() * 8, "values must hold 8 entries per deltas word");
+  const at::Tensor ro = row_offsets.reshape({-1}).contiguous();
+  const int32_t* off = ro.data_ptr<int32_t>();
+  const int64_t nvec = deltas.numel();
+  for (int64_t r = 0; r < n; ++r) {
+    TORCH_CHECK_VALUE(off[r] >= 0 && off[r] <= off[r + 1] && off[r + 1] <= nvec,
+                      "row_offsets must rise within the ", nvec, " vectors");
+  }
+  const at::Tensor x2 = as_2d(x).to(at::kFloat);
+  const int64_t T = x2.size(0);
+  if (T == 0 || n == 0) return at::zeros(out_shape(x, n), x.options());
+  const at::Tensor vals = values.reshape({-1}).to(at::kFloat).contiguous();
+  const at::Tensor dw = deltas.reshape({-1}).contiguous();
+  const float* xv = x2.data_ptr<float>();
+  const float* vv = vals.data_ptr<float>();
+  const uint32_t* dv = reinterpret_cast<const uint32_t*>(dw.data_ptr<int32_t>());
+  at::Tensor y = at::zeros({T, n}, x.options().dtype(at::kFloat));
+  float* yv = y.data_ptr<float>();
+  std::atomic<bool> bad{false};
+  dynamic_for(n, 64, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      for (int64_t t = 0; t < T; ++t) {
+        float acc = 0.f;
+        int64_t col = 0;
+        for (int64_t v = off[r]; v < off[r + 1]; ++v) {
+          for (int j = 0; j < 8; ++j) {
+            const int shift = j < 4 ? 8 * j : 8 * (j - 4) + 4;
+            col += (dv[v] >> shift) & 15u;
+            if (col >= k) {
+              bad.store(true);
+              break;
+            }
+            acc += vv[v * 8 + j] * xv[t * k + col];
+          }
+        }
+        yv[t * n + r] = acc;
+      }
+    }
+  });
+  TORCH_CHECK_VALUE(!bad.load(), "rowdelta steps run past the last column");
+  return finish(y, x);
+}
+
 }  // namespace sparsekit::cpu
 
 TORCH_LIBRARY_IMPL(sparsekit, CPU, m) {
@@ -433,4 +488,5 @@ TORCH_LIBRARY_IMPL(sparsekit, CPU, m) {
   m.impl("spdp_matvec_sel", &sparsekit::cpu::spdp_matvec_sel);
   m.impl("spdp_decode", &sparsekit::cpu::spdp_decode);
   m.impl("spinfer_matmul", &sparsekit::cpu::spinfer_matmul);
+  m.impl("rowdelta_matvec", &sparsekit::cpu::rowdelta_matvec);
 }

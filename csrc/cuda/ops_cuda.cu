@@ -199,6 +199,7 @@ TORCH_LIBRARY_IMPL(sparsekit, CUDA, m) {
   m.impl("spdp_matvec_sel", &sparsekit::cuda::spdp_matvec_sel);
   m.impl("spdp_decode", &sparsekit::cuda::spdp_decode);
   m.impl("spinfer_matmul", &sparsekit::cuda::spinfer_matmul);
+  m.impl("rowdelta_matvec", &sparsekit::cuda::rowdelta_matvec);
 }
 
 TORCH_LIBRARY(sparsekit_cuda, m) {

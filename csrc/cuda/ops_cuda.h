@@ -81,5 +81,7 @@ at::Tensor spdp_decode(const at::Tensor& values, const at::Tensor& bitmap, const
                        int64_t k, int64_t tile_rows);
 at::Tensor spinfer_matmul(const at::Tensor& x, const at::Tensor& values, const at::Tensor& bitmaps,
                           const at::Tensor& tile_offsets, const at::Tensor& group_offsets, int64_t n, int64_t k);
+at::Tensor rowdelta_matvec(const at::Tensor& x, const at::Tensor& values, const at::Tensor& deltas,
+                           const at::Tensor& row_offsets, int64_t n, int64_t k);
 
 }  // namespace sparsekit::cuda

@@ -19,6 +19,8 @@ Conventions (shared by all backends; the schemas in csrc/ops.cpp mirror them):
   every input channel's column of ``W`` is contiguous (skipping channel j skips one row of w_t).
 - ``spdp`` format: see ``sparsekit.formats.spdp`` (bitmaps per (row tile, input column)).
 - ``spinfer`` format: see ``sparsekit.formats.spinfer`` (SpInfer's TCA-BME; no activation masking).
+- ``rowdelta`` layout: see ``sparsekit.formats.rowdelta`` (rows of values and 4-bit column steps: the
+  one-token path the runtime builds from a spinfer weight; no activation masking).
 """
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ __all__ = [
     "spdp_matvec_rel",
     "spdp_matvec_glu",
     "spinfer_matmul",
+    "rowdelta_matvec",
 ]
 
 
@@ -158,6 +161,16 @@ def spinfer_matmul(x: torch.Tensor, packed: dict[str, torch.Tensor]) -> torch.Te
     from sparsekit.formats import spinfer
 
     w = spinfer.decode(packed)
+    if x.shape[-1] != w.shape[1]:
+        raise ValueError(f"x has {x.shape[-1]} channels but the weight has {w.shape[1]} inputs")
+    return (x.float() @ w.float().T).to(x.dtype)
+
+
+def rowdelta_matvec(x: torch.Tensor, packed: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``y = x @ W.T`` with W stored in the rowdelta layout (every channel of x is used)."""
+    from sparsekit.formats import rowdelta
+
+    w = rowdelta.decode(packed)
     if x.shape[-1] != w.shape[1]:
         raise ValueError(f"x has {x.shape[-1]} channels but the weight has {w.shape[1]} inputs")
     return (x.float() @ w.float().T).to(x.dtype)

@@ -25,6 +25,12 @@ bitmask    ``F.linear(xs, decoded W)``            ``F.linear(x, decoded W)``
 2:4        ``F.linear(xs, W24)``                  ``F.linear(x, W24)``
 =========  ====================================  ==========================================
 
+A spinfer layer on a GPU also holds its weight in the ``rowdelta`` layout (``formats/rowdelta.py``,
+built on the device when the layer is finalized or moved; not saved): a call with one token runs
+``ops.rowdelta_matvec`` on it, whose work is per non-zero where SpInfer's bitmaps cost work per
+position. It costs about ``2.5 * nnz`` bytes of device memory more (with the spinfer copy, about
+what the dense weight takes at 60 % sparsity); ``SPARSEKIT_SPINFER_ROWDELTA=0`` turns it off.
+
 On a GPU, calls with many tokens change path: teal above ``TEAL_KERNEL_MAX_TOKENS`` tokens runs
 ``xs @ w_t`` (cuBLAS). spdp with several tokens runs the tensor-core kernel inside
 ``ops.spdp_matvec`` (fp16/bf16, ``ops.spdp_tensor_cores``) up to ``SPDP_MM_MAX_TOKENS`` tokens;
@@ -39,6 +45,7 @@ A decode step (one token per sequence) is always sparsified when a threshold is 
 from __future__ import annotations
 
 import importlib
+import os
 import warnings
 
 import torch
@@ -68,6 +75,8 @@ SPDP_MM_MAX_TOKENS = 64
 # batch of 4 leaves the fused SwiGLU one-token kernel for silu_mul + the tensor-core kernel.
 SPDP_MM_MIN_TOKENS = 4
 TEAL_KERNEL_MAX_TOKENS = 3
+# spinfer layers on a GPU keep a rowdelta copy for one-token calls (SPARSEKIT_SPINFER_ROWDELTA=0: off)
+SPINFER_ROWDELTA = os.environ.get("SPARSEKIT_SPINFER_ROWDELTA", "1") != "0"
 
 
 def set_prefill_sparsity(on: bool) -> None:
@@ -173,6 +182,8 @@ class SparseLinear(nn.Module):
         self._aligned = False  # spdp values 16-byte aligned (finalize and device moves refresh it)
         self._fixed = False  # spdp weight in the fixed balanced layout (the same)
         self._dense_cache = None
+        self._rowdelta: dict | None = None  # spinfer on a GPU: the one-token layout (built by _cache_layout)
+        self._rowdelta_key = None
         self.shared: SharedSelection | None = None
 
     # -- construction -------------------------------------------------------------------------
@@ -218,6 +229,19 @@ class SparseLinear(nn.Module):
         self._aligned = self.fmt == "spdp" and _ops().spdp_values_aligned({"values": self.values})
         # the fixed balanced layout (formats/spdp.py): checked once here, declared to the ops by packed()
         self._fixed = self.fmt == "spdp" and format_module("spdp").fixed_layout(self.packed())
+        self._build_rowdelta()
+
+    def _build_rowdelta(self) -> None:
+        """spinfer on a GPU: (re)build the rowdelta copy when the values moved, else drop it."""
+        if self.fmt != "spinfer" or not SPINFER_ROWDELTA or not self.values.is_cuda:
+            self._rowdelta = self._rowdelta_key = None
+            return
+        key = (self.values.data_ptr(), self.values.device, self.values.dtype)
+        if self._rowdelta is None or self._rowdelta_key != key:
+            with torch.no_grad():
+                rd = importlib.import_module("sparsekit.formats.rowdelta").encode(self.dense_weight())
+            rd["shape"] = tuple(int(v) for v in rd["shape"].tolist())
+            self._rowdelta, self._rowdelta_key = rd, key
 
     # -- views ---------------------------------------------------------------------------------
     @property
@@ -271,6 +295,8 @@ class SparseLinear(nn.Module):
             return self.dense_bytes() + bias  # computed from a decoded dense copy
         if self.fmt == "2:4" and not self._semi_structured_ok(self.values):
             return self.dense_bytes() + bias
+        if self._rowdelta is not None:  # a decode token reads the rowdelta copy
+            return sum(t.numel() * t.element_size() for t in self._rowdelta.values() if isinstance(t, torch.Tensor)) + bias
         return self.weight_bytes() + bias
 
     def extra_repr(self) -> str:
@@ -329,7 +355,10 @@ class SparseLinear(nn.Module):
         else:
             xs = self._select(x, t)[0] if sparse else x
             if fmt == "spinfer":
-                y = _ops().spinfer_matmul(xs, self.packed())
+                if self._rowdelta is not None and tokens == 1 and xs.is_cuda and xs.dtype == self.values.dtype:
+                    y = _ops().rowdelta_matvec(xs, self._rowdelta)
+                else:
+                    y = _ops().spinfer_matmul(xs, self.packed())
             elif fmt == "dense":
                 return F.linear(xs, self.weight, self.bias)
             else:

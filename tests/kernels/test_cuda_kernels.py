@@ -1017,9 +1017,71 @@ def test_spinfer_leading_dims(ops, ref):
     _check(ops.spinfer_matmul(x, packed, backend="cuda"), ref.spinfer_matmul(x, packed), torch.float16)
 
 
+# ---------------------------------------------------------------------------------------- rowdelta
+ROWDELTA_CASES = [
+    (dtype, n, k, tokens, sparsity)
+    for dtype in DTYPES
+    for n, k in ((1, 8), (64, 64), (130, 200), (257, 1000), (1000, 4096))
+    for tokens in (1, 2)
+    for sparsity in (0.0, 0.6, 0.95)
+] + [(dtype, n, k, 1, 0.6) for dtype in (torch.float16, torch.bfloat16) for n, k in ((4096, 11008), (11008, 4096))]
+
+
+@pytest.mark.parametrize("dtype,n,k,tokens,sparsity", ROWDELTA_CASES)
+def test_rowdelta_matches_reference(ops, ref, dtype, n, k, tokens, sparsity):
+    from sparsekit.formats import rowdelta
+
+    seed = hash((n, k, tokens, sparsity)) % 1000
+    x, _ = _x((tokens, k), dtype, seed)
+    w = _weight(n, k, dtype, seed + 5, sparsity)
+    packed = rowdelta.encode(w)  # encoded on the GPU
+    _poison((tokens, n), dtype=dtype)
+    out = ops.rowdelta_matvec(x, packed, backend="cuda")
+    _check(out, ref.rowdelta_matvec(x, packed), dtype)
+
+
+def test_rowdelta_long_gaps_and_empty_rows(ops, ref):
+    """Rows with gaps far beyond 15 columns (filler entries), empty rows, a row of one column."""
+    from sparsekit.formats import rowdelta
+
+    w = torch.zeros(70, 3000, dtype=torch.float16, device="cuda")
+    w[0, 2999] = 1.0
+    w[1, ::700] = 0.5
+    w[5, :] = 0.01
+    w[69, 0] = -2.0
+    x, _ = _x((1, 3000), torch.float16, seed=3)
+    packed = rowdelta.encode(w)
+    out = ops.rowdelta_matvec(x, packed, backend="cuda")
+    _check(out, ref.rowdelta_matvec(x, packed), torch.float16)
+    assert torch.equal(out[0, 10:60], torch.zeros_like(out[0, 10:60]))
+
+
+def test_rowdelta_misaligned_values_and_leading_dims(ops, ref):
+    from sparsekit.formats import rowdelta
+
+    w = _weight(96, 192, torch.bfloat16, seed=12, sparsity=0.6)
+    packed = rowdelta.encode(w)
+    base = torch.zeros(packed["values"].numel() + 1, dtype=torch.bfloat16, device="cuda")
+    base[1:] = packed["values"]
+    shifted = dict(packed, values=base[1:])  # 2 bytes past a 16-byte boundary
+    x, _ = _x((2, 1, 192), torch.bfloat16, seed=13)
+    _check(ops.rowdelta_matvec(x, shifted, backend="cuda"), ref.rowdelta_matvec(x, packed), torch.bfloat16)
+
+
+def test_rowdelta_rejects_mixed_dtypes(ops):
+    from sparsekit.formats import rowdelta
+
+    packed = rowdelta.encode(_weight(16, 64, torch.float16, seed=1, sparsity=0.5))
+    with pytest.raises(ValueError, match="dtype|float"):
+        ops.rowdelta_matvec(torch.randn(1, 64, device="cuda"), packed, backend="cuda")
+    with pytest.raises(RuntimeError, match="values must have x's dtype"):
+        torch.ops.sparsekit.rowdelta_matvec(torch.randn(1, 64, device="cuda"), packed["values"], packed["deltas"],
+                                            packed["row_offsets"], 16, 64)
+
+
 # ---------------------------------------------------------------- determinism, splits, CUDA graphs
 def _all_ops(ops, dtype=torch.bfloat16, tokens=1):
-    from sparsekit.formats import spdp, spinfer
+    from sparsekit.formats import rowdelta, spdp, spinfer
 
     k, n = 1536, 2304
     x, thr = _x((tokens, k), dtype, seed=tokens, sparsity=0.5)
@@ -1027,6 +1089,7 @@ def _all_ops(ops, dtype=torch.bfloat16, tokens=1):
     w_t = w.t().contiguous()
     sp = {key: (v.cuda() if key != "shape" else v) for key, v in spdp.encode(w, 64).items()}
     si = {key: (v.cuda() if key != "shape" else v) for key, v in spinfer.encode(w).items()}
+    rd = rowdelta.encode(w)
 
     def run(xin):
         xs, idx, nnz = ops.select(xin, thr, backend="cuda")
@@ -1036,6 +1099,7 @@ def _all_ops(ops, dtype=torch.bfloat16, tokens=1):
             ops.spdp_matvec(xin, sp, thr, backend="cuda"),
             ops.spdp_matvec_sel(xs, idx, nnz, sp, backend="cuda"),
             ops.spinfer_matmul(xin, si, backend="cuda"),
+            ops.rowdelta_matvec(xin, rd, backend="cuda"),
         ]
 
     return x, thr, run
