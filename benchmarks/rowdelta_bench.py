@@ -4,7 +4,7 @@
                                         [--shapes qkv,o,gate_up,down] [--json OUT.json]
 
 Llama-2-7B shapes (the fused q/k/v and gate/up launches included), one token, unstructured random
-masks; times from CUDA-graph replays over 8 rotated weight copies (the harness of
+masks (zeros written as +0.0); times from CUDA-graph replays over 8 rotated weight copies (the harness of
 ``cuda_kernels.py``): cuBLAS on the dense weight, ``spinfer_matmul`` (tensor cores, the path before
 rowdelta) and ``rowdelta_matvec``. Each product is checked against ``F.linear`` first. GB/s is on the
 bytes each path reads (rowdelta: values + steps + offsets); the floor is those bytes at the measured
@@ -67,7 +67,8 @@ def main() -> None:
             t_dense, _ = time_graph([lambda w=w: F.linear(x, w) for w in dense])
             for s1 in (float(s) for s in args.sparsities.split(",")):
                 mask = torch.rand((n, k), generator=g, device="cuda") >= s1
-                ws = [w * mask for w in dense]
+                zero = torch.zeros((), dtype=dtype, device="cuda")
+                ws = [torch.where(mask, w, zero) for w in dense]  # +0.0: w * mask would keep -0.0 (a non-zero pattern)
                 want = F.linear(x.float(), ws[0].float()).to(dtype)
                 rd = [rowdelta.encode(w) for w in ws]
                 got = ops.rowdelta_matvec(x, rd[0], backend="cuda")
