@@ -20,12 +20,12 @@ import torch
 
 from sparsekit import ops
 from sparsekit.errors import BadInput
-from sparsekit.formats import spdp, spinfer
+from sparsekit.formats import rowdelta, spdp, spinfer
 from sparsekit.kernels import reference
 from sparsekit.pruning.masks import nm_out_mask
 
 OPS = ("select", "teal_matvec", "teal_matvec_sel", "teal_matvec_rel", "teal_matvec_glu", "spdp_matvec",
-       "spdp_matvec_sel", "spdp_matvec_rel", "spdp_matvec_glu", "spinfer_matmul", "spdp_decode")
+       "spdp_matvec_sel", "spdp_matvec_rel", "spdp_matvec_glu", "spinfer_matmul", "rowdelta_matvec", "spdp_decode")
 SHAPES = {  # (K inputs, N outputs)
     "tiny": [(37, 29), (130, 67), (5, 300), (256, 192)],
     "llama2-7b": [(4096, 4096), (4096, 11008), (11008, 4096)],
@@ -220,6 +220,11 @@ def check_case(op: str, backend: str, dtype, k: int, n: int, t: int, device, gen
         ref = getattr(reference, op if fn else "spdp_matvec")(x, packed, thr)
         run = (lambda: fn(x, packed, thr, backend=backend)) if fn else (
             lambda: ops.spdp_matvec_sel(*sel, packed, backend=backend))
+    elif op == "rowdelta_matvec":
+        packed = rowdelta.encode(w)  # on w's device
+        detail = "s1=0.5"
+        ref = reference.rowdelta_matvec(x, packed)
+        run = lambda: ops.rowdelta_matvec(x, packed, backend=backend)  # noqa: E731
     else:
         packed = _on_device(spinfer.encode(w), device)
         detail = "s1=0.5"
@@ -373,6 +378,7 @@ def bench(device, shapes, dtypes, backends, seed: int, progress=None) -> list[Be
             w = _weight(n, k, s1, dtype, device, gen)
             spdp_w = _packed_copies(spdp.encode(w, SPDP_TILE_ROWS), device, copies)
             spinfer_w = _packed_copies(spinfer.encode(w), device, copies)
+            rowdelta_w = _packed_copies(rowdelta.encode(w), device, copies)
             del w
             for b in backends:
                 for s2 in ACT_SPARSITIES:
@@ -383,7 +389,9 @@ def bench(device, shapes, dtypes, backends, seed: int, progress=None) -> list[Be
                 for tokens, xx in ((1, x), (16, x16)):
                     secs = _time(device, [lambda p=p: ops.spinfer_matmul(xx, p, backend=b) for p in spinfer_w])
                     row("spinfer_matmul", b, s1, 0.0, secs, spinfer.nbytes(spinfer_w[0]) + (k + n) * tokens * elt, tokens=tokens)
-            del spdp_w, spinfer_w
+                secs = _time(device, [lambda p=p: ops.rowdelta_matvec(x, p, backend=b) for p in rowdelta_w])
+                row("rowdelta_matvec", b, s1, 0.0, secs, rowdelta.nbytes(rowdelta_w[0]) + (k + n) * elt)
+            del spdp_w, spinfer_w, rowdelta_w
             if progress:
                 progress.advance(task)
     return rows

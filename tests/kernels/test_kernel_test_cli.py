@@ -37,7 +37,7 @@ def test_tiny_cpu_passes_and_prints_json(capsys):
     backend = BACKEND
     ops_seen = {c["op"] for c in checks if c["backend"] == backend}
     assert ops_seen == {"select", "teal_matvec", "teal_matvec_sel", "teal_matvec_rel", "teal_matvec_glu", "spdp_matvec",
-                        "spdp_matvec_sel", "spdp_matvec_rel", "spdp_matvec_glu", "spinfer_matmul", "spdp_decode"}
+                        "spdp_matvec_sel", "spdp_matvec_rel", "spdp_matvec_glu", "spinfer_matmul", "rowdelta_matvec", "spdp_decode"}
     assert all(c["passed"] for c in checks) and {c["tokens"] for c in checks} == {1, 3, 17}
     assert {c["tokens"] for c in checks if c["op"] == "spdp_decode"} == {1}  # one check per shape and dtype
     assert "checks passed" in err and res["bench"] == []
@@ -94,7 +94,8 @@ def test_bench_smoke(capsys, monkeypatch, one_tiny_shape):
                            "--bench", "--json"], capsys)
     assert code == 0, err
     rows = json.loads(out)["bench"]
-    assert {r["op"] for r in rows} == {"select", "teal_matvec", "spdp_matvec", "spinfer_matmul"}
+    assert {r["op"] for r in rows} == {"select", "teal_matvec", "spdp_matvec", "spinfer_matmul", "rowdelta_matvec"}
     assert {r["s2"] for r in rows if r["op"] == "spdp_matvec"} == {0.0, 0.25, 0.5, 0.7, 0.9}
+    assert {(r["s1"], r["tokens"]) for r in rows if r["op"] == "rowdelta_matvec"} == {(0.0, 1), (0.5, 1), (0.7, 1)}
     assert {r["s1"] for r in rows if r["op"] == "spdp_matvec"} == {0.0, 0.5, 0.7}
     assert all(r["ms"] > 0 and r["speedup"] > 0 and r["gbs"] > 0 for r in rows)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sparsekit import ops
-from sparsekit.formats import spdp, spinfer
+from sparsekit.formats import rowdelta, spdp, spinfer
 from sparsekit.kernels import reference as ref
 
 from ._util import DTYPES, TOL, rel_err, threshold_for, weight
@@ -47,6 +47,8 @@ def test_triton_matches_reference(dtype):
         assert rel_err(tspdp.spdp_matvec(x, p["values"], p["bitmap"], p["offsets"], n, rows, thr, split=2), r) <= TOL[dtype], case
         s = {key: v.to(DEVICE) for key, v in spinfer.encode(w).items()}
         assert rel_err(ops.spinfer_matmul(x, s, backend="triton"), ref.spinfer_matmul(x, s)) <= TOL[dtype], case
+        rd = {key: v.to(DEVICE) for key, v in rowdelta.encode(w).items()}
+        assert rel_err(ops.rowdelta_matvec(x, rd, backend="triton"), ref.rowdelta_matvec(x, rd)) <= TOL[dtype], case
         rr = ref.teal_matvec_rel(x, w_t, 1.2)  # the relative rule: masked in torch, then the Triton op
         assert rel_err(ops.teal_matvec_rel(x, w_t, 1.2, backend="triton"), rr) <= TOL[dtype], case
         assert rel_err(ops.spdp_matvec_rel(x, p, 1.2, backend="triton"), rr) <= TOL[dtype], case
@@ -79,3 +81,19 @@ def test_triton_split_is_deterministic():
     a = tteal.teal_matvec(x, w_t, 0.2, split=4)
     b = tteal.teal_matvec(x, w_t, 0.2, split=4)
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_triton_rowdelta_long_rows_fillers_and_empty_rows(dtype):
+    """Rows longer than one block of vectors, gaps past 15 columns, an empty row."""
+    g = torch.Generator().manual_seed(5)
+    w = weight(6, 700, dtype, 0.9, g)
+    w[2] = 0
+    w[3, :] = 0
+    w[3, 650] = 1.5
+    w[4] = weight(1, 700, dtype, 0.0, g)[0]  # 700 entries: 88 vectors, 3 blocks
+    x = torch.randn(2, 700, generator=g).to(dtype).to(DEVICE)
+    rd = {key: v.to(DEVICE) for key, v in rowdelta.encode(w.to(DEVICE)).items()}
+    y = ops.rowdelta_matvec(x, rd, backend="triton")
+    assert rel_err(y, ref.rowdelta_matvec(x, rd)) <= TOL[dtype]
+    assert not y[:, 2].any()

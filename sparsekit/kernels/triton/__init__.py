@@ -52,3 +52,7 @@ def spinfer_matmul(x, values, bitmaps, tile_offsets, group_offsets, n: int, k: i
 
 def spdp_decode(values, bitmap, offsets, n: int, k: int, tile_rows: int):
     return _ops().spdp_decode(values, bitmap, offsets, n, k, tile_rows)
+
+
+def rowdelta_matvec(x, values, deltas, row_offsets, n: int, k: int):
+    return _ops().rowdelta_matvec(x, values, deltas, row_offsets, n, k)

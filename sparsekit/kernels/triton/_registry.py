@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sparsekit.kernels.triton import common, spdp, spinfer, teal
+from sparsekit.kernels.triton import common, rowdelta, spdp, spinfer, teal
 
 _LIB = "sparsekit_triton"
 
@@ -83,3 +83,13 @@ def spdp_decode(values: Tensor, bitmap: Tensor, offsets: Tensor, n: int, k: int,
 @spdp_decode.register_fake
 def _(values, bitmap, offsets, n, k, tile_rows):
     return values.new_empty((n, k))
+
+
+@torch.library.custom_op(f"{_LIB}::rowdelta_matvec", mutates_args=())
+def rowdelta_matvec(x: Tensor, values: Tensor, deltas: Tensor, row_offsets: Tensor, n: int, k: int) -> Tensor:
+    return rowdelta.rowdelta_matvec(x, values, deltas, row_offsets, n, k)
+
+
+@rowdelta_matvec.register_fake
+def _(x, values, deltas, row_offsets, n, k):
+    return _out(x, n)
