@@ -67,3 +67,11 @@ def test_bad_input_exits_2_with_one_sentence(args, words, tmp_path):
     assert len(lines) == 1, res.stderr
     assert "Traceback" not in res.stderr
     assert words in lines[0]
+
+
+def test_python_dash_m_runs_the_command():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "sparsekit", "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "kernel-test" in r.stdout
