@@ -342,6 +342,13 @@ def test_cuda_spinfer_one_token_runs_the_rowdelta_copy(dtype, monkeypatch):
             torch.testing.assert_close(sl(x), F.linear(x, lin.weight, lin.bias), **tol)
     assert calls == [1, 1]
     assert sl.bytes_read() < sl.dense_bytes()
+    with torch.no_grad():  # buffers refilled in place, then finalize: the copy follows them
+        sl.values.mul_(2)
+        sl.finalize()
+        x = torch.randn(1, 300, device="cuda", dtype=dtype)
+        torch.testing.assert_close(sl(x), F.linear(x, 2 * lin.weight, lin.bias), **tol)
+        sl.values.div_(2)
+        sl.finalize()
     sl.float()
     assert sl._rowdelta["values"].dtype == torch.float32
     monkeypatch.setattr(rl, "SPINFER_ROWDELTA", False)
@@ -350,4 +357,4 @@ def test_cuda_spinfer_one_token_runs_the_rowdelta_copy(dtype, monkeypatch):
     x = torch.randn(1, 300, device="cuda", dtype=dtype)
     with torch.no_grad():
         torch.testing.assert_close(sl(x), F.linear(x, lin.weight, lin.bias), **tol)
-    assert calls == [1, 1]
+    assert calls == [1, 1, 1]  # the switch off: the spinfer kernel

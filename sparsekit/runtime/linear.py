@@ -221,6 +221,7 @@ class SparseLinear(nn.Module):
         if "shape" in self.keys:
             self._dims = tuple(int(v) for v in self.shape.detach().cpu().tolist())
         self._dense_cache = None
+        self._rowdelta = None  # the buffers may have been refilled in place: rebuild from them
         self._ready = True
         self._cache_layout()
 
