@@ -13,25 +13,11 @@
 
 namespace sparsekit::cuda {
 
-inline void check_x(const at::Tensor& x, const char* op) {
-  TORCH_CHECK(x.is_cuda(), op, ": x must be a CUDA tensor");
-  TORCH_CHECK(x.dim() >= 1, op, ": x must have at least one dimension");
-  const auto dt = x.scalar_type();
-  TORCH_CHECK(dt == at::kHalf || dt == at::kBFloat16 || dt == at::kFloat, op,
-              ": x must be float16, bfloat16 or float32");
-}
-
 inline void check_sel(const at::Tensor& xs, const at::Tensor& idx, const at::Tensor& nnz, const char* op) {
   TORCH_CHECK(idx.is_cuda() && nnz.is_cuda() && idx.device() == xs.device() && nnz.device() == xs.device(), op,
               ": idx and nnz must be on x's device");
   TORCH_CHECK(idx.scalar_type() == at::kInt && nnz.scalar_type() == at::kInt, op, ": idx and nnz must be int32");
   TORCH_CHECK(nnz.numel() >= 1, op, ": nnz must hold one value");
-}
-
-inline std::vector<int64_t> out_shape(const at::Tensor& x, int64_t n) {
-  std::vector<int64_t> s(x.sizes().begin(), x.sizes().end());
-  s.back() = n;
-  return s;
 }
 
 // The fused ops' threshold: absolute, compared as torch compares `x.abs() > t` (t in x's dtype);

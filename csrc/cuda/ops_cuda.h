@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <tuple>
+#include <vector>
 
 #include "common.cuh"
 
@@ -57,6 +58,22 @@ int choose_split_fit(int device, int base, int blocks_per_sm, int max_slices, in
 }
 // Resident clusters of S blocks for the fp16 one-token teal kernel (diagnostics: tune("clusters", S)).
 int teal_max_clusters(int device, int S);
+// x of a product: a CUDA tensor of fp16, bf16 or fp32 with at least one dimension (else one sentence).
+inline void check_x(const at::Tensor& x, const char* op) {
+  TORCH_CHECK(x.is_cuda(), op, ": x must be a CUDA tensor");
+  TORCH_CHECK(x.dim() >= 1, op, ": x must have at least one dimension");
+  const auto dt = x.scalar_type();
+  TORCH_CHECK(dt == at::kHalf || dt == at::kBFloat16 || dt == at::kFloat, op,
+              ": x must be float16, bfloat16 or float32");
+}
+
+// x's shape with the last dimension n (the product's output).
+inline std::vector<int64_t> out_shape(const at::Tensor& x, int64_t n) {
+  std::vector<int64_t> s(x.sizes().begin(), x.sizes().end());
+  s.back() = n;
+  return s;
+}
+
 // The threshold as torch compares it: `x.abs() > t` casts the Python float to x's dtype.
 float cast_threshold(double t, at::ScalarType dtype);
 

@@ -61,9 +61,8 @@ void rowdelta_go(const sk::RowDeltaParams& p, int T_, int device, cudaStream_t s
 at::Tensor rowdelta_matvec(const at::Tensor& x, const at::Tensor& values, const at::Tensor& deltas,
                            const at::Tensor& row_offsets, int64_t n, int64_t k) {
   const char* op = "rowdelta_matvec";
-  TORCH_CHECK(x.is_cuda() && x.dim() >= 1, op, ": x must be a CUDA tensor with at least one dimension");
+  check_x(x, op);
   const auto dt = x.scalar_type();
-  TORCH_CHECK(dt == at::kHalf || dt == at::kBFloat16 || dt == at::kFloat, op, ": x must be float16, bfloat16 or float32");
   TORCH_CHECK(values.scalar_type() == dt, op, ": values must have x's dtype");
   TORCH_CHECK(x.size(-1) == k, op, ": x has ", x.size(-1), " channels but the weight has ", k, " inputs");
   TORCH_CHECK(n >= 0 && k >= 0 && n < (int64_t(1) << 31), op, ": bad shape");
@@ -78,9 +77,7 @@ at::Tensor rowdelta_matvec(const at::Tensor& x, const at::Tensor& values, const 
               " is too large for one fp32 copy of x in shared memory");
   c10::cuda::CUDAGuard guard(x.device());
   const int64_t T = k > 0 ? x.numel() / k : 0;
-  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
-  shape.back() = n;
-  auto y = at::empty(shape, x.options());
+  auto y = at::empty(out_shape(x, n), x.options());
   if (T == 0 || n == 0) return y;
   if (k == 0) return y.zero_();
   TORCH_CHECK(T <= 65535, op, ": at most 65535 tokens per call");

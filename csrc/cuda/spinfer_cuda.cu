@@ -53,9 +53,8 @@ at::Tensor aligned16(const at::Tensor& t) {
 at::Tensor spinfer_matmul(const at::Tensor& x, const at::Tensor& values, const at::Tensor& bitmaps,
                           const at::Tensor& tile_offsets, const at::Tensor& group_offsets, int64_t n, int64_t k) {
   const char* op = "spinfer_matmul";
-  TORCH_CHECK(x.is_cuda() && x.dim() >= 1, op, ": x must be a CUDA tensor with at least one dimension");
+  check_x(x, op);
   const auto dt = x.scalar_type();
-  TORCH_CHECK(dt == at::kHalf || dt == at::kBFloat16 || dt == at::kFloat, op, ": x must be float16, bfloat16 or float32");
   TORCH_CHECK(x.size(-1) == k, op, ": x has ", x.size(-1), " channels but the weight has ", k, " inputs");
   TORCH_CHECK(n >= 0 && k >= 0, op, ": n and k must be >= 0");
   for (const at::Tensor* t : {&values, &bitmaps, &tile_offsets, &group_offsets})
@@ -72,9 +71,7 @@ at::Tensor spinfer_matmul(const at::Tensor& x, const at::Tensor& values, const a
   TORCH_CHECK(k < (int64_t(1) << 31) && n < (int64_t(1) << 31), op, ": sizes too large");
   c10::cuda::CUDAGuard guard(x.device());
   const int64_t T = k > 0 ? x.numel() / k : 0;
-  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
-  shape.back() = n;
-  auto y = at::empty(shape, x.options());
+  auto y = at::empty(out_shape(x, n), x.options());
   if (T == 0 || n == 0) return y;
   if (k == 0) return y.zero_();
   auto stream = at::cuda::getCurrentCUDAStream();
