@@ -19,10 +19,19 @@ namespace {
 
 constexpr int kRdWarps = 8;
 
+// The most dynamic shared memory a block may opt into, per device (read once).
 int max_smem_optin(int device) {
-  int v = 0;
-  if (cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess) v = 48 * 1024;
-  return v;
+  static int cache[64] = {0};
+  if (device < 0 || device >= 64) return 48 * 1024;
+  if (cache[device] == 0) {
+    int v = 0;
+    if (cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess || v <= 0) {
+      (void)cudaGetLastError();
+      v = 48 * 1024;
+    }
+    cache[device] = v;
+  }
+  return cache[device];
 }
 
 template <typename T>

@@ -30,19 +30,11 @@ from __future__ import annotations
 
 import torch
 
-from sparsekit.formats import packed_shape
+from sparsekit.formats import nonzero_bits, packed_shape
 
 KEYS = ("values", "deltas", "row_offsets", "shape")
 VEC = 8  # entries per vector (one 16-byte load of 16-bit values)
 MAX_STEP = 15
-
-_INT_VIEW = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-
-
-def _nonzero_bits(t: torch.Tensor) -> torch.Tensor:
-    if t.is_floating_point():
-        return t.view(_INT_VIEW[t.element_size()]) != 0
-    return t != 0
 
 
 def dims(packed: dict) -> tuple[int, int]:
@@ -57,7 +49,7 @@ def encode(weight: torch.Tensor) -> dict[str, torch.Tensor]:
     n, k = weight.shape
     w = weight.detach()
     dev = w.device
-    rows, cols = _nonzero_bits(w).nonzero(as_tuple=True)  # row-major order
+    rows, cols = nonzero_bits(w).nonzero(as_tuple=True)  # row-major order
     # the step from the previous non-zero of the row (from column 0 for the first)
     first = torch.ones_like(rows, dtype=torch.bool)
     first[1:] = rows[1:] != rows[:-1]
@@ -126,7 +118,7 @@ def decode(packed: dict[str, torch.Tensor]) -> torch.Tensor:
     cols = run - before[row_of]
     if cols.numel() and (int(cols.max()) >= max(k, 1) or int(cols.min()) < 0):
         raise ValueError("rowdelta steps run past the last column")
-    keep = _nonzero_bits(values)
+    keep = nonzero_bits(values)
     out[row_of[keep], cols[keep]] = values[keep]
     return out
 

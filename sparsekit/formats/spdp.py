@@ -35,18 +35,11 @@ from __future__ import annotations
 
 import torch
 
-from sparsekit.formats import packed_shape
+from sparsekit.formats import nonzero_bits, packed_shape
 
 KEYS = ("values", "bitmap", "offsets", "shape")
 # bitmap bytes of the fixed balanced layout: both nibbles hold 2 bits (36 of the 256 values)
 _BALANCED_BYTES = tuple(b for b in range(256) if bin(b & 0xF).count("1") == 2 and bin(b >> 4).count("1") == 2)
-_INT_VIEW = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-
-
-def _nonzero_bits(t: torch.Tensor) -> torch.Tensor:
-    if t.is_floating_point():
-        return t.view(_INT_VIEW[t.element_size()]) != 0
-    return t != 0
 
 
 def dims(packed: dict) -> tuple[int, int, int]:
@@ -83,7 +76,7 @@ def encode(weight: torch.Tensor, tile_rows: int = 64) -> dict[str, torch.Tensor]
     padded[:n] = w
     # [NT, R, K] -> [NT, K, R]: tile-major, then column, then row within the tile
     tiles = padded.reshape(nt, tile_rows, k).permute(0, 2, 1).contiguous()
-    nz = _pad_two_per_four(_nonzero_bits(tiles), n, tile_rows)
+    nz = _pad_two_per_four(nonzero_bits(tiles), n, tile_rows)
     words = nz.reshape(nt, k, tile_rows // 32, 32).to(torch.int64)
     weights_of_bits = torch.ones(32, dtype=torch.int64, device=w.device) << torch.arange(32, dtype=torch.int64, device=w.device)
     bitmap64 = (words * weights_of_bits).sum(-1)  # [NT, K, R/32] in [0, 2^32)

@@ -34,22 +34,12 @@ from __future__ import annotations
 
 import torch
 
-from sparsekit.formats import packed_shape
+from sparsekit.formats import nonzero_bits, packed_shape
 
 KEYS = ("values", "bitmaps", "tile_offsets", "group_offsets", "shape")
 GROUP = 64
 ALIGN = 8  # values per group are padded to a multiple of this
 _CHUNK = 32  # group rows encoded at a time (bounds the temporary memory)
-
-_INT_VIEW = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-
-
-def _nonzero_bits(t: torch.Tensor) -> torch.Tensor:
-    if t.dtype == torch.bool:
-        return t
-    if t.is_floating_point():
-        return t.view(_INT_VIEW[t.element_size()]) != 0
-    return t != 0
 
 
 def _bit_weights(device: torch.device | str = "cpu") -> torch.Tensor:
@@ -88,7 +78,7 @@ def encode(weight: torch.Tensor) -> dict[str, torch.Tensor]:
     for r0 in range(0, grows, _CHUNK):
         r1 = min(grows, r0 + _CHUNK)
         tiles = _to_tiles(padded[r0 * GROUP : r1 * GROUP], r1 - r0, gk)  # [g, 4096]
-        nz = _nonzero_bits(tiles)
+        nz = nonzero_bits(tiles)
         bits = nz.reshape(-1, 64, 64).to(torch.int64)
         bitmaps.append((bits * bw).sum(-1).reshape(-1))  # distinct bits: the sum is an OR
         tile_counts.append(nz.reshape(-1, 4, 1024).sum(-1))

@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sparsekit.formats import rowdelta
 from sparsekit.kernels.reference import mask_activations, mask_relative, silu_mul
 
 FORMATS = ("dense", "teal", "spdp", "spinfer", "bitmask", "2:4")
@@ -240,7 +241,7 @@ class SparseLinear(nn.Module):
         key = (self.values.data_ptr(), self.values.device, self.values.dtype)
         if self._rowdelta is None or self._rowdelta_key != key:
             with torch.no_grad():
-                rd = importlib.import_module("sparsekit.formats.rowdelta").encode(self.dense_weight())
+                rd = rowdelta.encode(self.dense_weight())
             rd["shape"] = tuple(int(v) for v in rd["shape"].tolist())
             self._rowdelta, self._rowdelta_key = rd, key
 
@@ -297,7 +298,7 @@ class SparseLinear(nn.Module):
         if self.fmt == "2:4" and not self._semi_structured_ok(self.values):
             return self.dense_bytes() + bias
         if self._rowdelta is not None:  # a decode token reads the rowdelta copy
-            return sum(t.numel() * t.element_size() for t in self._rowdelta.values() if isinstance(t, torch.Tensor)) + bias
+            return rowdelta.nbytes(self._rowdelta) + bias
         return self.weight_bytes() + bias
 
     def extra_repr(self) -> str:
